@@ -1,0 +1,608 @@
+"""Load a model and patch its RoPE in place with any rescale vector λ and attention factor m.
+
+A patched model computes exactly what transformers computes for the same weights loaded with the
+equivalent ``rope_parameters`` of type ``longrope`` (see :func:`config_with_factors`): λ divides every
+rotary frequency, m multiplies cos and sin, and a :class:`~longsearch.rope.Schedule` picks (λ, m)
+from the forward's length ``max(position_ids) + 1``.
+
+>>> lm = load_model("path/to/model")                                  # doctest: +SKIP
+>>> apply_rope(lm.model, "yarn", target_length=131072)               # doctest: +SKIP
+>>> with patched(lm.model, factors):                                  # doctest: +SKIP
+...     logits = lm.model(input_ids).logits
+>>> restore_rope(lm.model)                                            # doctest: +SKIP
+
+How the patch works: transformers computes cos/sin once per forward in the model-level rotary module
+(``model.model.rotary_emb``; per-layer modules are ignored) and, for dynamic and longrope types, a
+decorator recomputes ``inv_freq`` in every forward, so editing ``inv_freq`` alone can be silently undone.
+:func:`apply_rope` therefore swaps that module for a :class:`LongsearchRotaryEmbedding` that holds the
+schedule and the original module, and computes cos/sin itself in float32 with transformers' arithmetic.
+Applying another λ only replaces the schedule (inv_freq is cached per distinct λ); nothing is rebuilt.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import logging
+import os
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import InputError, ModelError
+from .factors import RopeFactors
+from .rope import Rescale, RopeGeometry, Schedule, StaticSchedule, SwitchSchedule, schedule as method_schedule
+
+log = logging.getLogger(__name__)
+
+TESTBED_DIR: Path = Path(__file__).parent / "tiny" / "model"
+
+#: What :func:`apply_rope` accepts: factors, one (λ, m), a schedule, a method name, or None (the model as loaded).
+RopeSpec = Union[RopeFactors, Rescale, Schedule, str, None]
+
+_FULL_ATTENTION = "full_attention"
+_CACHE_SIZE = 32
+
+
+# ---------------------------------------------------------------- loading
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM ready for scoring: model (eval mode), tokenizer, its RoPE geometry, where it came from."""
+
+    model: Any
+    tokenizer: Any
+    geometry: RopeGeometry
+    name: str
+    device: torch.device
+    dtype: torch.dtype
+
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` = cuda if available, else cpu; otherwise any torch device string (``cpu``, ``cuda:1``)."""
+    if isinstance(device, torch.device):
+        return device
+    text = str(device).strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise InputError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} was asked for but CUDA is not available here: use --device cpu")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``auto`` = bfloat16 on cuda, float32 elsewhere; or float32 / bfloat16 / float16 (and fp32, bf16, fp16)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    text = str(dtype).strip().lower()
+    if text == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if text not in _DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
+    return _DTYPES[text]
+
+
+def _resolve_source(name_or_path: str | os.PathLike | None) -> str:
+    """A local directory (checked) or a hub id (passed on); None = the embedded testbed."""
+    if name_or_path is None:
+        if not (TESTBED_DIR / "config.json").exists():
+            raise ModelError(
+                f"the embedded testbed model is missing from {TESTBED_DIR}: pass --model with a hub id or a local "
+                "model directory (or reinstall longsearch)"
+            )
+        return str(TESTBED_DIR)
+    text = os.path.expanduser(str(name_or_path))
+    if not text.strip():
+        raise ModelError("the model name is empty: pass a hub id or a local model directory")
+    path = Path(text)
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"{text} is a file, not a model directory: pass the directory that holds config.json")
+        if not (path / "config.json").exists():
+            raise ModelError(f"{text} has no config.json: pass a directory saved with save_pretrained or a hub id")
+        return str(path)
+    # a hub id is "name" or "org/name"; anything else that does not exist is a mistyped path
+    if text.startswith((".", "/", "~", "\\")) or text.count("/") > 1 or "\\" in text:
+        raise ModelError(f"no model directory at {text}: check the path, or pass a hub id such as org/name")
+    return text
+
+
+def _short_reason(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    reason = lines[0] if lines else type(exc).__name__
+    return reason if len(reason) <= 200 else reason[:197] + "..."
+
+
+def load_config(name_or_path: str | os.PathLike | None = None) -> Any:
+    """The transformers config of a model (hub id, local dir, or None for the testbed); no weights are read."""
+    from transformers import AutoConfig
+
+    source = _resolve_source(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(source)
+    except Exception as e:  # OSError (not found / offline), ValueError (unknown model type), ...
+        raise ModelError(
+            f"cannot load the config of {source!r} ({_short_reason(e)}): pass a local model directory or a hub id "
+            "that is reachable (or cached)"
+        ) from None
+
+
+def load_model(
+    name_or_path: str | os.PathLike | None = None,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    *,
+    attn_implementation: str = "sdpa",
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer in eval mode; None loads the embedded testbed model.
+
+    The rotary ``inv_freq`` buffers are kept in float32 even when the weights are bf16/fp16.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = _resolve_source(name_or_path)
+    dev = resolve_device(device)
+    tdtype = resolve_dtype(dtype, dev)
+    config = load_config(source)
+    geometry = model_geometry(config)  # refuse models without RoPE before reading any weight
+    kwargs: dict[str, Any] = {"dtype": tdtype}
+    if dev.type != "cpu" and importlib.util.find_spec("accelerate") is not None:
+        kwargs["device_map"] = dev  # weights go straight to the accelerator, not through host memory
+    try:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, attn_implementation=attn_implementation, **kwargs)
+        except ValueError as e:
+            if "attn" not in str(e).lower() or attn_implementation == "eager":
+                raise
+            log.warning("attention implementation %r not supported by %s; using eager", attn_implementation, source)
+            model = AutoModelForCausalLM.from_pretrained(source, attn_implementation="eager", **kwargs)
+    except Exception as e:
+        raise ModelError(f"cannot load the model {source!r} ({_short_reason(e)}): check the path or hub id") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except Exception as e:
+        raise ModelError(
+            f"cannot load a tokenizer for {source!r} ({_short_reason(e)}): the model directory needs its tokenizer files"
+        ) from None
+    model.to(dev)
+    model.eval()
+    keep_rope_fp32(model)
+    find_rotary_embeddings(model)  # a model whose rotary module cannot be found is refused here, not mid-search
+    name = str(name_or_path) if name_or_path is not None else source
+    return LoadedModel(model=model, tokenizer=tokenizer, geometry=geometry, name=name, device=dev, dtype=tdtype)
+
+
+# ---------------------------------------------------------------- geometry
+
+
+def _text_config(config: Any) -> Any:
+    getter = getattr(config, "get_text_config", None)
+    if getter is not None:
+        try:
+            return getter(decoder=True)
+        except TypeError:
+            return getter()
+    return config
+
+
+def _rope_dict(text: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """The rope_parameters entry that full attention uses, and its layer-type key when nested (Gemma3)."""
+    rp = getattr(text, "rope_parameters", None)
+    if rp is None:
+        rp = getattr(text, "rope_scaling", None)
+    if not isinstance(rp, dict):
+        return None, None
+    if "rope_theta" in rp or "rope_type" in rp or "type" in rp:
+        return rp, None
+    nested = {k: v for k, v in rp.items() if isinstance(v, dict)}
+    if not nested:
+        return rp, None
+    if _FULL_ATTENTION in nested:
+        return nested[_FULL_ATTENTION], _FULL_ATTENTION
+    key = sorted(nested)[0]
+    return nested[key], key
+
+
+def _head_dim(text: Any) -> int:
+    head_dim = getattr(text, "head_dim", None)
+    if head_dim:
+        return int(head_dim)
+    hidden, heads = getattr(text, "hidden_size", None), getattr(text, "num_attention_heads", None)
+    if not hidden or not heads:
+        raise ModelError("the model config has neither head_dim nor hidden_size/num_attention_heads: cannot find the rotary dimension")
+    return int(hidden) // int(heads)
+
+
+def _partial_rotary_factor(text: Any, rp: dict[str, Any] | None) -> float | None:
+    value = (rp or {}).get("partial_rotary_factor")
+    if value is None:
+        value = getattr(text, "partial_rotary_factor", None)
+    if value is None:
+        value = getattr(text, "rotary_pct", None)
+    return None if value is None else float(value)
+
+
+def model_geometry(config: Any) -> RopeGeometry:
+    """The RoPE geometry (rotary dim d, base b, original window L) of a transformers config.
+
+    d = head_dim × partial_rotary_factor; b = ``rope_theta`` (for per-layer-type RoPE, the full-attention
+    entry); L = top-level ``original_max_position_embeddings``, else the one in ``rope_parameters``, else
+    ``max_position_embeddings``. ``sliding_window`` is never the original window.
+    """
+    text = _text_config(config)
+    rp, _ = _rope_dict(text)
+    base = (rp or {}).get("rope_theta")
+    if base is None:
+        base = getattr(text, "rope_theta", None)
+    if base is None:
+        kind = getattr(text, "model_type", type(text).__name__)
+        raise ModelError(f"the model ({kind}) has no rotary position embedding (no rope_theta): longsearch needs a RoPE model")
+    if rp is not None and "mrope_section" in rp:
+        raise ModelError("multimodal rotary embeddings (mrope) are not supported: use a text-only RoPE model")
+    factor = _partial_rotary_factor(text, rp) or 1.0
+    rotary_dim = int(_head_dim(text) * factor)
+    original = getattr(text, "original_max_position_embeddings", None)
+    if not original:
+        original = (rp or {}).get("original_max_position_embeddings")
+    if not original:
+        original = getattr(text, "max_position_embeddings", None)
+    if not original:
+        raise ModelError("the model config has no max_position_embeddings: cannot tell its original context window")
+    try:
+        return RopeGeometry(rotary_dim=rotary_dim, base=float(base), original_length=int(original))
+    except InputError as e:
+        raise ModelError(f"the model's RoPE settings are unusable: {e}") from None
+
+
+# ---------------------------------------------------------------- transformers equivalents
+
+
+def longrope_rope_parameters(factors: RopeFactors, config: Any | None = None) -> dict[str, Any]:
+    """The transformers ``rope_parameters`` (type ``longrope``) that compute what the patch computes.
+
+    With ``config``, its ``partial_rotary_factor`` is carried over (transformers reads it from this dict).
+    """
+    params: dict[str, Any] = {
+        "rope_type": "longrope",
+        "rope_theta": float(factors.base),
+        "long_factor": [float(x) for x in factors.long_factor],
+        "short_factor": [float(x) for x in factors.short_factor],
+        "original_max_position_embeddings": int(factors.original_length),
+        "factor": float(factors.scale),
+        "attention_factor": float(factors.attention_factor),
+    }
+    if config is not None:
+        text = _text_config(config)
+        rp, _ = _rope_dict(text)
+        prf = _partial_rotary_factor(text, rp)
+        if prf is not None:
+            params["partial_rotary_factor"] = prf
+    return params
+
+
+def config_with_factors(config: Any, factors: RopeFactors) -> Any:
+    """A deep copy of ``config`` whose RoPE is ``longrope`` with these factors and whose window is the target.
+
+    Sets ``max_position_embeddings`` = target and, where the config has one (Phi-3), the top-level
+    ``original_max_position_embeddings`` (which would otherwise override the nested value). For per-layer-type
+    RoPE (Gemma3) only the full-attention entry changes; sliding layers keep their local RoPE.
+    """
+    factors.check_geometry(model_geometry(config), "this config")
+    new = copy.deepcopy(config)
+    text = _text_config(new)
+    params = longrope_rope_parameters(factors, text)
+    rp = getattr(text, "rope_parameters", None)
+    _, key = _rope_dict(text)
+    if key is not None:
+        nested = copy.deepcopy(rp)
+        nested[key] = params
+        text.rope_parameters = nested
+    else:
+        text.rope_parameters = params
+    text.max_position_embeddings = int(factors.target_length)
+    if getattr(text, "original_max_position_embeddings", None) is not None:
+        text.original_max_position_embeddings = int(factors.original_length)
+    if hasattr(text, "head_dim") and not getattr(text, "head_dim"):
+        text.head_dim = _head_dim(text)  # transformers' longrope reads head_dim without the hidden/heads fallback
+    return new
+
+
+# ---------------------------------------------------------------- finding and patching the rotary module
+
+
+def _is_rotary(module: nn.Module) -> bool:
+    if isinstance(module, LongsearchRotaryEmbedding):
+        return True
+    if not type(module).__name__.endswith("RotaryEmbedding"):
+        return False
+    return any(name.endswith("inv_freq") for name, _ in module.named_buffers(recurse=False))
+
+
+def find_rotary_embeddings(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The model-level rotary module(s) that compute cos/sin for the decoder (e.g. ``model.rotary_emb``).
+
+    Per-layer rotary modules (a path with a layer index), vision towers and modules nested in another
+    rotary module (the original kept inside a patch) are left out. Raises ModelError if none is found.
+    """
+    found: list[tuple[str, nn.Module]] = []
+    for name, module in model.named_modules():
+        if not _is_rotary(module):
+            continue
+        parts = name.split(".")
+        if any(p.isdigit() for p in parts) or any(p in ("visual", "vision_tower", "vision_model") for p in parts):
+            continue
+        if any(name.startswith(prefix + ".") for prefix, _ in found):
+            continue
+        found.append((name, module))
+    if not found:
+        raise ModelError(
+            f"no rotary embedding module found in {type(model).__name__}: longsearch patches transformers RoPE "
+            "models whose decoder has a model-level rotary_emb"
+        )
+    return found
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, module)
+
+
+def _layer_types(module: nn.Module) -> list[str] | None:
+    rope_type = getattr(module, "rope_type", None)
+    if isinstance(rope_type, dict) and rope_type:
+        return list(rope_type)
+    return None
+
+
+def _inv_freq_buffer(module: nn.Module, layer_type: str | None) -> torch.Tensor | None:
+    name = "inv_freq" if layer_type is None else f"{layer_type}_inv_freq"
+    buf = getattr(module, name, None)
+    return buf if isinstance(buf, torch.Tensor) else None
+
+
+class LongsearchRotaryEmbedding(nn.Module):
+    """Stands in for a model-level rotary module: cos/sin from a :class:`Schedule` of (λ, m).
+
+    Arithmetic as transformers (float32): inv_freq = 1 / (λ · b^(arange(0, d, 2)/d)),
+    freqs = position × inv_freq, emb = cat(freqs, freqs), cos·m and sin·m cast to the input dtype.
+    The length the schedule sees is ``max(position_ids) + 1``.
+
+    Per-layer-type modules (Gemma3: ``sliding_attention`` and ``full_attention`` with different bases):
+    the schedule applies to the full-attention type only; the local (sliding) type is delegated to the
+    original module unchanged. This is what transformers does for such a config with a ``longrope``
+    full-attention entry and a default sliding entry (see :func:`config_with_factors`).
+    """
+
+    def __init__(self, original: nn.Module, geometry: RopeGeometry, schedule: Schedule, patched_type: str | None) -> None:
+        super().__init__()
+        self.original = original
+        self.geometry = geometry
+        self.patched_type = patched_type
+        self.schedule: Schedule = schedule
+        self._cache: OrderedDict[tuple[bytes, str], torch.Tensor] = OrderedDict()
+        self._exponents = torch.arange(0, geometry.rotary_dim, 2, dtype=torch.int64).float() / geometry.rotary_dim
+
+    def set_schedule(self, schedule: Schedule) -> None:
+        self.schedule = schedule
+
+    def extra_repr(self) -> str:
+        kind = f", layer_type={self.patched_type}" if self.patched_type else ""
+        return f"rotary_dim={self.geometry.rotary_dim}, base={self.geometry.base:g}{kind}, schedule={type(self.schedule).__name__}"
+
+    def inv_freq_for(self, lam: np.ndarray, device: torch.device) -> torch.Tensor:
+        """inv_freq for one λ on one device (cached, least recently used dropped first)."""
+        lam = np.asarray(lam, dtype=np.float64)
+        key = (lam.tobytes(), str(device))
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        if lam.shape != (self.geometry.n_freq,):
+            raise InputError(
+                f"λ has {lam.size} values but the model has {self.geometry.n_freq} rotary frequencies (rotary dim "
+                f"{self.geometry.rotary_dim})"
+            )
+        if not np.all(np.isfinite(lam)) or np.any(lam <= 0):
+            raise InputError("λ must hold finite positive numbers")
+        factors = torch.tensor(lam.tolist(), dtype=torch.float32)
+        value = (1.0 / (factors * self.geometry.base ** self._exponents)).to(device)
+        self._cache[key] = value
+        if len(self._cache) > _CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return value
+
+    def _inv_freq_and_m(self, position_ids: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, float]:
+        sched = self.schedule
+        if isinstance(sched, StaticSchedule):
+            return self.inv_freq_for(sched.value.lam, device), sched.value.m
+        if isinstance(sched, SwitchSchedule):  # no host sync: pick long/short on the device, as transformers does
+            seq_len = torch.max(position_ids) + 1
+            long = self.inv_freq_for(sched.long, device)
+            short = self.inv_freq_for(sched.short, device)
+            return torch.where(seq_len > sched.original_length, long, short), sched.m
+        r = sched(int(torch.max(position_ids).item()) + 1)
+        return self.inv_freq_for(r.lam, device), r.m
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor, layer_type: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if layer_type is not None and layer_type != self.patched_type:
+            return self.original(x, position_ids, layer_type)
+        inv_freq, m = self._inv_freq_and_m(position_ids, x.device)
+        freqs = position_ids[..., None].float() * inv_freq.to(device=x.device, dtype=torch.float)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = emb.cos() * m
+        sin = emb.sin() * m
+        return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            original = self.__dict__.get("_modules", {}).get("original")
+            if original is None or name.startswith("__"):
+                raise
+            return getattr(original, name)
+
+
+def _to_schedule(spec: RopeSpec, g: RopeGeometry, target_length: int | None) -> Schedule:
+    if isinstance(spec, RopeFactors):
+        spec.check_geometry(g)
+        return spec.schedule()
+    if isinstance(spec, Rescale):
+        if spec.lam.shape != (g.n_freq,):
+            raise InputError(f"λ has {spec.lam.size} values but the model has {g.n_freq} rotary frequencies")
+        return StaticSchedule(spec)
+    if isinstance(spec, str):
+        if target_length is None:
+            raise InputError(f"the method {spec!r} needs a target length: pass --target (e.g. 128k)")
+        return method_schedule(spec, g, int(target_length))
+    if callable(spec):
+        return spec
+    raise InputError(f"cannot apply {type(spec).__name__} as RoPE: give RopeFactors, a Rescale, a schedule or a method name")
+
+
+def _patched_type(module: nn.Module, g: RopeGeometry) -> str | None:
+    types = _layer_types(module)
+    if types is None:
+        return None
+    if _FULL_ATTENTION in types:
+        return _FULL_ATTENTION
+    if len(types) == 1:
+        return types[0]
+    raise ModelError(
+        f"the rotary module has layer types {', '.join(types)} and none is full_attention: longsearch cannot tell "
+        "which one to extend"
+    )
+
+
+def apply_rope(model: nn.Module, spec: RopeSpec, target_length: int | None = None) -> None:
+    """Patch the model's RoPE in place.
+
+    ``spec``: :class:`RopeFactors` (long λ above the original window, short within, m at every length),
+    a :class:`Rescale` (one λ, m at every length), a schedule (``seq_len -> Rescale``), a method name
+    (``"yarn"``, needs ``target_length``), or None (back to the RoPE the model was loaded with).
+    Re-applying is cheap: a patched model only gets the new schedule.
+
+    Models with per-layer-type RoPE (Gemma3: local sliding-window layers with their own base, global
+    full-attention layers): λ and m apply to the full-attention type only, and the geometry is that of
+    full attention; sliding layers keep their local RoPE, as transformers does for a ``longrope``
+    full-attention entry. Raises ModelError for a model without a patchable rotary module.
+    """
+    if spec is None:
+        restore_rope(model)
+        return
+    g = model_geometry(model.config)
+    sched = _to_schedule(spec, g, target_length)
+    for name, module in find_rotary_embeddings(model):
+        if isinstance(module, LongsearchRotaryEmbedding):
+            module.set_schedule(sched)
+            continue
+        own = getattr(module, "config", None)
+        if own is not None and own is not model.config and model_geometry(own) != g:
+            raise ModelError(
+                f"{name} has its own RoPE settings ({model_geometry(own)}), unlike the model's ({g}): several "
+                "differently configured rotary modules are not supported"
+            )
+        ptype = _patched_type(module, g)
+        buf = _inv_freq_buffer(module, ptype)
+        if buf is not None and buf.numel() != g.n_freq:
+            raise ModelError(
+                f"{name} rotates {2 * buf.numel()} dimensions but the config says {g.rotary_dim}: this model's "
+                "RoPE layout is not supported"
+            )
+        _set_submodule(model, name, LongsearchRotaryEmbedding(module, g, sched, ptype))
+
+
+def restore_rope(model: nn.Module) -> None:
+    """Put the original rotary module(s) back; a model that is not patched is left as it is."""
+    for name, module in model.named_modules():
+        if isinstance(module, LongsearchRotaryEmbedding):
+            _set_submodule(model, name, module.original)
+
+
+def current_schedules(model: nn.Module) -> dict[str, Schedule]:
+    """The schedule of each patched rotary module, by module path (empty when the model is not patched)."""
+    return {name: m.schedule for name, m in model.named_modules() if isinstance(m, LongsearchRotaryEmbedding)}
+
+
+@contextmanager
+def patched(model: nn.Module, spec: RopeSpec, target_length: int | None = None) -> Iterator[nn.Module]:
+    """Apply ``spec`` for the duration of a ``with`` block, then go back to what was there before."""
+    before = current_schedules(model)
+    apply_rope(model, spec, target_length)
+    try:
+        yield model
+    finally:
+        if not before:
+            restore_rope(model)
+        else:  # one schedule serves every patched module (apply_rope sets the same one on each)
+            apply_rope(model, next(iter(before.values())))
+
+
+def keep_rope_fp32(model: nn.Module) -> None:
+    """Give every rotary module float32 ``inv_freq`` buffers, recomputed rather than upcast when they were cast.
+
+    ``model.to(torch.bfloat16)`` casts these buffers too, which rounds the frequencies (a silent accuracy loss).
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, LongsearchRotaryEmbedding) or not _is_rotary(module):
+            continue
+        bufs = {n: b for n, b in module.named_buffers(recurse=False) if n.endswith("inv_freq")}
+        if all(b.dtype == torch.float32 for b in bufs.values()):
+            continue
+        fresh = None
+        config = getattr(module, "config", None)
+        if config is not None:
+            try:
+                fresh = type(module)(config)
+            except Exception:  # an unusual constructor: fall back to an upcast
+                log.warning("could not rebuild %s in float32; upcasting its inv_freq", name)
+        for n, b in bufs.items():
+            src = getattr(fresh, n, None) if fresh is not None else None
+            value = src if isinstance(src, torch.Tensor) and src.shape == b.shape else b
+            module.register_buffer(n, value.detach().to(device=b.device, dtype=torch.float32), persistent=False)
+
+
+__all__ = [
+    "TESTBED_DIR",
+    "LoadedModel",
+    "LongsearchRotaryEmbedding",
+    "RopeSpec",
+    "apply_rope",
+    "config_with_factors",
+    "current_schedules",
+    "find_rotary_embeddings",
+    "keep_rope_fp32",
+    "load_config",
+    "load_model",
+    "longrope_rope_parameters",
+    "model_geometry",
+    "patched",
+    "resolve_device",
+    "resolve_dtype",
+    "restore_rope",
+]
