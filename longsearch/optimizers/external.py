@@ -1,0 +1,203 @@
+"""Shared machinery for optimizers from other libraries (nevergrad, optuna) behind ask/tell.
+
+The library proposes points of the unit cube ``[0, 1]^space.n_params``; the space decodes and
+repairs them into λ (:meth:`SearchSpace.decode_unit`). A point that repairs onto a key already
+evaluated is not evaluated again: the library is told the known score at once and asked for
+another. Points that repair onto a key already in the current batch share that candidate's score.
+Generation 0 starts from the space's seeds, so every optimizer starts where the GA does. A
+library that keeps proposing only evaluated candidates (e.g. OnePlusOne once its step size is
+below the grid) gets a short batch, and a generation with no new candidate ends the search.
+
+The library's own object is pickled after every ``tell`` (base64 inside ``state_dict``), which
+makes ``ask()`` a pure function of the state: a resumed optimizer asks exactly what the
+uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import pickle
+from typing import Any
+
+import numpy as np
+
+from ..errors import RunError
+from ..space import SearchSpace
+from . import Budget, Candidate, Result, match_results, resolve_budget, score_from_json, score_to_json
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+FAILED_LOSS = 1e9  # what the library is told for a failed (non-finite) evaluation
+ASK_TRIES_PER_CANDIDATE = 20  # library asks per new candidate before the batch is cut short
+STALE_ASKS = 200  # consecutive asks without a new candidate before the batch is cut short
+
+
+class ExternalOptimizer:
+    """Base class: subclasses provide ``_create``, ``_ask_point``, ``_tell_point``, ``_suggest``."""
+
+    family = "external"
+    suggestions_lifo = False  # whether the library asks the last suggestion first
+
+    def __init__(self, space: SearchSpace, budget: str | int | Budget, seed: int, name: str) -> None:
+        self.space = space
+        self.budget = resolve_budget(budget)
+        self.seed = int(seed)
+        self.name = name
+        self.spec = f"{self.family}:{name}"
+        self.generation = 0
+        self.done = False
+        self._next_id = 0
+        self._scores: dict[tuple[int, ...], float] = {}
+        self._best: tuple[Candidate, float] | None = None
+        self._pending: list[Candidate] | None = None
+        self._handles: dict[int, list[Any]] = {}
+        self._impl = self._create()
+        self._committed = self._dump()
+
+    # ------------------------------------------------------------ hooks for subclasses
+
+    def _create(self) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _ask_point(self) -> tuple[Any, np.ndarray]:  # pragma: no cover - abstract
+        """Ask the library for one point: (its handle, the unit-cube vector)."""
+        raise NotImplementedError
+
+    def _tell_point(self, handle: Any, loss: float) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _suggest(self, u: np.ndarray) -> None:  # pragma: no cover - abstract
+        """Make the library's next ask return ``u`` (used for the seeds)."""
+        raise NotImplementedError
+
+    def _dump(self) -> bytes:
+        return pickle.dumps(self._impl, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _load(self, blob: bytes) -> Any:
+        return pickle.loads(blob)
+
+    # ------------------------------------------------------------ ask / tell
+
+    def ask(self) -> list[Candidate]:
+        """The new candidates of the current generation (the same list again until :meth:`tell`)."""
+        if self.done:
+            return []
+        if self._pending is None:
+            self._impl = self._load(self._committed)  # ask from the committed state only
+            self._pending, self._handles = self._make_batch()
+        return [Candidate(c.id, c.lam.copy(), c.generation, c.origin, dict(c.params)) for c in self._pending]
+
+    def _make_batch(self) -> tuple[list[Candidate], dict[int, list[Any]]]:
+        size = self.budget.batch_size(self.generation)
+        batch: list[Candidate] = []
+        handles: dict[int, list[Any]] = {}
+        by_key: dict[tuple[int, ...], int] = {}
+        seed_names: dict[tuple[int, ...], str] = {}
+        if self.generation == 0:
+            seeds = list(self.space.seeds().items())[:size]
+            for name, lam in reversed(seeds) if self.suggestions_lifo else seeds:
+                self._suggest(self.space.encode_unit(lam))
+            seed_names = {self.space.key(lam): name for name, lam in seeds}
+        tries = stale = 0
+        while len(batch) < size and tries < size * ASK_TRIES_PER_CANDIDATE and stale < STALE_ASKS:
+            tries += 1
+            stale += 1
+            handle, u = self._ask_point()
+            lam, d = self.space.decode_unit(u)
+            key = self.space.key(lam)
+            if key in self._scores:  # evaluated before: the library learns the known score
+                self._tell_point(handle, _loss(self._scores[key]))
+                continue
+            if key in by_key:  # the same candidate twice in this batch: told together
+                handles[by_key[key]].append(handle)
+                continue
+            origin = seed_names.get(key, self.spec)
+            params: dict[str, Any] = {"d_rcd": int(d)} if d is not None else {}
+            c = Candidate(self._next_id + len(batch), lam, self.generation, origin, params)
+            stale = 0
+            batch.append(c)
+            handles[c.id] = [handle]
+            by_key[key] = c.id
+        if len(batch) < size:
+            log.warning("%s found only %d new candidates of %d in generation %d", self.spec, len(batch), size, self.generation)
+        return batch, handles
+
+    def tell(self, results: list[Result]) -> None:
+        """Scores of the whole batch (any order), told to the library in candidate-id order."""
+        if self._pending is None:
+            raise RuntimeError("tell() without a pending ask()")
+        pairs = match_results(self._pending, results)
+        for c, score in pairs:
+            self._scores[self.space.key(c.lam)] = score
+            for handle in self._handles[c.id]:
+                self._tell_point(handle, _loss(score))
+            if math.isfinite(score) and (self._best is None or score < self._best[1]):
+                self._best = (Candidate(c.id, c.lam.copy(), c.generation, c.origin, dict(c.params)), score)
+        self._next_id = max([self._next_id] + [c.id + 1 for c in self._pending])
+        self._pending, self._handles = None, {}
+        self._committed = self._dump()
+        self.generation += 1
+        self.done = self.generation > self.budget.generations
+        if not pairs:  # the library only proposes evaluated candidates: it has converged
+            log.warning("%s proposes only candidates already evaluated: stopping at generation %d", self.spec, self.generation - 1)
+            self.done = True
+
+    def best(self) -> Result | None:
+        if self._best is None:
+            return None
+        c, score = self._best
+        return Result(Candidate(c.id, c.lam.copy(), c.generation, c.origin, dict(c.params)), score)
+
+    @property
+    def n_evaluated(self) -> int:
+        return len(self._scores)
+
+    # ------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serializable state after the last tell; the library object is a base64 pickle."""
+        return {
+            "optimizer": self.spec,
+            "version": STATE_VERSION,
+            "seed": self.seed,
+            "budget": self.budget.to_dict(),
+            "n_freq": self.space.n_freq,
+            "generation": self.generation,
+            "done": self.done,
+            "next_id": self._next_id,
+            "scores": [[list(k), score_to_json(v)] for k, v in sorted(self._scores.items())],
+            "best": None if self._best is None else {"candidate": self._best[0].to_dict(), "score": self._best[1]},
+            "pickle": base64.b64encode(self._committed).decode("ascii"),
+        }
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output; refuses the state of another optimizer, budget or space."""
+        try:
+            if d.get("optimizer") != self.spec or int(d.get("version", -1)) != STATE_VERSION:
+                raise RunError(f"the checkpoint holds optimizer state {d.get('optimizer')!r}, not {self.spec!r}")
+            if d["budget"] != self.budget.to_dict():
+                raise RunError(f"the checkpoint was made with budget {d['budget']}, not {self.budget.to_dict()}")
+            if int(d["n_freq"]) != self.space.n_freq:
+                raise RunError(f"the checkpoint has λ of length {d['n_freq']}, the space has {self.space.n_freq}")
+            scores = {tuple(int(x) for x in k): score_from_json(v) for k, v in d["scores"]}
+            best = None
+            if d["best"] is not None:
+                best = (Candidate.from_dict(d["best"]["candidate"]), float(d["best"]["score"]))
+            blob = base64.b64decode(d["pickle"].encode("ascii"), validate=True)
+            impl = self._load(blob)
+            generation, done, next_id, seed = int(d["generation"]), bool(d["done"]), int(d["next_id"]), int(d["seed"])
+        except RunError:
+            raise
+        except Exception as e:  # a damaged pickle can raise nearly anything
+            raise RunError(f"the optimizer checkpoint is malformed ({type(e).__name__}: {e})") from None
+        self.seed, self.generation, self.done, self._next_id = seed, generation, done, next_id
+        self._scores, self._best = scores, best
+        self._impl, self._committed = impl, blob
+        self._pending, self._handles = None, {}
+
+
+def _loss(score: float) -> float:
+    return score if math.isfinite(score) else FAILED_LOSS

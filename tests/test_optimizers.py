@@ -1,0 +1,371 @@
+"""Optimizers: the GA's behaviour on synthetic objectives, dedup, elitism, determinism, state round
+trips (the resume protocol), budgets, and nevergrad / optuna behind the same interface."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from longsearch.errors import InputError, RunError
+from longsearch.optimizers import BUDGETS, Budget, Candidate, Result, make_optimizer, resolve_budget
+from longsearch.optimizers.ga import GeneticOptimizer
+from longsearch.rope import RopeGeometry
+from longsearch.space import SearchSpace
+
+TESTBED = RopeGeometry(64, 10000.0, 256)
+LLAMA3 = RopeGeometry(128, 500000.0, 8192)
+SMALL = Budget(population=12, parents=6, mutations=3, crossovers=3, generations=6)
+
+
+@pytest.fixture(scope="module")
+def space() -> SearchSpace:
+    return SearchSpace.load("longrope2", TESTBED, 2048)
+
+
+def log_distance(target: np.ndarray):
+    return lambda lam: float(np.sum((np.log(lam) - np.log(target)) ** 2))
+
+
+def run(opt, objective, stop_after: int | None = None) -> list[list[Candidate]]:
+    """Drive ask/tell to the end (or for ``stop_after`` generations); returns every batch asked."""
+    batches = []
+    while not opt.done and (stop_after is None or len(batches) < stop_after):
+        batch = opt.ask()
+        batches.append(batch)
+        opt.tell([Result(c, objective(c.lam)) for c in batch])
+    return batches
+
+
+def flat(batches):
+    return [c for b in batches for c in b]
+
+
+def same_batches(a, b):
+    assert [[c.id for c in x] for x in a] == [[c.id for c in x] for x in b]
+    for x, y in zip(flat(a), flat(b)):
+        np.testing.assert_array_equal(x.lam, y.lam)
+        assert (x.origin, x.generation, x.params) == (y.origin, y.generation, y.params)
+
+
+# ---------------------------------------------------------------- budgets
+
+
+def test_budgets():
+    assert BUDGETS["paper"] == Budget(64, 32, 16, 16, 40)
+    assert BUDGETS["paper"].evaluations == 64 + 40 * 32 == 1344
+    assert BUDGETS["quick"].evaluations <= 24
+    assert resolve_budget("12") == Budget(64, 32, 16, 16, 12) == resolve_budget(12)
+    for bad in ("huge", -1, "1.5", True):
+        with pytest.raises(InputError, match="budget"):
+            resolve_budget(bad)
+
+
+def test_unknown_optimizer_specs(space):
+    for spec in ("sgd", "ga:fast", "nevergrad:NoSuchThing", "optuna:Grid"):
+        with pytest.raises(InputError):
+            make_optimizer(spec, space, "quick", 0)
+
+
+# ---------------------------------------------------------------- the GA
+
+
+def test_ga_generation_zero_is_seeds_then_mutations(space):
+    opt = GeneticOptimizer(space, "paper", seed=0)
+    batch = opt.ask()
+    assert len(batch) == 64 and [c.id for c in batch] == list(range(64))
+    seeds = space.seeds()
+    assert [c.origin for c in batch[: len(seeds)]] == list(seeds)
+    for c, lam in zip(batch, seeds.values()):
+        np.testing.assert_array_equal(c.lam, lam)
+    rest = batch[len(seeds):]
+    assert all(c.origin == "mutation" for c in rest)
+    assert all(c.params["parents"][0] < len(seeds) for c in rest)
+    assert opt.ask()[5].lam.tolist() == batch[5].lam.tolist()  # ask is idempotent until tell
+
+
+def test_ga_quick_budget_sizes(space):
+    opt = make_optimizer("ga", space, "quick", seed=0)
+    batches = run(opt, log_distance(space.seeds()["seed:pi"]))
+    b = BUDGETS["quick"]
+    assert [len(x) for x in batches] == [b.population] + [b.per_generation] * b.generations
+    assert opt.done and opt.generation == b.generations + 1 and opt.ask() == []
+
+
+@pytest.mark.parametrize("geometry,target", [(TESTBED, 2048), (LLAMA3, 131072)])
+def test_ga_candidates_are_valid_new_and_sequential(geometry, target):
+    sp = SearchSpace.load("longrope2", geometry, target)
+    opt = GeneticOptimizer(sp, SMALL, seed=3)
+    batches = run(opt, log_distance(sp.repair(np.linspace(sp.lower, sp.upper, geometry.n_freq))))
+    cands = flat(batches)
+    assert [c.id for c in cands] == list(range(len(cands))) and len(cands) == SMALL.evaluations
+    keys = [sp.key(c.lam) for c in cands]
+    assert len(set(keys)) == len(keys), "a key was asked twice"
+    for c in cands:
+        assert sp.contains(c.lam)
+        assert c.params["d_rcd"] == sp.critical_index(c.lam)
+    origins = {c.origin for c in cands if c.generation > 0}
+    assert origins <= {"mutation", "crossover", "random"} and "crossover" in origins and "mutation" in origins
+
+
+def test_ga_improves_and_finds_the_target_region(space):
+    target = space.repair(np.linspace(8.0, 16.0, 32), 9)
+    f = log_distance(target)
+    opt = GeneticOptimizer(space, "paper", seed=0)
+    best_per_gen = []
+    while not opt.done:
+        run(opt, f, stop_after=1)
+        best_per_gen.append(opt.best().score)
+    assert all(b <= a for a, b in zip(best_per_gen, best_per_gen[1:])), "elitism: the best never gets worse"
+    assert best_per_gen[-1] < 0.25 * best_per_gen[0]
+    assert abs(opt.best().candidate.params["d_rcd"] - 9) <= 1
+    assert opt.n_evaluated == 1344
+
+
+def test_ga_finds_an_exact_optimum(space):
+    # optimum: d_rcd = 7 with every searched λ = s (PI's tail); reachable from the PI seed
+    def f(lam):
+        d = space.critical_index(lam)
+        return abs(d - 7) + float(np.sum(np.abs(lam[d:] - 8.0)))
+
+    opt = GeneticOptimizer(space, SMALL, seed=1)
+    run(opt, f)
+    best = opt.best()
+    assert best.score == 0.0 and best.candidate.params["d_rcd"] == 7
+
+
+def test_ga_elitism_keeps_the_best_and_survivors_are_the_best(space):
+    rng = np.random.default_rng(0)
+    scores: dict[int, float] = {}
+
+    def tell_random(opt):
+        batch = opt.ask()
+        res = [Result(c, float(rng.random())) for c in batch]
+        scores.update({r.candidate.id: r.score for r in res})
+        opt.tell(res)
+
+    opt = GeneticOptimizer(space, SMALL, seed=0)
+    while not opt.done:
+        tell_random(opt)
+        survivors = [r.candidate.id for r in opt.parents]
+        expected = sorted(scores, key=lambda i: (scores[i], i))[: SMALL.parents]
+        # survivors are the best of everything seen (elitism over parents + children each generation)
+        assert survivors == expected
+        assert opt.best().candidate.id == expected[0]
+
+
+def test_ga_failed_evaluations_are_not_best_and_not_reasked(space):
+    opt = GeneticOptimizer(space, SMALL, seed=0)
+    asked = []
+    while not opt.done:
+        batch = opt.ask()
+        asked += batch
+        opt.tell([Result(c, math.inf if c.id % 2 == 0 else (math.nan if c.id % 3 == 0 else float(c.id))) for c in batch])
+    best = opt.best()
+    assert best.candidate.id % 2 == 1 and best.candidate.id % 3 != 0 and best.score == 1.0
+    assert len({space.key(c.lam) for c in asked}) == len(asked)
+    json.dumps(opt.state_dict(), allow_nan=False)  # strict JSON: failed scores are stored as null
+
+
+def test_ga_is_deterministic_and_seed_dependent(space):
+    f = log_distance(space.seeds()["seed:pi"])
+    a = run(GeneticOptimizer(space, SMALL, seed=5), f)
+    b = run(GeneticOptimizer(space, SMALL, seed=5), f)
+    c = run(GeneticOptimizer(space, SMALL, seed=6), f)
+    same_batches(a, b)
+    assert [x.lam.tolist() for x in flat(a)] != [x.lam.tolist() for x in flat(c)]
+
+
+def test_ga_tell_is_order_independent_and_checks_the_batch(space):
+    f = log_distance(space.seeds()["seed:pi"])
+    a, b = GeneticOptimizer(space, SMALL, seed=2), GeneticOptimizer(space, SMALL, seed=2)
+    for _ in range(3):
+        ba, bb = a.ask(), b.ask()
+        a.tell([Result(c, f(c.lam)) for c in ba])
+        b.tell([Result(c, f(c.lam)) for c in reversed(bb)])
+    assert a.state_dict() == b.state_dict()
+    batch = a.ask()
+    with pytest.raises(ValueError, match="whole batch"):
+        a.tell([Result(c, 1.0) for c in batch[:-1]])
+    with pytest.raises(ValueError, match="not in the pending batch"):
+        a.tell([Result(Candidate(9999, batch[0].lam, 0, "x"), 1.0)])
+    with pytest.raises(RuntimeError):
+        GeneticOptimizer(space, SMALL, seed=2).tell([])
+
+
+def test_ga_free_space(space):
+    sp = SearchSpace.load("longrope", TESTBED, 2048)
+    opt = make_optimizer("ga", sp, SMALL, seed=0)
+    target = sp.repair(np.linspace(1.0, 9.0, 32))
+    cands = flat(run(opt, log_distance(target)))
+    assert all(sp.contains(c.lam) and "d_rcd" not in c.params for c in cands)
+    assert len({sp.key(c.lam) for c in cands}) == len(cands)
+    assert opt.best().score < min(log_distance(target)(v) for v in sp.seeds().values())
+
+
+# ---------------------------------------------------------------- state round trips (the resume protocol)
+
+
+def roundtrip(opt, spec: str, space: SearchSpace, budget, seed: int):
+    state = json.loads(json.dumps(opt.state_dict(), allow_nan=False))
+    other = make_optimizer(spec, space, budget, seed)
+    other.load_state_dict(state)
+    return other
+
+
+@pytest.mark.parametrize("spec,budget", [("ga", SMALL), ("nevergrad:CMA", Budget(8, 4, 2, 2, 3)),
+                                         ("nevergrad:TwoPointsDE", Budget(8, 4, 2, 2, 3)),
+                                         ("optuna:TPE", Budget(8, 4, 2, 2, 3))])
+def test_killed_mid_generation_and_resumed_equals_uninterrupted(space, spec, budget):
+    f = log_distance(space.repair(np.linspace(8.0, 16.0, 32), 9))
+    full = run(make_optimizer(spec, space, budget, 7), f)
+    full_best = None
+
+    # interrupted run: two generations, then a third is asked and half-evaluated (the "journal")
+    opt = make_optimizer(spec, space, budget, 7)
+    done = run(opt, f, stop_after=2)
+    checkpoint = json.dumps(opt.state_dict(), allow_nan=False)
+    partial = opt.ask()
+    journal = {c.id: (space.key(c.lam), f(c.lam)) for c in partial[: len(partial) // 2]}
+    del opt  # SIGKILL
+
+    resumed = make_optimizer(spec, space, budget, 7)
+    resumed.load_state_dict(json.loads(checkpoint))
+    again = resumed.ask()
+    same_batches([partial], [again])
+    results = []
+    for c in again:
+        if c.id in journal and journal[c.id][0] == space.key(c.lam):
+            results.append(Result(c, journal[c.id][1]))  # re-used, not re-evaluated
+        else:
+            results.append(Result(c, f(c.lam)))
+    resumed.tell(results)
+    rest = run(resumed, f)
+    same_batches(full, done + [again] + rest)
+    ref = make_optimizer(spec, space, budget, 7)
+    run(ref, f)
+    full_best = ref.best()
+    assert resumed.best().candidate.id == full_best.candidate.id
+    np.testing.assert_array_equal(resumed.best().candidate.lam, full_best.candidate.lam)
+    # the library's pickle holds object ids and uuids; everything else must be identical
+    a, b = resumed.state_dict(), ref.state_dict()
+    a.pop("pickle", None), b.pop("pickle", None)
+    assert a == b
+
+
+def test_state_dict_during_a_pending_ask_is_the_state_before_it(space):
+    opt = GeneticOptimizer(space, SMALL, seed=0)
+    run(opt, log_distance(space.seeds()["seed:pi"]), stop_after=1)
+    before = opt.state_dict()
+    opt.ask()
+    assert opt.state_dict() == before
+
+
+def test_load_state_dict_refuses_mismatches(space):
+    opt = GeneticOptimizer(space, SMALL, seed=0)
+    run(opt, log_distance(space.seeds()["seed:pi"]), stop_after=1)
+    state = opt.state_dict()
+    with pytest.raises(RunError, match="budget"):
+        GeneticOptimizer(space, "quick", seed=0).load_state_dict(state)
+    with pytest.raises(RunError, match="length"):
+        GeneticOptimizer(SearchSpace.load("longrope2", LLAMA3, 131072), SMALL, 0).load_state_dict(state)
+    broken = dict(state)
+    del broken["seen"]
+    with pytest.raises(RunError, match="malformed"):
+        GeneticOptimizer(space, SMALL, seed=0).load_state_dict(broken)
+    with pytest.raises(RunError, match="optimizer state"):
+        make_optimizer("optuna:TPE", space, SMALL, 0).load_state_dict(state)
+    ng_state = make_optimizer("nevergrad:OnePlusOne", space, SMALL, 0).state_dict()
+    ng_state["pickle"] = "bm90IGEgcGlja2xl"  # "not a pickle"
+    with pytest.raises(RunError, match="malformed"):
+        make_optimizer("nevergrad:OnePlusOne", space, SMALL, 0).load_state_dict(ng_state)
+
+
+# ---------------------------------------------------------------- nevergrad and optuna
+
+
+@pytest.mark.parametrize("spec", ["nevergrad:CMA", "nevergrad:OnePlusOne", "nevergrad:PSO", "optuna:TPE",
+                                  "optuna:CMA-ES", "optuna:Random", "optuna:QMC"])
+def test_external_optimizers_share_the_interface(space, spec):
+    budget = Budget(8, 4, 3, 3, 3)
+    opt = make_optimizer(spec, space, budget, 0)
+    target = space.repair(np.linspace(8.0, 16.0, 32), 9)
+    f = log_distance(target)
+    batches = run(opt, f)
+    cands = flat(batches)
+    assert opt.done and 0 < len(cands) <= budget.evaluations
+    assert len(batches[0]) == 8 and all(len(b) <= budget.per_generation for b in batches[1:])
+    assert [c.id for c in cands] == list(range(len(cands)))
+    keys = [space.key(c.lam) for c in cands]
+    assert len(set(keys)) == len(keys)
+    assert all(space.contains(c.lam) and c.params["d_rcd"] == space.critical_index(c.lam) for c in cands)
+    # generation 0 starts from the same seeds as the GA
+    seeds = space.seeds()
+    assert [c.origin for c in batches[0][: len(seeds)]] == list(seeds)
+    for c, lam in zip(batches[0], seeds.values()):
+        assert space.key(c.lam) == space.key(lam)
+    assert all(c.origin == spec for c in cands[len(seeds):])
+    assert opt.best().score == min(f(c.lam) for c in cands)
+
+
+def test_external_determinism(space):
+    f = log_distance(space.seeds()["seed:pi"])
+    for spec in ("nevergrad:TwoPointsDE", "optuna:TPE"):
+        a = run(make_optimizer(spec, space, Budget(8, 4, 2, 2, 2), 3), f)
+        b = run(make_optimizer(spec, space, Budget(8, 4, 2, 2, 2), 3), f)
+        same_batches(a, b)
+
+
+def test_external_duplicates_are_told_not_evaluated(space):
+    # a tiny space (one searched dimension, coarse grid) forces the library to propose known keys
+    tiny = SearchSpace.from_spec({"kind": "free", "lower": 1, "upper": 2, "step": 0.25, "seeds": ["pi"]},
+                                 RopeGeometry(2, 10000.0, 256), 512)
+    opt = make_optimizer("optuna:Random", tiny, Budget(3, 2, 2, 2, 4), 0)
+    cands = flat(run(opt, lambda lam: float(lam[0])))
+    keys = [tiny.key(c.lam) for c in cands]
+    assert len(set(keys)) == len(keys) == 5  # only 5 grid points exist: 1, 1.25, ..., 2
+    assert opt.best().score == 1.0
+    # once every point is known a generation has no new candidate and the search ends early
+    assert opt.done and opt.generation < 5 and opt.ask() == []
+    ga = make_optimizer("ga", tiny, Budget(3, 2, 2, 2, 6), 0)
+    keys = [tiny.key(c.lam) for c in flat(run(ga, lambda lam: float(lam[0])))]
+    assert len(set(keys)) == len(keys) == 5 and ga.done and ga.generation < 7
+
+
+def test_refused_nevergrad_optimizers_fail_fast_and_never_hang():
+    code = (
+        "from longsearch.optimizers import make_optimizer\n"
+        "from longsearch.space import SearchSpace\n"
+        "from longsearch.rope import RopeGeometry\n"
+        "from longsearch.errors import InputError\n"
+        "sp = SearchSpace.load('longrope2', RopeGeometry(64, 10000.0, 256), 2048)\n"
+        "for name in ['NGOpt', 'ngopt', 'MetaModel', 'NGOpt39', 'RFMetaModelDE', 'CMAMetaModel']:\n"
+        "    try:\n"
+        "        make_optimizer('nevergrad:' + name, sp, 'quick', 0)\n"
+        "    except InputError as e:\n"
+        "        assert 'refused' in str(e) or 'not supported' in str(e), e\n"
+        "        print('refused', name)\n"
+        "    else:\n"
+        "        raise SystemExit('accepted ' + name)\n"
+        "opt = make_optimizer('nevergrad:CMA', sp, 'quick', 0)\n"
+        "opt.ask()\n"
+        "print('done')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("refused") == 6 and proc.stdout.strip().endswith("done")
+
+
+def test_n_mutated_seeds_caps_the_mutations_and_fills_with_random_points(tmp_path):
+    p = tmp_path / "few.yaml"
+    p.write_text("kind: longrope2\nseeds: [pi, yarn]\nn_mutated_seeds: 3\n")
+    sp = SearchSpace.load(str(p), TESTBED, 2048)
+    batch = GeneticOptimizer(sp, SMALL, seed=0).ask()
+    origins = [c.origin for c in batch]
+    n_seeds = len(sp.seeds())
+    assert origins == list(sp.seeds()) + ["mutation"] * 3 + ["random"] * (SMALL.population - n_seeds - 3)
+    assert all(sp.contains(c.lam) for c in batch)

@@ -1,0 +1,300 @@
+"""Search spaces: presets, repair, the longrope2 structure, seeds, keys, serialization, bad YAML."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from transformers import LlamaConfig
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+from longsearch import rope
+from longsearch.errors import InputError
+from longsearch.rope import RopeGeometry
+from longsearch.space import SearchSpace, eval_bound, preset_names, preset_path
+
+TESTBED = (RopeGeometry(64, 10000.0, 256), 2048)  # s = 8
+LLAMA3 = (RopeGeometry(128, 500000.0, 8192), 131072)  # s = 16
+CASES = [TESTBED, LLAMA3]
+
+
+def hf_inv_freq(head_dim: int, max_pos: int, rope_parameters: dict) -> np.ndarray:
+    cfg = LlamaConfig(hidden_size=head_dim * 2, num_attention_heads=2, head_dim=head_dim,
+                      max_position_embeddings=max_pos, rope_parameters=rope_parameters)
+    return LlamaRotaryEmbedding(cfg).inv_freq.double().numpy()
+
+
+def on_grid(x: np.ndarray, step: float) -> bool:
+    k = x / step
+    return bool(np.all(np.abs(k - np.round(k)) < 1e-6))
+
+
+def random_vectors(n: int, count: int, seed: int, high: float) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = [rng.uniform(0.1, high, size=n) for _ in range(count)]
+    out += [np.full(n, 1.0), np.full(n, high * 3), np.linspace(high, 0.5, n)]
+    return out
+
+
+# ---------------------------------------------------------------- presets and geometry
+
+
+def test_presets_ship_inside_the_package_and_at_the_repo_root():
+    assert {"longrope2", "longrope"} <= set(preset_names())
+    root = Path(__file__).resolve().parents[1] / "search_spaces"
+    for name in ("longrope2", "longrope"):
+        assert preset_path(name).is_file()
+        assert (root / f"{name}.yaml").read_text() == preset_path(name).read_text()
+        # every key is documented by a comment in the preset itself
+        text = preset_path(name).read_text()
+        assert text.count("#") > 10
+
+
+def test_critical_range_testbed_and_llama3():
+    g, t = TESTBED
+    sp = SearchSpace.load("longrope2", g, t)
+    # d_tcd = ⌈32·log_1e4(256/2π)⌉ = 13; lower = ⌈32·log_1e4(256/(20π))⌉ = 5
+    assert sp.critical_range == (5, 13)
+    g, t = LLAMA3
+    sp = SearchSpace.load("longrope2", g, t)
+    lower = math.ceil(64 * math.log(8192 / (2 * math.pi * 10)) / math.log(500000.0))
+    assert sp.critical_range == (lower, 35) == (24, 35)
+    assert (sp.lower, sp.upper) == (16.0, 32.0)
+    assert sp.attention == pytest.approx(math.sqrt(1 + math.log(16) / math.log(8192)))
+
+
+def test_longrope_v1_preset_bounds():
+    g, t = TESTBED
+    sp = SearchSpace.load("longrope", g, t)
+    assert sp.kind == "free" and sp.critical_range is None
+    assert (sp.lower, sp.upper, sp.step, sp.monotone) == (1.0, 9.0, 0.01, True)
+    assert sp.critical_index(sp.seeds()["seed:pi"]) is None
+
+
+# ---------------------------------------------------------------- repair
+
+
+@pytest.mark.parametrize("g,t", CASES)
+def test_longrope2_repair_is_monotone_in_bounds_on_grid_and_ntk_shaped(g, t):
+    sp = SearchSpace.load("longrope2", g, t)
+    lo, hi = sp.critical_range
+    s = t / g.original_length
+    for lam in random_vectors(g.n_freq, 20, 1, 3 * s):
+        for d in [None, lo, (lo + hi) // 2, hi]:
+            x = sp.repair(lam, d)
+            dd = sp.critical_index(x)
+            if d is not None:
+                assert dd == d
+            assert lo <= dd <= hi
+            tail = x[dd:]
+            assert np.all(np.diff(x) >= -1e-12), "λ must be non-decreasing"
+            assert np.all(tail >= s - 1e-9) and np.all(tail <= 2 * s + 1e-9)
+            assert on_grid(tail, 0.01)
+            i = np.arange(dd)
+            np.testing.assert_allclose(x[:dd], x[dd] ** (i / dd), rtol=1e-12)
+            assert x[0] == 1.0
+            np.testing.assert_array_equal(sp.repair(x), x)  # idempotent, keeps its own d_rcd
+            assert sp.contains(x)
+
+
+@pytest.mark.parametrize("g,t", CASES)
+def test_longrope2_head_is_default_rope_with_a_new_base(g, t):
+    # independent check with transformers: below d_rcd, θ_i/λ_i is plain RoPE with base b·λ_d^(D/(2d))
+    sp = SearchSpace.load("longrope2", g, t)
+    x = sp.repair(np.linspace(1.0, 2 * sp.upper, g.n_freq), sp.critical_range[0] + 2)
+    d = sp.critical_index(x)
+    new_base = g.base * x[d] ** (g.rotary_dim / (2 * d))
+    expected = hf_inv_freq(g.rotary_dim, t, {"rope_type": "default", "rope_theta": new_base})
+    np.testing.assert_allclose((rope.inv_freq(g) / x)[: d + 1], expected[: d + 1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("g,t", CASES)
+def test_free_space_repair(g, t):
+    sp = SearchSpace.load("longrope", g, t)
+    s = t / g.original_length
+    for lam in random_vectors(g.n_freq, 20, 2, 2 * s):
+        x = sp.repair(lam)
+        assert np.all(np.diff(x) >= 0)
+        assert np.all(x >= 1.0) and np.all(x <= 1 + s + 1e-9)
+        assert on_grid(x, 0.01)
+        np.testing.assert_array_equal(sp.repair(x), x)
+
+
+def test_non_monotone_user_space_keeps_order(tmp_path):
+    g, t = TESTBED
+    p = tmp_path / "free.yaml"
+    p.write_text("kind: free\nmonotone: false\nlower: 1\nupper: 2s\nstep: 0.05\nseeds: [yarn, pi]\n")
+    sp = SearchSpace.load(str(p), g, t)
+    lam = np.linspace(20.0, 0.0, g.n_freq)
+    x = sp.repair(lam)
+    assert np.all(np.diff(x) <= 0) and x[0] == 16.0 and x[-1] == 1.0
+    assert on_grid(x, 0.05)
+    assert list(sp.seeds()) == ["seed:yarn", "seed:pi"]
+
+
+def test_key_rounds_to_the_grid():
+    g, t = TESTBED
+    sp = SearchSpace.load("longrope", g, t)
+    x = sp.repair(np.linspace(1, 8, g.n_freq))
+    assert sp.key(x) == sp.key(x + 0.004)
+    y = x.copy()
+    y[-1] += 0.01
+    assert sp.key(x) != sp.key(y)
+    assert all(isinstance(k, int) for k in sp.key(x))
+
+
+# ---------------------------------------------------------------- seeds
+
+
+@pytest.mark.parametrize("g,t", CASES)
+def test_longrope2_seeds(g, t):
+    sp = SearchSpace.load("longrope2", g, t)
+    seeds = sp.seeds()
+    names = list(seeds)
+    lo, hi = sp.critical_range
+    mid = (lo + hi) // 2
+    joined = "+".join(n.removeprefix("seed:") for n in names)
+    for base in ("pi", "ntk", "yarn"):
+        assert base in joined.split("+"), names
+    for d in (lo, mid, hi):
+        name = f"seed:ntk-shaped@{d}"
+        assert name in names
+        lam = seeds[name]
+        assert sp.critical_index(lam) == d
+        i = np.arange(g.n_freq)
+        expect = np.minimum(sp.scale ** (i / d), sp.upper)
+        np.testing.assert_allclose(lam[d:], np.round(expect[d:], 2), atol=1e-9)
+    keys = [sp.key(v) for v in seeds.values()]
+    assert len(set(keys)) == len(keys)
+    assert all(n.startswith("seed:") for n in names)
+    assert all(sp.contains(v) for v in seeds.values())
+    # PI's tail stays s: repair lifts nothing
+    assert np.all(seeds["seed:pi"][sp.critical_index(seeds["seed:pi"]):] == sp.scale)
+
+
+@pytest.mark.parametrize("g,t", CASES)
+def test_free_space_yarn_seed_is_transformers_yarn_on_the_grid(g, t):
+    sp = SearchSpace.load("longrope", g, t)
+    s = t / g.original_length
+    yarn_inv = hf_inv_freq(g.rotary_dim, t, {"rope_type": "yarn", "rope_theta": g.base, "factor": float(s),
+                                             "original_max_position_embeddings": g.original_length})
+    lam_hf = rope.inv_freq(g) / yarn_inv
+    seed = sp.seeds()["seed:yarn"]
+    assert np.max(np.abs(seed - lam_hf)) <= 0.005 + 1e-6
+    assert np.all(np.diff(seed) >= 0)
+
+
+@pytest.mark.parametrize("g,t", CASES)
+@pytest.mark.parametrize("name", ["longrope2", "longrope"])
+def test_unit_encoding_round_trips_the_seeds(g, t, name):
+    sp = SearchSpace.load(name, g, t)
+    for lam in sp.seeds().values():
+        u = sp.encode_unit(lam)
+        assert u.shape == (sp.n_params,) and np.all((u >= 0) & (u <= 1))
+        back, d = sp.decode_unit(u)
+        assert sp.key(back) == sp.key(lam)
+        assert d == sp.critical_index(lam)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        lam, d = sp.decode_unit(rng.random(sp.n_params))
+        assert sp.contains(lam) and sp.critical_index(lam) == d
+        assert sp.contains(sp.sample(rng)[0])
+
+
+# ---------------------------------------------------------------- serialization
+
+
+def test_to_dict_round_trip_and_refuses_another_geometry():
+    g, t = TESTBED
+    sp = SearchSpace.load("longrope2", g, t)
+    d = json.loads(json.dumps(sp.to_dict()))
+    again = SearchSpace.from_dict(d, g, t)
+    assert again.to_dict() == sp.to_dict()
+    assert again.seeds().keys() == sp.seeds().keys()
+    with pytest.raises(InputError, match="another model, target or space"):
+        SearchSpace.from_dict(d, g, 4096)
+    with pytest.raises(InputError, match="another model, target or space"):
+        SearchSpace.from_dict(d, RopeGeometry(64, 20000.0, 256), t)
+    with pytest.raises(InputError):
+        SearchSpace.from_dict({"nothing": 1}, g, t)
+
+
+# ---------------------------------------------------------------- expressions and bad input
+
+
+@pytest.mark.parametrize("expr,value", [(3, 3.0), ("s", 8.0), ("2s", 16.0), ("1 + s", 9.0), ("1.5*s - 0.5", 11.5),
+                                        ("s/2", 4.0), ("2 s", 16.0), ("1.25 × s", 10.0)])
+def test_bound_expressions(expr, value):
+    assert eval_bound(expr, 8.0) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("expr", ["2x", "s**2", "__import__('os')", "", "s +", True, [1]])
+def test_bad_bound_expressions(expr):
+    with pytest.raises(InputError, match="lower"):
+        eval_bound(expr, 8.0, "lower")
+
+
+BAD_YAML = [
+    ("kind: longrope2\nfoo: 1\n", "unknown key 'foo'"),
+    ("kind: hyper\n", "kind must be one of"),
+    ("lower: 2s\nupper: s\n", "lower .* is above upper"),
+    ("lower: 0\n", "every λ must be positive"),
+    ("kind: free\nlower: 1.001\nupper: 1.009\n", "no grid value"),
+    ("step: -0.01\n", "step must be a positive number"),
+    ("upper: 3q\n", "upper: cannot read"),
+    ("seeds: [pi, xpos]\n", "unknown seed 'xpos'"),
+    ("seeds: []\n", "seeds must be a non-empty list"),
+    ("kind: free\nseeds: [ntk-shaped]\n", "ntk-shaped.*needs kind longrope2"),
+    ("critical_lower: 12\ncritical_upper: 6\n", "critical_lower .* must not exceed critical_upper"),
+    ("critical_lower: -1\n", "critical_lower must be 'auto' or a non-negative integer"),
+    ("kind: free\ncritical_lower: 3\n", "critical_lower applies only to kind longrope2"),
+    ("monotone: false\n", "monotone: false is not supported"),
+    ("monotone: maybe\n", "monotone must be true or false"),
+    ("attention: huge\n", "attention: unknown attention-factor policy"),
+    ("n_mutated_seeds: -3\n", "n_mutated_seeds must be"),
+    ("- a\n- b\n", "must be a YAML mapping"),
+    ("kind: [unclosed\n", "not valid YAML at line"),
+    ("", "the file is empty"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD_YAML)
+def test_bad_user_yaml_is_one_line_naming_file_and_key(tmp_path, text, message):
+    g, t = TESTBED
+    p = tmp_path / "mine.yaml"
+    p.write_text(text)
+    before = p.read_text()
+    with pytest.raises(InputError, match=message) as info:
+        SearchSpace.load(str(p), g, t)
+    msg = str(info.value)
+    assert "\n" not in msg and "mine.yaml" in msg
+    assert p.read_text() == before
+
+
+def test_bad_names_and_targets():
+    g, t = TESTBED
+    with pytest.raises(InputError, match="unknown search space 'longrope3'"):
+        SearchSpace.load("longrope3", g, t)
+    with pytest.raises(InputError, match="not found"):
+        SearchSpace.load("/nonexistent/space.yaml", g, t)
+    for target in (256, 128):
+        with pytest.raises(InputError, match="not above the model's window"):
+            SearchSpace.load("longrope2", g, target)
+    with pytest.raises(InputError, match="rotary frequencies"):
+        SearchSpace.load("longrope2", g, t).repair(np.ones(5))
+
+
+def test_user_yaml_overrides(tmp_path):
+    g, t = LLAMA3
+    p = tmp_path / "narrow.yaml"
+    p.write_text("kind: longrope2\nlower: 1.25 * s\nupper: 1.5s\ncritical_lower: 28\ncritical_upper: 30\n"
+                 "attention: 1.2\nseeds: [yarn, ntk-shaped]\nstep: 0.1\n")
+    sp = SearchSpace.load(str(p), g, t)
+    assert (sp.lower, sp.upper, sp.critical_range, sp.attention, sp.step) == (20.0, 24.0, (28, 30), 1.2, 0.1)
+    assert list(sp.seeds()) == ["seed:yarn", "seed:ntk-shaped@28", "seed:ntk-shaped@29", "seed:ntk-shaped@30"]
+    for lam in sp.seeds().values():
+        d = sp.critical_index(lam)
+        assert 28 <= d <= 30 and np.all(lam[d:] >= 20) and np.all(lam[d:] <= 24) and on_grid(lam[d:], 0.1)
