@@ -1,0 +1,676 @@
+"""The eval command: every method at every length, on held-out needles and on one fixed final segment.
+
+For each method (the original RoPE ``none``, named baselines, factors files) and each length:
+
+- **needles**: answer-token NLL and greedy accuracy from :func:`longsearch.scoring.score`, on needle
+  sets built from held-out prose with a seed of their own (default 777, never a search seed), one
+  cell per depth × length;
+- **final segment**: the perplexity of the same last ``segment`` tokens of one held-out document,
+  with the preceding ``n − segment`` tokens as context. Falling with n means longer context is used,
+  flat means it is merely tolerated.
+
+Dynamic methods (dynamic NTK, LongRoPE's short/long switch) are applied as schedules, so each length
+sees the λ it would see in use.
+
+>>> from longsearch.models import load_model                           # doctest: +SKIP
+>>> lm = load_model(None)                                               # doctest: +SKIP
+>>> methods = build_methods(lm.geometry, baselines=["yarn"], target_length=1024)  # doctest: +SKIP
+>>> result = run_eval(lm, methods, lengths=[256, 512, 1024])           # doctest: +SKIP
+>>> write_eval(result, "outputs/eval-demo")                             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .atomic import atomic_dir, atomic_write_json, atomic_write_text
+from .errors import InputError, ModelError, NeedleError, RunError
+from .factors import RopeFactors, load_factors
+from .lengths import format_length
+from .rope import RopeGeometry, baseline_names, get_method, schedule as method_schedule
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEED = 777
+DEFAULT_DEPTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
+DEFAULT_SAMPLES = 4
+DEFAULT_SEGMENT = 256
+
+#: progress(done, total, what) — called after every grid cell
+ProgressFn = Callable[[int, int, str], None]
+
+
+# ---------------------------------------------------------------- methods
+
+
+@dataclass
+class EvalMethod:
+    """One row of the evaluation: a label, how the model applies it, and where it came from."""
+
+    label: str
+    kind: str  # "none", "baseline" or "factors"
+    spec: Any  # a Schedule or RopeFactors, as models.apply_rope takes it
+    dynamic: bool
+    source: str
+    attention_factor: float | None = None
+    target_length: int | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "kind": self.kind,
+            "dynamic": self.dynamic,
+            "source": self.source,
+            "attention_factor": self.attention_factor,
+            "target_length": self.target_length,
+        }
+
+
+def parse_baselines(text: str | Sequence[str] | None) -> list[str]:
+    """``"pi,ntk,yarn"`` -> canonical names; an unknown name is an InputError listing the valid ones."""
+    if text is None:
+        return []
+    parts = text.split(",") if isinstance(text, str) else [p for t in text for p in str(t).split(",")]
+    valid = baseline_names()
+    names: list[str] = []
+    for raw in (p.strip() for p in parts):
+        if not raw:
+            continue
+        try:
+            method = get_method(raw)
+        except InputError:
+            method = None
+        if method is None or not method.baseline:
+            raise InputError(f"unknown baseline {raw!r}: choose from {', '.join(valid)} (searched factors go in --factors)")
+        if method.name not in names:
+            names.append(method.name)
+    return names
+
+
+def parse_depths(text: str | Sequence[float] | None) -> list[float]:
+    """A count (``"5"`` -> 0.1, 0.3, …, 0.9: evenly from 0.1 to 0.9) or a list of fractions in [0, 1] (``"0,0.5,1"``)."""
+    if text is None:
+        return list(DEFAULT_DEPTHS)
+    if not isinstance(text, str):
+        values = [float(x) for x in text]
+    else:
+        s = text.strip()
+        if re.fullmatch(r"\d+", s):
+            k = int(s)
+            if not 1 <= k <= 50:
+                raise InputError(f"--depths {s}: give a count between 1 and 50, or fractions such as 0.1,0.5,0.9")
+            return [0.5] if k == 1 else [round(0.1 + 0.8 * i / (k - 1), 4) for i in range(k)]
+        try:
+            values = [float(x) for x in s.split(",") if x.strip()]
+        except ValueError:
+            raise InputError(f"cannot read --depths {text!r}: give a count (5) or fractions in [0, 1] such as 0.1,0.5,0.9") from None
+    if not values:
+        raise InputError("--depths is empty: give a count (5) or fractions in [0, 1]")
+    for v in values:
+        if not 0.0 <= v <= 1.0:
+            raise InputError(f"needle depth {v} is outside [0, 1]: 0 is the start of the haystack, 1 its end")
+    return sorted(dict.fromkeys(values))
+
+
+def _factor_label(path: Path, factors: RopeFactors) -> str:
+    if path.is_dir():
+        return path.name
+    if path.stem in ("best", "factors") and path.parent.name:
+        return path.parent.name
+    return path.stem
+
+
+def build_methods(
+    geometry: RopeGeometry,
+    baselines: Sequence[str] = (),
+    factor_files: Sequence[str | Path] = (),
+    target_length: int | None = None,
+) -> list[EvalMethod]:
+    """``none`` first, then the baselines (λ for ``target_length``), then each factors file (checked against the model)."""
+    methods = [EvalMethod("none", "none", method_schedule("none", geometry, geometry.original_length), False, "original RoPE", 1.0)]
+    names = parse_baselines(list(baselines)) if baselines else []
+    if names and target_length is None:
+        raise InputError("baselines need a target length: pass --target (default: the largest of --lengths)")
+    for name in names:
+        if name == "none":
+            continue
+        sched = method_schedule(name, geometry, int(target_length))
+        dynamic = get_method(name).dynamic
+        m = sched(int(target_length)).m
+        methods.append(EvalMethod(name, "baseline", sched, dynamic, f"rope.{name} for {format_length(int(target_length))}", m, int(target_length)))
+    for f in factor_files:
+        path = Path(f)
+        factors = load_factors(path, geometry=geometry, target_length=target_length)
+        label = _factor_label(path, factors)
+        methods.append(
+            EvalMethod(label, "factors", factors, True, str(path), factors.attention_factor, factors.target_length)
+        )
+    seen: dict[str, int] = {}
+    for m in methods:  # unique labels (they name files and columns)
+        n = seen.get(m.label, 0)
+        seen[m.label] = n + 1
+        if n:
+            m.label = f"{m.label}-{n + 1}"
+    return methods
+
+
+def validate_settings(samples: int, segment: int, template: str) -> None:
+    """Refuse bad --samples / --segment / --template before anything is loaded."""
+    from .needles import get_template
+
+    if samples < 1:
+        raise InputError(f"--samples must be at least 1, got {samples}")
+    if segment < 1:
+        raise InputError(f"--segment must be a positive number of tokens, got {segment}")
+    get_template(template)
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass
+class NeedleCell:
+    """One method × length × depth: the scorer's numbers for its needle set."""
+
+    method: str
+    length: int
+    depth: float
+    nll: float
+    ppl: float
+    accuracy: float
+    n_samples: int
+    seconds: float
+    error: str | None = None
+
+
+@dataclass
+class SegmentCell:
+    """One method × length: the NLL of the fixed final segment with ``length − tokens`` tokens of context."""
+
+    method: str
+    length: int
+    nll: float
+    ppl: float
+    tokens: int
+    seconds: float
+    error: str | None = None
+
+
+@dataclass
+class EvalResult:
+    model: str
+    geometry: dict[str, Any]
+    lengths: list[int]
+    depths: list[float]
+    methods: list[dict[str, Any]]
+    needles: list[NeedleCell]
+    segments: list[SegmentCell]
+    settings: dict[str, Any]
+    command: str = ""
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+    @property
+    def labels(self) -> list[str]:
+        return [m["label"] for m in self.methods]
+
+    def cell(self, method: str, length: int, depth: float) -> NeedleCell:
+        for c in self.needles:
+            if c.method == method and c.length == length and math.isclose(c.depth, depth):
+                return c
+        raise KeyError((method, length, depth))
+
+    def needle_mean(self, method: str, length: int) -> tuple[float, float]:
+        """Mean needle NLL and accuracy over depths (NaN when every cell failed)."""
+        cells = [c for c in self.needles if c.method == method and c.length == length and c.error is None]
+        if not cells:
+            return float("nan"), float("nan")
+        return float(np.mean([c.nll for c in cells])), float(np.mean([c.accuracy for c in cells]))
+
+    def segment(self, method: str, length: int) -> SegmentCell:
+        for s in self.segments:
+            if s.method == method and s.length == length:
+                return s
+        raise KeyError((method, length))
+
+    def accuracy_grid(self, method: str) -> np.ndarray:
+        """depth × length accuracies (NaN for failed cells)."""
+        grid = np.full((len(self.depths), len(self.lengths)), np.nan)
+        for c in self.needles:
+            if c.method == method and c.error is None:
+                grid[self.depths.index(c.depth), self.lengths.index(c.length)] = c.accuracy
+        return grid
+
+    def to_dict(self) -> dict[str, Any]:
+        summary = [
+            {
+                "method": label,
+                "length": n,
+                "needle_nll": _num(self.needle_mean(label, n)[0]),
+                "needle_accuracy": _num(self.needle_mean(label, n)[1]),
+                "segment_nll": _num(self.segment(label, n).nll),
+                "segment_ppl": _num(self.segment(label, n).ppl),
+            }
+            for label in self.labels
+            for n in self.lengths
+        ]
+        return {
+            "kind": "longsearch.eval",
+            "version": 1,
+            "created": self.created,
+            "command": self.command,
+            "model": self.model,
+            "geometry": self.geometry,
+            "lengths": self.lengths,
+            "depths": self.depths,
+            "settings": self.settings,
+            "methods": self.methods,
+            "summary": summary,
+            "needles": [{k: _num(v) for k, v in asdict(c).items()} for c in self.needles],
+            "segments": [{k: _num(v) for k, v in asdict(s).items()} for s in self.segments],
+        }
+
+
+def _num(v: Any) -> Any:
+    """JSON has no NaN: failed cells are null."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+# ---------------------------------------------------------------- the fixed final segment
+
+
+def segment_document(tokenizer, n_tokens: int, haystack: str = "heldout") -> np.ndarray:
+    """One held-out document of exactly ``n_tokens`` tokens: the tokenizer's special prefix (BOS), then prose."""
+    from .needles import load_haystack
+
+    text, _ = load_haystack(haystack)
+    k = _special_prefix_len(tokenizer)
+    prefix = [int(i) for i in tokenizer("a", add_special_tokens=True)["input_ids"]][:k]
+    need = n_tokens - len(prefix)
+    chars = max(4 * need, 4096)
+    while True:
+        ids = [int(i) for i in tokenizer(text[:chars], add_special_tokens=False)["input_ids"]]
+        if len(ids) > need or chars >= len(text):
+            break
+        chars *= 2
+    if len(ids) < need:
+        raise NeedleError(
+            f"the held-out haystack has only {len(ids)} tokens, fewer than the {n_tokens} the longest length needs: "
+            "give shorter --lengths"
+        )
+    return np.asarray(prefix + ids[:need], dtype=np.int64)
+
+
+# ---------------------------------------------------------------- the run
+
+
+def run_eval(
+    lm: Any,
+    methods: Sequence[EvalMethod],
+    lengths: Sequence[int],
+    *,
+    depths: Sequence[float] = DEFAULT_DEPTHS,
+    samples: int = DEFAULT_SAMPLES,
+    seed: int = DEFAULT_SEED,
+    template: str = "magic-number",
+    haystack: str = "heldout",
+    segment: int = DEFAULT_SEGMENT,
+    progress: ProgressFn | None = None,
+    command: str = "",
+) -> EvalResult:
+    """Score every method × length × depth on needles and every method × length on the final segment.
+
+    ``lm`` is a :class:`~longsearch.models.LoadedModel`. Needle sets are built once per length and depth
+    (the same for every method) from ``haystack`` with ``seed``.
+    """
+    from .models import patched
+    from .needles import build_needle_set
+    from .scoring import score
+
+    lengths = sorted(dict.fromkeys(int(n) for n in lengths))
+    depths = [float(d) for d in depths]
+    if not lengths:
+        raise InputError("no lengths to evaluate: give --lengths such as 1k,2k,4k")
+    if not methods:
+        raise InputError("no methods to evaluate")
+    validate_settings(samples, segment, template)
+    seg = min(int(segment), lengths[0] // 2)
+    if seg < segment:
+        log.warning("final segment shortened to %d tokens: the shortest length is %d", seg, lengths[0])
+
+    total = len(methods) * len(lengths) * (len(depths) + 1)
+    done = 0
+
+    def tick(what: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, what)
+
+    if progress is not None:
+        progress(0, total, "building needle sets")
+    sets = {
+        (n, d): build_needle_set(lm.tokenizer, n, samples, template=template, seed=seed, depths=[d], haystack=haystack)
+        for n in lengths
+        for d in depths
+    }
+    document = segment_document(lm.tokenizer, lengths[-1], haystack)
+    prefix = _special_prefix_len(lm.tokenizer)
+    needles: list[NeedleCell] = []
+    segments: list[SegmentCell] = []
+    for m in methods:
+        for n in lengths:
+            for d in depths:
+                ns = sets[(n, d)]
+                try:  # the spec is a schedule or factors: it carries its own target; the set its length
+                    s = score(lm, ns, m.spec)
+                    cell = NeedleCell(m.label, n, d, float(s.nll), float(s.ppl), float(s.accuracy), len(ns), float(s.seconds), s.error)
+                except ModelError as e:  # out of memory at this length: record it, go on with the rest
+                    cell = NeedleCell(m.label, n, d, math.nan, math.nan, math.nan, len(ns), 0.0, str(e))
+                needles.append(cell)
+                tick(f"{m.label} · {format_length(n)} · depth {d:g}")
+            t0 = time.perf_counter()
+            try:
+                with patched(lm.model, m.spec, m.target_length or n):
+                    nll = segment_nll(lm.model, document, prefix, n, seg)
+                err = None
+            except _OOM_ERRORS as e:  # a length too long for this device: record it, go on with the rest
+                nll, err = float("nan"), f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                _empty_cache()
+            segments.append(SegmentCell(m.label, n, nll, math.exp(nll) if math.isfinite(nll) else float("nan"), seg, time.perf_counter() - t0, err))
+            tick(f"{m.label} · {format_length(n)} · segment")
+    g = lm.geometry
+    settings = {
+        "samples": samples,
+        "seed": seed,
+        "template": template,
+        "haystack": haystack,
+        "segment_tokens": seg,
+        "segment_document_tokens": int(len(document)),
+        "device": str(getattr(lm, "device", "")),
+        "dtype": str(getattr(lm, "dtype", "")),
+    }
+    return EvalResult(
+        model=str(lm.name),
+        geometry={"rotary_dim": g.rotary_dim, "base": g.base, "original_length": g.original_length},
+        lengths=lengths,
+        depths=depths,
+        methods=[m.describe() for m in methods],
+        needles=needles,
+        segments=segments,
+        settings=settings,
+        command=command,
+    )
+
+
+def _oom_errors() -> tuple[type[BaseException], ...]:
+    import torch
+
+    errors: list[type[BaseException]] = [MemoryError]
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    if oom is not None:
+        errors.append(oom)
+    return tuple(errors)
+
+
+_OOM_ERRORS = _oom_errors()
+
+
+def _empty_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _special_prefix_len(tokenizer) -> int:
+    """How many special tokens (BOS) the tokenizer puts before the text (0 for none)."""
+    with_special = [int(i) for i in tokenizer("a", add_special_tokens=True)["input_ids"]]
+    plain = [int(i) for i in tokenizer("a", add_special_tokens=False)["input_ids"]]
+    for start in range(len(with_special) - len(plain) + 1):
+        if with_special[start : start + len(plain)] == plain:
+            return start
+    return 0
+
+
+def segment_nll(model, document: np.ndarray, prefix: int, length: int, tokens: int) -> float:
+    """Mean NLL of the last ``tokens`` tokens of ``document`` given the ``length − tokens`` positions before them.
+
+    The input is the document's special prefix (``prefix`` tokens, e.g. BOS) and then its last
+    ``length − prefix`` tokens: exactly ``length`` positions that always end with the same tokens. Only the
+    last ``tokens + 1`` positions go through the lm_head.
+    """
+    import torch
+
+    if not 0 < tokens < length - prefix or length > len(document):
+        raise InputError(f"a final segment of {tokens} tokens does not fit a context of {length} tokens")
+    ids = np.concatenate([document[:prefix], document[len(document) - (length - prefix):]])
+    device = next(model.parameters()).device
+    x = torch.as_tensor(ids, dtype=torch.long, device=device)[None]
+    with torch.inference_mode():
+        try:
+            logits = model(input_ids=x, logits_to_keep=tokens + 1, use_cache=False).logits
+        except TypeError:  # a model whose forward has no logits_to_keep
+            logits = model(input_ids=x, use_cache=False).logits
+        logits = logits[0, -(tokens + 1) : -1].float()
+        nll = torch.nn.functional.cross_entropy(logits, x[0, -tokens:], reduction="mean")
+    return float(nll.item())
+
+
+# ---------------------------------------------------------------- writing
+
+
+def default_out_dir(root: str | Path = "outputs") -> Path:
+    return Path(root) / f"eval-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+
+
+def safe_name(label: str) -> str:
+    """A label as a file-name part."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-.") or "method"
+
+
+def write_eval(result: EvalResult, out: str | Path, force: bool = False) -> list[Path]:
+    """Write eval.json, eval.csv, report.md and the PNG plots into ``out`` (refused if it exists, unless ``force``)."""
+    out = Path(out)
+    if (out.exists() or out.is_symlink()) and not force:
+        raise RunError(f"{out} already exists: choose another --out or pass --force to replace it")
+    names: list[str] = []
+    with atomic_dir(out) as tmp:
+        atomic_write_json(tmp / "eval.json", result.to_dict())
+        atomic_write_text(tmp / "eval.csv", render_csv(result))
+        plots = write_plots(result, tmp)
+        atomic_write_text(tmp / "report.md", render_report(result, plots))
+        names = ["eval.json", "eval.csv", "report.md"] + plots
+    return [out / n for n in names]
+
+
+def render_csv(result: EvalResult) -> str:
+    """One tidy row per measurement: kind (needle, needle-mean, segment), method, length, depth, nll, ppl, accuracy, …"""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["kind", "method", "length", "depth", "nll", "ppl", "accuracy", "n", "seconds", "error"])
+    for c in result.needles:
+        w.writerow(["needle", c.method, c.length, c.depth, _f(c.nll), _f(c.ppl), _f(c.accuracy), c.n_samples, f"{c.seconds:.3f}", c.error or ""])
+    for label in result.labels:
+        for n in result.lengths:
+            nll, acc = result.needle_mean(label, n)
+            w.writerow(["needle-mean", label, n, "", _f(nll), _f(math.exp(nll) if math.isfinite(nll) else nll), _f(acc), len(result.depths), "", ""])
+    for s in result.segments:
+        w.writerow(["segment", s.method, s.length, "", _f(s.nll), _f(s.ppl), "", s.tokens, f"{s.seconds:.3f}", s.error or ""])
+    return buf.getvalue()
+
+
+def _f(v: float) -> str:
+    return "" if v is None or not math.isfinite(v) else repr(float(v))
+
+
+def _cell(v: float, fmt: str) -> str:
+    return "–" if v is None or not math.isfinite(v) else format(v, fmt)
+
+
+def render_report(result: EvalResult, plots: Sequence[str] = ()) -> str:
+    """The Markdown report: settings, methods, and the tables (method × length) with the plots."""
+    L = result.lengths
+    head = "| method | " + " | ".join(format_length(n) for n in L) + " |\n|---|" + "---:|" * len(L) + "\n"
+
+    def table(fn: Callable[[str, int], str]) -> str:
+        return head + "".join(f"| {label} | " + " | ".join(fn(label, n) for n in L) + " |\n" for label in result.labels)
+
+    g = result.geometry
+    s = result.settings
+    lines = [
+        f"# longsearch eval: {result.model}\n\n",
+        f"Created {result.created}.\n\n",
+        f"Command: `{result.command}`\n\n" if result.command else "",
+        f"Model RoPE: rotary dim {g['rotary_dim']}, base {g['base']:g}, original window {format_length(g['original_length'])} "
+        f"({g['original_length']} tokens).\n\n",
+        f"Needles: template `{s['template']}`, haystack `{s['haystack']}` (held out from search), seed {s['seed']}, "
+        f"samples per cell: {s['samples']}, depths: {', '.join(f'{d:g}' for d in result.depths)}.\n\n",
+        f"Final segment: the last {s['segment_tokens']} tokens of one held-out document, scored with n − {s['segment_tokens']} "
+        "tokens of context at every length n. A perplexity that falls with n shows the longer context is used; "
+        "a flat one shows it is merely tolerated.\n",
+        "\n## Methods\n\n",
+        "| method | kind | dynamic | attention factor | target | source |\n|---|---|---|---:|---:|---|\n",
+        *(
+            f"| {m['label']} | {m['kind']} | {'yes' if m['dynamic'] else 'no'} | "
+            f"{_cell(m['attention_factor'], '.4f') if m['attention_factor'] is not None else '–'} | "
+            f"{format_length(m['target_length']) if m['target_length'] else '–'} | {m['source']} |\n"
+            for m in result.methods
+        ),
+        "\nDynamic methods are applied as they behave at each length (LongRoPE factors: short factors up to the "
+        "original window, long ones above it; dynamic NTK: λ from the current length).\n",
+        "\n## Needle answer NLL (mean over depths; lower is better)\n\n",
+        table(lambda m, n: _cell(result.needle_mean(m, n)[0], ".3f")),
+        "\n## Greedy needle accuracy (mean over depths)\n\n",
+        table(lambda m, n: _cell(result.needle_mean(m, n)[1], ".2f")),
+        f"\n## Final-segment perplexity (last {s['segment_tokens']} tokens)\n\n",
+        table(lambda m, n: _cell(result.segment(m, n).ppl, ".3f")),
+    ]
+    errors = [c for c in result.needles if c.error] + [c for c in result.segments if c.error]
+    if errors:
+        lines.append("\n## Failed cells\n\n")
+        lines += [f"- {c.method} at {format_length(c.length)}: {c.error}\n" for c in errors]
+    lines.append("\n## Needle accuracy by depth (rows: depth, columns: length)\n")
+    for label in result.labels:
+        grid = result.accuracy_grid(label)
+        lines.append(f"\n### {label}\n\n| depth | " + " | ".join(format_length(n) for n in L) + " |\n|---|" + "---:|" * len(L) + "\n")
+        for i, d in enumerate(result.depths):
+            lines.append(f"| {d:g} | " + " | ".join(_cell(v, ".2f") for v in grid[i]) + " |\n")
+    if plots:
+        lines.append("\n## Plots\n\n")
+        lines += [f"![{p}]({p})\n" for p in plots]
+    return "".join(lines)
+
+
+def write_plots(result: EvalResult, out_dir: Path) -> list[str]:
+    """nll_vs_length.png, segment_ppl_vs_length.png and accuracy_<method>.png; returns their file names."""
+    names = []
+    names.append(_line_plot(result, out_dir / "nll_vs_length.png", lambda m, n: result.needle_mean(m, n)[0],
+                            "needle answer NLL (mean over depths)", log_y=False))
+    names.append(_line_plot(result, out_dir / "segment_ppl_vs_length.png", lambda m, n: result.segment(m, n).ppl,
+                            f"final-segment perplexity (last {result.settings['segment_tokens']} tokens)", log_y=True))
+    for label in result.labels:
+        names.append(_heatmap(result, label, out_dir / f"accuracy_{safe_name(label)}.png"))
+    return names
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    from .atomic import atomic_write_bytes
+
+    atomic_write_bytes(path, buf.getvalue())
+    return path.name
+
+
+def _line_plot(result: EvalResult, path: Path, value: Callable[[str, int], float], ylabel: str, log_y: bool) -> str:
+    from matplotlib.ticker import NullLocator, ScalarFormatter
+
+    fig = _figure(7.0, 4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    for label in result.labels:
+        ys = [value(label, n) for n in result.lengths]
+        ax.plot(result.lengths, ys, marker="o", label=label)
+    original = result.geometry["original_length"]
+    xlabel = "context length (tokens)"
+    if result.lengths[0] <= original <= result.lengths[-1]:
+        ax.axvline(original, color="grey", linestyle="--", linewidth=1, label="original window")
+    else:
+        xlabel += f"; original window {format_length(original)}"
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(result.lengths)
+    ax.set_xticklabels([format_length(n) for n in result.lengths])
+    ax.xaxis.set_minor_locator(NullLocator())
+    if log_y and all(v > 0 for s in result.segments for v in [s.ppl] if math.isfinite(v)):
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _heatmap(result: EvalResult, label: str, path: Path) -> str:
+    grid = result.accuracy_grid(label)
+    fig = _figure(1.2 + 0.9 * len(result.lengths), 1.2 + 0.45 * len(result.depths))
+    ax = fig.add_subplot(1, 1, 1)
+    img = ax.imshow(np.ma.masked_invalid(grid), vmin=0.0, vmax=1.0, cmap="RdYlGn", aspect="auto")
+    ax.set_xticks(range(len(result.lengths)))
+    ax.set_xticklabels([format_length(n) for n in result.lengths])
+    ax.set_yticks(range(len(result.depths)))
+    ax.set_yticklabels([f"{d:g}" for d in result.depths])
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            v = grid[i, j]
+            dark = math.isfinite(v) and (v < 0.2 or v > 0.85)  # the ends of RdYlGn are dark
+            ax.text(j, i, _cell(v, ".2f"), ha="center", va="center", fontsize=8, color="white" if dark else "black")
+    ax.set_xlabel("context length")
+    ax.set_ylabel("needle depth")
+    ax.set_title(f"needle accuracy: {label}")
+    fig.colorbar(img, ax=ax, fraction=0.046, pad=0.04)
+    return _save(fig, path)
+
+
+__all__ = [
+    "DEFAULT_DEPTHS",
+    "DEFAULT_SEED",
+    "EvalMethod",
+    "EvalResult",
+    "NeedleCell",
+    "SegmentCell",
+    "build_methods",
+    "default_out_dir",
+    "parse_baselines",
+    "parse_depths",
+    "render_csv",
+    "render_report",
+    "run_eval",
+    "segment_document",
+    "segment_nll",
+    "validate_settings",
+    "write_eval",
+    "write_plots",
+]

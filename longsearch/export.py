@@ -1,0 +1,639 @@
+"""Export RopeFactors to the tools that run models: transformers, vLLM, llama.cpp (GGUF), LongRoPE CSV, JSON.
+
+One function per target format, each taking a :class:`~longsearch.factors.RopeFactors` and an output
+path and returning an :class:`ExportResult` (what was written, what the user must know). Nothing that
+exists is overwritten unless ``force=True``; every file appears whole or not at all.
+
+>>> from longsearch.rope import RopeGeometry
+>>> f = RopeFactors.from_method("yarn", RopeGeometry(64, 10000.0, 256), target_length=1024)
+>>> import tempfile, pathlib
+>>> out = pathlib.Path(tempfile.mkdtemp()) / "f.csv"
+>>> r = export_csv(f, out)
+>>> [p.name for p in r.paths]
+['f.csv', 'f.short.csv']
+
+Short factors come from the source when it has them (a run that searched them); otherwise they are
+ones, the original RoPE within the original window, and every result says which.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .atomic import atomic_dir, atomic_write_text, current_umask
+from .errors import ExportError, FactorsError
+from .factors import RopeFactors, load_factors, write_csv_factors
+from .rope import RopeGeometry, attention_factor
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("hf", "vllm", "gguf", "longrope-csv", "json")
+FACTORS_FILE = "longsearch_factors.json"  # written next to an exported config, for traceability
+_SMALL_FILE = 1 << 20  # files below this are copied unless they are weights; larger ones linked
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".npz")
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote and what the user should know about it."""
+
+    format: str
+    out: Path
+    paths: list[Path]
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    hf_overrides: dict[str, Any] | None = None  # vllm only
+    serve_command: str | None = None  # vllm only
+
+
+# ---------------------------------------------------------------- sources
+
+
+def resolve_factors(
+    source: str | Path,
+    geometry: RopeGeometry | None = None,
+    target_length: int | None = None,
+) -> RopeFactors:
+    """Load factors from a run directory, a factors JSON or a LongRoPE CSV (which needs ``geometry`` and ``target_length``)."""
+    path = Path(source)
+    if path.suffix.lower() == ".csv" and (geometry is None or target_length is None):
+        raise FactorsError(
+            f"{path} is a CSV of factors only: give the model (--model, --model-dir or --gguf) and --target so the rest is known"
+        )
+    return load_factors(path, geometry=geometry, target_length=target_length)
+
+
+def short_factor_note(factors: RopeFactors) -> str:
+    """The sentence every export states about the short factors."""
+    if np.all(factors.short_factor == 1.0):
+        return "short factors: ones (the original RoPE up to the original window); the source did not search them"
+    return "short factors: taken from the source (searched, not all ones)"
+
+
+def default_out(source: str | Path, fmt: str, gguf_file: str | Path | None = None) -> Path:
+    """Where an export goes by default: ``RUN/export/…`` for a run directory, else next to the factors file.
+
+    - run directory: ``RUN/export/hf``, ``…/vllm``, ``…/long_factors.csv``, ``…/factors.json``, ``…/MODEL-RUN.gguf``
+    - factors file ``F.json``: ``F-hf``, ``F-vllm``, ``F.csv``, ``F-export.json``, ``MODEL-F.gguf`` beside it
+    """
+    src = Path(source)
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    model = Path(gguf_file).stem if gguf_file else "model"
+    if src.is_dir():
+        base = src / "export"
+        names = {"hf": "hf", "vllm": "vllm", "longrope-csv": "long_factors.csv", "json": "factors.json", "gguf": f"{model}-{src.name}.gguf"}
+        return base / names[fmt]
+    stem, suffix = src.stem, src.suffix.lower()
+    names = {
+        "hf": f"{stem}-hf",
+        "vllm": f"{stem}-vllm",
+        "longrope-csv": f"{stem}-export.csv" if suffix == ".csv" else f"{stem}.csv",
+        "json": f"{stem}-export.json" if suffix == ".json" else f"{stem}.json",
+        "gguf": f"{model}-{stem}.gguf",
+    }
+    return src.parent / names[fmt]
+
+
+# ---------------------------------------------------------------- atomic helpers
+
+
+def _refuse_existing(out: Path, force: bool) -> None:
+    if out.exists() or out.is_symlink():
+        raise ExportError(f"{out} already exists: choose another --out or pass --force to replace it")
+
+
+@contextlib.contextmanager
+def _atomic_file(out: Path) -> Iterator[Path]:
+    """A temporary path next to ``out``; renamed onto it (after fsync) only if the block succeeds."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        if out.is_dir() and not out.is_symlink():
+            shutil.rmtree(out)
+        os.replace(tmp_path, out)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+# ---------------------------------------------------------------- json / csv
+
+
+def export_json(factors: RopeFactors, out: str | Path, force: bool = False) -> ExportResult:
+    """The longsearch factors JSON (e.g. to turn a CSV or a run directory into one file)."""
+    out = Path(out)
+    if not force:
+        _refuse_existing(out, force)
+    factors.save(out)
+    return ExportResult("json", out, [out], notes=[short_factor_note(factors)])
+
+
+def short_csv_path(out: Path) -> Path:
+    """The companion file of a LongRoPE CSV export that holds the short factors."""
+    return out.with_name(f"{out.stem}.short{out.suffix or '.csv'}")
+
+
+def export_csv(factors: RopeFactors, out: str | Path, force: bool = False) -> ExportResult:
+    """LongRoPE reference CSVs: ``out`` holds the long factors, ``<stem>.short.csv`` the short ones; one value per line."""
+    out = Path(out)
+    short = short_csv_path(out)
+    if not force:
+        _refuse_existing(out, force)
+        _refuse_existing(short, force)
+    write_csv_factors(out, factors.long_factor)
+    write_csv_factors(short, factors.short_factor)
+    notes = [
+        short_factor_note(factors),
+        f"a CSV carries λ only: original window {factors.original_length}, target {factors.target_length}, "
+        f"base {factors.base:g}, attention factor {factors.attention_factor:.6g} are not in it",
+    ]
+    return ExportResult("longrope-csv", out, [out, short], notes=notes)
+
+
+# ---------------------------------------------------------------- transformers / vLLM
+
+
+def _rope_parameters(factors: RopeFactors, config: Any = None) -> dict[str, Any]:
+    from .models import longrope_rope_parameters
+
+    return dict(longrope_rope_parameters(factors, config))
+
+
+def patch_config_dict(cfg: dict[str, Any], factors: RopeFactors, rope_parameters: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a config.json dict that makes transformers apply ``factors``.
+
+    Sets ``rope_parameters`` (and the legacy ``rope_scaling`` too when the config has one, because
+    transformers lets it win), ``max_position_embeddings`` = target, and the top-level
+    ``original_max_position_embeddings`` of Phi-3-style configs, which otherwise overrides the nested one.
+    """
+    out = json.loads(json.dumps(cfg))
+    params = dict(rope_parameters)
+    current = out.get("rope_parameters") or out.get("rope_scaling")
+    nested = (
+        isinstance(current, dict)
+        and bool(current)
+        and "rope_type" not in current
+        and "rope_theta" not in current
+        and all(isinstance(v, dict) for v in current.values())
+    )
+    if nested:  # per-layer-type RoPE (Gemma3): only full attention is extended, local layers keep theirs
+        key = "full_attention" if "full_attention" in current else (next(iter(current)) if len(current) == 1 else None)
+        if key is None:
+            raise ExportError(f"this model has RoPE layer types {', '.join(current)} and none is full_attention: cannot tell which to extend")
+        params = {**current, key: params}
+    out["rope_parameters"] = params
+    if out.get("rope_scaling"):
+        out["rope_scaling"] = params
+    else:
+        out.pop("rope_scaling", None)
+    if "head_dim" in out and not out["head_dim"] and out.get("hidden_size") and out.get("num_attention_heads"):
+        out["head_dim"] = int(out["hidden_size"]) // int(out["num_attention_heads"])  # longrope reads head_dim as is
+    out["max_position_embeddings"] = int(factors.target_length)
+    if "original_max_position_embeddings" in out or str(out.get("model_type", "")).startswith(("phi3", "phimoe")):
+        out["original_max_position_embeddings"] = int(factors.original_length)
+    return out
+
+
+def _check_config_geometry(cfg_obj: Any, factors: RopeFactors, what: str) -> None:
+    from .models import model_geometry
+
+    factors.check_geometry(model_geometry(cfg_obj), what)
+
+
+def _copy_tree(src: Path, dst: Path, link: bool, exclude: Sequence[Path] = ()) -> list[Path]:
+    """Copy ``src`` into ``dst`` except config.json: weights and large files hard-linked (``link``), the rest copied."""
+    written = []
+    skip = [Path(e).resolve() for e in (*exclude, dst)]
+    for p in sorted(src.rglob("*")):
+        rel = p.relative_to(src)
+        if rel.parts and rel.parts[0].startswith("."):
+            continue  # .git, caches
+        if any(p.resolve() == e or e in p.resolve().parents for e in skip):
+            continue  # an output placed inside the model directory
+        target = dst / rel
+        if p.is_dir():
+            continue  # directories appear with their files
+        if rel == Path("config.json") or rel == Path(FACTORS_FILE):
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        real = p.resolve()
+        if link and (real.stat().st_size >= _SMALL_FILE or p.name.endswith(_WEIGHT_SUFFIXES)):
+            try:
+                os.link(real, target)
+            except OSError:  # another file system, or links not allowed
+                shutil.copy2(real, target)
+        else:
+            shutil.copy2(real, target)
+        written.append(target)
+    return written
+
+
+def export_hf(
+    factors: RopeFactors,
+    out: str | Path,
+    model: str | None = None,
+    model_dir: str | Path | None = None,
+    force: bool = False,
+    link: bool = True,
+) -> ExportResult:
+    """A transformers model directory (``model_dir`` copied, weights linked) or a lone config.json (from ``model``).
+
+    The exported directory also holds ``longsearch_factors.json``. Weights are never modified; with
+    ``link`` large files are hard-linked (copied where that is impossible), otherwise copied.
+    """
+    from .models import load_config
+
+    out = Path(out)
+    if not force:
+        _refuse_existing(out, force)
+    if model_dir is not None:
+        model_dir = Path(model_dir)
+        cfg_path = model_dir / "config.json"
+        if not cfg_path.is_file():
+            raise ExportError(f"{model_dir} has no config.json: --model-dir must be a transformers model directory")
+        if out.resolve() == model_dir.resolve():
+            raise ExportError("--out is the model directory itself: export into a new directory; weights are never modified in place")
+        try:
+            raw = json.loads(cfg_path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ExportError(f"cannot read {cfg_path}: {e}") from None
+        cfg_obj = load_config(str(model_dir))
+        source_desc = str(model_dir)
+    else:
+        cfg_obj = load_config(model)
+        raw = None
+        source_desc = model or "the testbed model"
+    _check_config_geometry(cfg_obj, factors, source_desc)
+    if raw is not None:
+        patched = patch_config_dict(raw, factors, _rope_parameters(factors, cfg_obj))
+    else:
+        from .models import config_with_factors
+
+        patched = config_with_factors(cfg_obj, factors).to_dict()
+    notes = [short_factor_note(factors)]
+    paths: list[Path] = []
+    with atomic_dir(out) as tmp:
+        if model_dir is not None:
+            copied = _copy_tree(model_dir, tmp, link, exclude=[out])
+            paths += [out / p.relative_to(tmp) for p in copied]
+            notes.append(f"copied {len(copied)} file(s) from {model_dir} ({'large ones hard-linked' if link else 'all copied'}); config.json patched")
+        atomic_write_text(tmp / "config.json", json.dumps(patched, indent=2) + "\n")
+        factors.save(tmp / FACTORS_FILE)
+    paths = [out / "config.json", out / FACTORS_FILE] + paths
+    if model_dir is None:
+        notes.append("config only: put config.json into a copy of the model directory (or pass --model-dir to copy it)")
+    notes.append(
+        f"rope_parameters: longrope, original window {factors.original_length}, max_position_embeddings {factors.target_length}, "
+        f"attention_factor {factors.attention_factor:.6g}"
+    )
+    return ExportResult("hf", out, paths, notes=notes)
+
+
+def vllm_overrides(factors: RopeFactors, rope_parameters: dict[str, Any]) -> dict[str, Any]:
+    """The ``--hf-overrides`` JSON for ``vllm serve``: the longrope settings and the new window."""
+    return {"rope_parameters": dict(rope_parameters), "max_position_embeddings": int(factors.target_length)}
+
+
+def vllm_attention_warning(factors: RopeFactors) -> str | None:
+    """vLLM recomputes m = √(1 + ln s / ln L); say so when the factors carry another m."""
+    m_vllm = attention_factor("longrope", factors.scale, factors.original_length)
+    if math.isclose(m_vllm, factors.attention_factor, rel_tol=1e-6, abs_tol=1e-9):
+        return None
+    return (
+        f"vLLM ignores attention_factor {factors.attention_factor:.6g} and recomputes m = √(1 + ln s / ln L) = "
+        f"{m_vllm:.6g} from max_position_embeddings / original_max_position_embeddings: results will differ from longsearch's"
+    )
+
+
+def export_vllm(
+    factors: RopeFactors,
+    out: str | Path,
+    model: str | None = None,
+    model_dir: str | Path | None = None,
+    force: bool = False,
+    link: bool = True,
+) -> ExportResult:
+    """The hf export plus the equivalent ``--hf-overrides`` (written to ``hf_overrides.json`` and returned)."""
+    result = export_hf(factors, out, model=model, model_dir=model_dir, force=force, link=link)
+    written = json.loads((result.out / "config.json").read_text())
+    overrides = vllm_overrides(factors, written["rope_parameters"])
+    text = json.dumps(overrides, separators=(",", ":"))
+    path = result.out / "hf_overrides.json"
+    atomic_write_text(path, text + "\n")
+    if model_dir is not None:
+        served = str(model_dir)
+    else:
+        from .models import TESTBED_DIR
+
+        served = model or str(TESTBED_DIR)
+    result.format = "vllm"
+    result.paths.append(path)
+    result.hf_overrides = overrides
+    result.serve_command = f"vllm serve {served} --max-model-len {factors.target_length} --hf-overrides '{text}'"
+    result.notes.append('vLLM releases built on transformers 4.x read "rope_scaling": rename the key in the overrides for those')
+    warning = vllm_attention_warning(factors)
+    if warning:
+        result.warnings.append(warning)
+    if not np.all(factors.short_factor == 1.0):
+        result.notes.append("vLLM uses the long factors at every position when max_model_len exceeds the original window")
+    return result
+
+
+# ---------------------------------------------------------------- GGUF (llama.cpp)
+
+# tensor names llama.cpp reads for Phi-3-style LongRoPE, and the Llama-3.1-style one they replace
+GGUF_LONG = "rope_factors_long.weight"
+GGUF_SHORT = "rope_factors_short.weight"
+GGUF_FREQS = "rope_freqs.weight"
+
+
+@dataclass
+class GGUFRopeInfo:
+    """The RoPE geometry a GGUF file declares."""
+
+    arch: str
+    rotary_dim: int
+    base: float | None
+    context_length: int
+    original_length: int | None  # rope.scaling.original_context_length, when present
+
+
+def _field(reader: Any, key: str) -> Any:
+    f = reader.get_field(key)
+    if f is None:
+        return None
+    value = f.contents()
+    return value
+
+
+def _open_gguf(path: Path) -> Any:
+    import gguf
+
+    if not path.is_file():
+        raise ExportError(f"GGUF file {path} does not exist")
+    try:
+        return gguf.GGUFReader(path, "r")
+    except Exception as e:  # a truncated or foreign file: the reader raises many kinds
+        raise ExportError(f"{path} is not a readable GGUF file ({e}): pass a llama.cpp .gguf model") from None
+
+
+def gguf_rope_info(reader: Any, path: str | Path = "GGUF") -> GGUFRopeInfo:
+    """Architecture, rotary dim (``rope.dimension_count`` or embedding_length / head_count), base and windows."""
+    arch = _field(reader, "general.architecture")
+    if not arch:
+        raise ExportError(f"{path} has no general.architecture key: is it a llama.cpp model file?")
+    ctx = _field(reader, f"{arch}.context_length")
+    if ctx is None:
+        raise ExportError(f"{path} has no {arch}.context_length key: longsearch cannot export to a GGUF without it")
+    dim = _field(reader, f"{arch}.rope.dimension_count")
+    if dim is None:
+        emb = _field(reader, f"{arch}.embedding_length")
+        heads = _field(reader, f"{arch}.attention.head_count")
+        if isinstance(heads, (list, tuple)):
+            heads = heads[0] if heads else None
+        if not emb or not heads:
+            raise ExportError(
+                f"{path} has neither {arch}.rope.dimension_count nor {arch}.embedding_length and "
+                f"{arch}.attention.head_count: its rotary dimension is unknown"
+            )
+        dim = int(emb) // int(heads)
+    base = _field(reader, f"{arch}.rope.freq_base")
+    orig = _field(reader, f"{arch}.rope.scaling.original_context_length")
+    return GGUFRopeInfo(
+        arch=str(arch),
+        rotary_dim=int(dim),
+        base=float(base) if base is not None else None,
+        context_length=int(ctx),
+        original_length=int(orig) if orig is not None else None,
+    )
+
+
+def gguf_geometry(path: str | Path) -> RopeGeometry:
+    """The RoPE geometry of a GGUF file (base 10000, llama.cpp's default, when it declares none)."""
+    info = gguf_rope_info(_open_gguf(Path(path)), path)
+    return RopeGeometry(info.rotary_dim, info.base or 10000.0, info.original_length or info.context_length)
+
+
+def _check_gguf_fit(info: GGUFRopeInfo, factors: RopeFactors, path: Path) -> None:
+    if info.rotary_dim != factors.rotary_dim:
+        raise ExportError(
+            f"{path} has rotary dim {info.rotary_dim} ({info.rotary_dim // 2} factors) but these factors have "
+            f"{factors.rotary_dim // 2} (rotary dim {factors.rotary_dim}): use factors searched for this model"
+        )
+    if info.base is not None and not math.isclose(info.base, factors.base, rel_tol=1e-5):
+        raise ExportError(f"{path} has RoPE base {info.base:g} but these factors were made for base {factors.base:g}")
+    original = info.original_length or info.context_length
+    if original != factors.original_length:
+        raise ExportError(
+            f"{path} declares an original window of {original} tokens but these factors were made for "
+            f"{factors.original_length}: use factors searched for this model"
+        )
+
+
+def export_gguf(factors: RopeFactors, gguf_file: str | Path, out: str | Path, force: bool = False) -> ExportResult:
+    """A copy of ``gguf_file`` with LongRoPE tensors and metadata; the source file is only read.
+
+    Writes float32 ``rope_factors_long.weight`` / ``rope_factors_short.weight`` (replacing any there,
+    and a Llama-3.1 ``rope_freqs.weight``), ``{arch}.context_length`` = target,
+    ``{arch}.rope.scaling.original_context_length``, ``{arch}.rope.scaling.attn_factor``.
+    """
+    import gguf
+
+    src, out = Path(gguf_file), Path(out)
+    if not force:
+        _refuse_existing(out, force)
+    if out.resolve() == src.resolve():
+        raise ExportError("--out is the input GGUF itself: write a copy; the input is never modified in place")
+    reader = _open_gguf(src)
+    info = gguf_rope_info(reader, src)
+    _check_gguf_fit(info, factors, src)
+    arch = info.arch
+    notes, warnings = [short_factor_note(factors)], []
+
+    def int_type(key: str) -> Any:  # keep an existing key's integer type (llama.cpp checks it)
+        f = reader.get_field(key)
+        return f.types[0] if f is not None and len(f.types) == 1 else gguf.GGUFValueType.UINT32
+
+    new_kv: dict[str, tuple[Any, Any]] = {
+        f"{arch}.context_length": (int(factors.target_length), int_type(f"{arch}.context_length")),
+        f"{arch}.rope.scaling.original_context_length": (
+            int(factors.original_length),
+            int_type(f"{arch}.rope.scaling.original_context_length"),
+        ),
+        f"{arch}.rope.scaling.attn_factor": (float(factors.attention_factor), gguf.GGUFValueType.FLOAT32),
+    }
+    drop_kv = set()
+    old_type = _field(reader, f"{arch}.rope.scaling.type")
+    if old_type is not None and old_type not in ("none", "longrope"):
+        new_kv[f"{arch}.rope.scaling.type"] = ("longrope", gguf.GGUFValueType.STRING)
+        notes.append(f"rope.scaling.type was {old_type!r}; set to 'longrope'")
+    if _field(reader, f"{arch}.rope.scaling.factor") is not None:
+        drop_kv.add(f"{arch}.rope.scaling.factor")
+        notes.append("removed rope.scaling.factor (it would scale positions on top of the factors)")
+
+    drop_tensors = {GGUF_LONG, GGUF_SHORT}
+    names = {t.name for t in reader.tensors}
+    if GGUF_FREQS in names:
+        drop_tensors.add(GGUF_FREQS)
+        notes.append("removed rope_freqs.weight (Llama-3.1 scaling), replaced by the LongRoPE factors")
+    if GGUF_LONG in names:
+        notes.append("replaced the file's existing rope_factors_long/short tensors")
+
+    supported = _archs_with_longrope_tensors()
+    if supported and arch not in supported:
+        warnings.append(
+            f"the gguf package lists rope_factors_long/short tensors only for {', '.join(sorted(supported))}; "
+            f"check that your llama.cpp reads them for architecture {arch!r}"
+        )
+
+    long = np.ascontiguousarray(factors.long_factor, dtype=np.float32)
+    short = np.ascontiguousarray(factors.short_factor, dtype=np.float32)
+    with _atomic_file(out) as tmp:
+        writer = gguf.GGUFWriter(tmp, arch=arch, endianess=reader.endianess)
+        writer.data_alignment = reader.alignment
+        for f in reader.fields.values():
+            if f.name == "general.architecture" or f.name.startswith("GGUF.") or f.name in drop_kv or f.name in new_kv:
+                continue
+            vtype = f.types[0]
+            sub = f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+            writer.add_key_value(f.name, f.contents(), vtype, sub_type=sub)
+        for key, (value, vtype) in new_kv.items():
+            writer.add_key_value(key, value, vtype)
+        kept = [t for t in reader.tensors if t.name not in drop_tensors]
+        for t in kept:
+            writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+        writer.add_tensor_info(GGUF_LONG, long.shape, long.dtype, long.nbytes, gguf.GGMLQuantizationType.F32)
+        writer.add_tensor_info(GGUF_SHORT, short.shape, short.dtype, short.nbytes, gguf.GGMLQuantizationType.F32)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for t in kept:
+            writer.write_tensor_data(t.data, tensor_endianess=reader.endianess)
+        writer.write_tensor_data(long)
+        writer.write_tensor_data(short)
+        writer.close()
+    notes.append(
+        f"{arch}.context_length {factors.target_length}, original {factors.original_length}, "
+        f"attn_factor {factors.attention_factor:.6g}"
+    )
+    return ExportResult("gguf", out, [out], notes=notes, warnings=warnings)
+
+
+def _archs_with_longrope_tensors() -> set[str]:
+    try:
+        import gguf
+
+        return {
+            gguf.MODEL_ARCH_NAMES[a]
+            for a, tensors in gguf.MODEL_TENSORS.items()
+            if gguf.MODEL_TENSOR.ROPE_FACTORS_LONG in tensors
+        }
+    except (ImportError, AttributeError):
+        return set()
+
+
+def read_gguf_factors(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Read back (long, short, metadata) from a GGUF file: the RoPE keys of its architecture."""
+    reader = _open_gguf(Path(path))
+    info = gguf_rope_info(reader, path)
+    tensors = {t.name: t for t in reader.tensors}
+    missing = [n for n in (GGUF_LONG, GGUF_SHORT) if n not in tensors]
+    if missing:
+        raise ExportError(f"{path} has no {' or '.join(missing)}: it holds no LongRoPE factors")
+    meta = {
+        f.name: f.contents()
+        for f in reader.fields.values()
+        if f.name.startswith(f"{info.arch}.") and (".rope." in f.name or f.name.endswith(".context_length"))
+    }
+    long = np.array(tensors[GGUF_LONG].data, dtype=np.float32).reshape(-1)
+    short = np.array(tensors[GGUF_SHORT].data, dtype=np.float32).reshape(-1)
+    return long, short, meta
+
+
+# ---------------------------------------------------------------- dispatch
+
+
+def export(
+    source: str | Path,
+    fmt: str,
+    out: str | Path | None = None,
+    *,
+    model: str | None = None,
+    model_dir: str | Path | None = None,
+    gguf_file: str | Path | None = None,
+    target_length: int | None = None,
+    force: bool = False,
+    link: bool = True,
+) -> ExportResult:
+    """Export a run directory, factors JSON or LongRoPE CSV to ``fmt`` (one of :data:`FORMATS`)."""
+    fmt = fmt.strip().lower()
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if fmt == "gguf" and gguf_file is None:
+        raise ExportError("--format gguf needs --gguf FILE: the llama.cpp model to copy with the factors")
+    is_csv = Path(source).suffix.lower() == ".csv"
+    if is_csv and target_length is None:
+        raise FactorsError(f"{source} is a CSV of factors only: give --target (and the model) so the rest is known")
+    geometry = None
+    if gguf_file is not None and fmt == "gguf":
+        geometry = gguf_geometry(gguf_file)
+    elif model_dir is not None or model is not None or is_csv:
+        from .models import load_config, model_geometry
+
+        geometry = model_geometry(load_config(str(model_dir) if model_dir is not None else model))
+    factors = resolve_factors(source, geometry if is_csv else None, target_length)
+    if geometry is not None and fmt in ("json", "longrope-csv"):
+        factors.check_geometry(geometry)
+    if target_length is not None and target_length != factors.target_length:
+        raise FactorsError(
+            f"these factors were made for target {factors.target_length}, not {target_length}: drop --target or use matching factors"
+        )
+    out = Path(out) if out is not None else default_out(source, fmt, gguf_file)
+    if fmt == "json":
+        return export_json(factors, out, force)
+    if fmt == "longrope-csv":
+        return export_csv(factors, out, force)
+    if fmt == "hf":
+        return export_hf(factors, out, model=model, model_dir=model_dir, force=force, link=link)
+    if fmt == "vllm":
+        return export_vllm(factors, out, model=model, model_dir=model_dir, force=force, link=link)
+    return export_gguf(factors, gguf_file, out, force)
+
+
+__all__ = [
+    "FORMATS",
+    "ExportResult",
+    "GGUFRopeInfo",
+    "default_out",
+    "export",
+    "export_csv",
+    "export_gguf",
+    "export_hf",
+    "export_json",
+    "export_vllm",
+    "gguf_geometry",
+    "gguf_rope_info",
+    "patch_config_dict",
+    "read_gguf_factors",
+    "resolve_factors",
+    "short_factor_note",
+    "vllm_overrides",
+]

@@ -1,0 +1,433 @@
+"""Export: transformers reloads what we write and computes what longsearch's patch computes; GGUF and CSV round trips."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from longsearch.errors import ExportError, FactorsError
+from longsearch.export import (
+    GGUF_FREQS,
+    GGUF_LONG,
+    GGUF_SHORT,
+    export,
+    export_csv,
+    export_gguf,
+    export_hf,
+    export_vllm,
+    read_gguf_factors,
+    short_csv_path,
+)
+from longsearch.factors import RopeFactors, load_factors
+from longsearch.models import apply_rope, load_config, model_geometry, restore_rope
+from longsearch.rope import RopeGeometry, attention_factor
+
+torch.set_num_threads(1)
+
+WINDOW = 64
+TARGET = 256
+
+
+def _factors(g: RopeGeometry, *, m: float | None = None, short: bool = True) -> RopeFactors:
+    """Non-trivial long and short factors, so a swapped or ignored vector shows in the logits."""
+    n = g.n_freq
+    long = np.linspace(1.0, 5.5, n) ** 1.3
+    short_f = np.linspace(1.0, 1.4, n) if short else np.ones(n)
+    s = TARGET / g.original_length
+    return RopeFactors(
+        long_factor=long,
+        short_factor=short_f,
+        original_length=g.original_length,
+        target_length=TARGET,
+        base=g.base,
+        rotary_dim=g.rotary_dim,
+        attention_factor=m if m is not None else attention_factor("longrope", s, g.original_length),
+        provenance={"method": "test"},
+    )
+
+
+def _save_llama(path, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=WINDOW, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(path)
+    return model
+
+
+def _logits(model, n: int, seed: int = 1) -> torch.Tensor:
+    ids = torch.randint(0, model.config.vocab_size, (1, n), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("llama")
+    _save_llama(path)
+    return path
+
+
+# ---------------------------------------------------------------- hf
+
+
+def test_hf_model_dir_reloads_with_same_logits(llama_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    g = model_geometry(load_config(str(llama_dir)))
+    f = _factors(g)
+    cfg_before = _sha(llama_dir / "config.json")
+    out = tmp_path / "exported"
+    result = export_hf(f, out, model_dir=llama_dir)
+    assert (out / "config.json").is_file() and (out / "longsearch_factors.json").is_file()
+    assert _sha(llama_dir / "config.json") == cfg_before  # never modified in place
+    weights = next(llama_dir.glob("*.safetensors"))
+    assert (out / weights.name).stat().st_ino == weights.stat().st_ino  # linked, not rewritten
+    assert any("short factors: taken from the source" in n for n in result.notes)
+
+    cfg = json.loads((out / "config.json").read_text())
+    rp = cfg["rope_parameters"]
+    assert rp["rope_type"] == "longrope" and cfg["max_position_embeddings"] == TARGET
+    assert rp["original_max_position_embeddings"] == WINDOW and rp["factor"] == TARGET / WINDOW
+    assert rp["attention_factor"] == pytest.approx(f.attention_factor) and rp["rope_theta"] == g.base
+
+    exported = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert exported.model.rotary_emb.rope_type == "longrope"
+    ours = AutoModelForCausalLM.from_pretrained(llama_dir).eval()
+    apply_rope(ours, f)
+    for n in (WINDOW // 2, WINDOW, WINDOW + 40):  # short factors below/at the window, long above
+        torch.testing.assert_close(exported(torch.arange(n)[None] % 97).logits, ours(torch.arange(n)[None] % 97).logits, rtol=1e-5, atol=1e-5)
+    # the comparison can fail: the unpatched model differs above the window
+    restore_rope(ours)
+    assert not torch.allclose(_logits(ours, WINDOW + 40), _logits(exported, WINDOW + 40), atol=1e-3)
+
+
+def test_hf_config_only_from_model(llama_dir, tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
+
+    g = model_geometry(load_config(str(llama_dir)))
+    f = _factors(g, m=1.3)
+    out = tmp_path / "cfg"
+    result = export_hf(f, out, model=str(llama_dir))
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "longsearch_factors.json"]
+    assert any("config only" in n for n in result.notes)
+    cfg = AutoConfig.from_pretrained(out)
+    assert cfg.rope_parameters["long_factor"] == pytest.approx(list(f.long_factor))
+    model = LlamaForCausalLM(cfg).eval()
+    src = AutoModelForCausalLM.from_pretrained(llama_dir).eval()
+    model.load_state_dict(src.state_dict())
+    apply_rope(src, f)
+    torch.testing.assert_close(_logits(model, WINDOW + 20), _logits(src, WINDOW + 20), rtol=1e-5, atol=1e-5)
+
+
+def test_hf_phi3_top_level_original_window(tmp_path):
+    from transformers import AutoModelForCausalLM, Phi3Config, Phi3ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Phi3Config(
+        vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=WINDOW, original_max_position_embeddings=WINDOW,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    src_dir = tmp_path / "phi3"
+    Phi3ForCausalLM(cfg).eval().save_pretrained(src_dir)
+    g = model_geometry(load_config(str(src_dir)))
+    assert g.original_length == WINDOW
+    f = _factors(g)
+    out = tmp_path / "phi3-out"
+    export_hf(f, out, model_dir=src_dir)
+    raw = json.loads((out / "config.json").read_text())
+    assert raw["original_max_position_embeddings"] == WINDOW == raw["rope_parameters"]["original_max_position_embeddings"]
+    exported = AutoModelForCausalLM.from_pretrained(out).eval()
+    ours = AutoModelForCausalLM.from_pretrained(src_dir).eval()
+    apply_rope(ours, f)
+    for n in (WINDOW - 8, WINDOW + 30):
+        torch.testing.assert_close(_logits(exported, n), _logits(ours, n), rtol=1e-5, atol=1e-5)
+
+
+def test_hf_refuses_existing_and_mismatched(llama_dir, tmp_path):
+    g = model_geometry(load_config(str(llama_dir)))
+    out = tmp_path / "exists"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="already exists"):
+        export_hf(_factors(g), out, model_dir=llama_dir)
+    assert (out / "keep.txt").read_text() == "mine"
+    export_hf(_factors(g), out, model_dir=llama_dir, force=True)
+    assert not (out / "keep.txt").exists() and (out / "config.json").exists()
+
+    other = RopeGeometry(g.rotary_dim * 2, g.base, g.original_length)
+    with pytest.raises(FactorsError, match="rotary dim"):
+        export_hf(_factors(other), tmp_path / "bad", model_dir=llama_dir)
+    assert not (tmp_path / "bad").exists()
+
+
+# ---------------------------------------------------------------- vllm
+
+
+def test_vllm_overrides_and_attention_warning(llama_dir, tmp_path):
+    g = model_geometry(load_config(str(llama_dir)))
+    default_m = _factors(g)
+    r = export_vllm(default_m, tmp_path / "v1", model=str(llama_dir))
+    assert r.warnings == []
+    over = json.loads((tmp_path / "v1" / "hf_overrides.json").read_text())
+    assert over == r.hf_overrides
+    assert over["max_position_embeddings"] == TARGET
+    for key in ("short_factor", "long_factor", "original_max_position_embeddings"):
+        assert key in over["rope_parameters"]
+    assert "--hf-overrides '" in r.serve_command and f"--max-model-len {TARGET}" in r.serve_command
+    assert json.loads(r.serve_command.split("--hf-overrides '")[1].rstrip("'")) == over
+
+    custom = _factors(g, m=1.05)
+    r2 = export_vllm(custom, tmp_path / "v2", model=str(llama_dir))
+    assert len(r2.warnings) == 1 and "1.05" in r2.warnings[0] and "recomputes" in r2.warnings[0]
+
+
+# ---------------------------------------------------------------- csv / json
+
+
+def test_csv_round_trip(tmp_path):
+    g = RopeGeometry(64, 10000.0, 256)
+    f = RopeFactors.from_method("yarn", g, 2048)
+    out = tmp_path / "f.csv"
+    r = export_csv(f, out)
+    assert r.paths == [out, short_csv_path(out)]
+    assert len(out.read_text().splitlines()) == g.n_freq
+    back = load_factors(out, geometry=g, target_length=2048)
+    np.testing.assert_array_equal(back.long_factor, f.long_factor)  # repr of floats round-trips exactly
+    assert np.all(np.loadtxt(short_csv_path(out)) == 1.0)
+    assert any("ones (the original RoPE" in n for n in r.notes)
+    with pytest.raises(ExportError, match="already exists"):
+        export_csv(f, out)
+
+
+def test_export_dispatch_csv_source_and_json(llama_dir, tmp_path):
+    g = model_geometry(load_config(str(llama_dir)))
+    f = _factors(g, short=False)
+    csv = tmp_path / "long.csv"
+    export_csv(f, csv)
+    with pytest.raises(FactorsError, match="--target"):
+        export(csv, "json", tmp_path / "x.json")
+    r = export(csv, "json", tmp_path / "x.json", model=str(llama_dir), target_length=TARGET)
+    back = load_factors(r.out, geometry=g)
+    np.testing.assert_array_equal(back.long_factor, f.long_factor)
+    assert back.target_length == TARGET and back.attention_factor == pytest.approx(f.attention_factor)
+    with pytest.raises(ExportError, match="unknown export format"):
+        export(r.out, "onnx", tmp_path / "y")
+
+
+# ---------------------------------------------------------------- gguf
+
+
+def _write_gguf(path, arch="phi3", rotary_dim=16, *, extra_keys=True, rope_freqs=False, base=10000.0, ctx=WINDOW):
+    import gguf
+
+    w = gguf.GGUFWriter(path, arch)
+    w.add_string("general.name", "tiny")
+    w.add_uint32(f"{arch}.context_length", ctx)
+    if extra_keys:
+        w.add_uint32(f"{arch}.embedding_length", 64)
+        w.add_uint32(f"{arch}.attention.head_count", 4)
+        w.add_uint32(f"{arch}.rope.dimension_count", rotary_dim)
+        w.add_float32(f"{arch}.rope.freq_base", base)
+    w.add_array("tokenizer.ggml.tokens", ["a", "b", "c"])
+    w.add_array("tokenizer.ggml.scores", [0.0, -1.0, -2.0])
+    rng = np.random.default_rng(0)
+    w.add_tensor("token_embd.weight", rng.standard_normal((3, 64)).astype(np.float32))
+    w.add_tensor("blk.0.attn_q.weight", rng.standard_normal((64, 64)).astype(np.float16))
+    if rope_freqs:
+        w.add_tensor(GGUF_FREQS, np.ones(rotary_dim // 2, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def _gguf_factors(rotary_dim=16, original=WINDOW) -> RopeFactors:
+    return _factors(RopeGeometry(rotary_dim, 10000.0, original), m=1.2345)
+
+
+def test_gguf_round_trip(tmp_path):
+    import gguf
+
+    src = tmp_path / "m.gguf"
+    _write_gguf(src)
+    before = _sha(src)
+    f = _gguf_factors()
+    out = tmp_path / "m-long.gguf"
+    r = export_gguf(f, src, out)
+    assert r.warnings == []  # phi3 reads these tensors
+    assert _sha(src) == before
+    long, short, meta = read_gguf_factors(out)
+    assert long.dtype == np.float32 and long.shape == (8,)
+    np.testing.assert_array_equal(long, f.long_factor.astype(np.float32))
+    np.testing.assert_array_equal(short, f.short_factor.astype(np.float32))
+    assert meta["phi3.context_length"] == TARGET
+    assert meta["phi3.rope.scaling.original_context_length"] == WINDOW
+    assert meta["phi3.rope.scaling.attn_factor"] == pytest.approx(1.2345, rel=1e-6)
+    assert meta["phi3.rope.dimension_count"] == 16
+
+    a, b = gguf.GGUFReader(src), gguf.GGUFReader(out)
+    assert b.get_field("phi3.rope.scaling.attn_factor").types[0] == gguf.GGUFValueType.FLOAT32
+    assert b.get_field("phi3.context_length").types[0] == gguf.GGUFValueType.UINT32
+    assert b.get_field("tokenizer.ggml.tokens").contents() == ["a", "b", "c"]
+    assert b.get_field("general.name").contents() == "tiny"
+    ta = {t.name: t for t in a.tensors}
+    tb = {t.name: t for t in b.tensors}
+    assert set(tb) == set(ta) | {GGUF_LONG, GGUF_SHORT}
+    for name, t in ta.items():  # every original tensor copied bit for bit, same type and shape
+        assert tb[name].tensor_type == t.tensor_type
+        np.testing.assert_array_equal(np.asarray(tb[name].data), np.asarray(t.data))
+    assert tb[GGUF_LONG].tensor_type == gguf.GGMLQuantizationType.F32
+
+    # exporting again over the output is refused, then replaces it with --force (new values)
+    with pytest.raises(ExportError, match="already exists"):
+        export_gguf(f, src, out)
+    f2 = _gguf_factors()
+    f2.long_factor = f2.long_factor * 2
+    export_gguf(f2, out, tmp_path / "again.gguf")  # a file that already has factors: they are replaced
+    long2, _, _ = read_gguf_factors(tmp_path / "again.gguf")
+    np.testing.assert_allclose(long2, (f.long_factor * 2).astype(np.float32))
+    assert [t.name for t in gguf.GGUFReader(tmp_path / "again.gguf").tensors].count(GGUF_LONG) == 1
+
+
+def test_gguf_llama_arch_rope_freqs_and_fallback_dim(tmp_path):
+    src = tmp_path / "llama.gguf"
+    _write_gguf(src, arch="llama", rope_freqs=True)
+    r = export_gguf(_gguf_factors(), src, tmp_path / "o.gguf")
+    import gguf
+
+    names = [t.name for t in gguf.GGUFReader(tmp_path / "o.gguf").tensors]
+    assert GGUF_FREQS not in names and GGUF_LONG in names
+    assert any("rope_freqs" in n for n in r.notes)
+    assert r.warnings and "llama" in r.warnings[0]
+
+
+def test_gguf_refusals(tmp_path):
+    src = tmp_path / "m.gguf"
+    _write_gguf(src, rotary_dim=32)
+    out = tmp_path / "o.gguf"
+    with pytest.raises(ExportError, match="rotary dim 32"):
+        export_gguf(_gguf_factors(16), src, out)
+    assert not out.exists()
+    assert not list(tmp_path.glob(".o.gguf*"))  # no temporary left behind
+
+    bare = tmp_path / "bare.gguf"
+    _write_gguf(bare, extra_keys=False)
+    with pytest.raises(ExportError, match="rotary dimension is unknown"):
+        export_gguf(_gguf_factors(), bare, out)
+
+    other_window = tmp_path / "w.gguf"
+    _write_gguf(other_window, rotary_dim=16, ctx=4096)
+    with pytest.raises(ExportError, match="original window of 4096"):
+        export_gguf(_gguf_factors(), other_window, out)
+
+    not_gguf = tmp_path / "x.gguf"
+    not_gguf.write_bytes(b"hello, not a gguf")
+    with pytest.raises(ExportError, match="not a readable GGUF"):
+        export_gguf(_gguf_factors(), not_gguf, out)
+
+    existing = tmp_path / "exists.gguf"
+    existing.write_bytes(b"keep")
+    with pytest.raises(ExportError, match="already exists"):
+        export_gguf(_gguf_factors(16), src, existing)
+    assert existing.read_bytes() == b"keep"
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _cli(monkeypatch, *args: str) -> int:
+    from longsearch import cli
+
+    monkeypatch.setattr(sys, "argv", ["longsearch", *args])
+    try:
+        cli.main()
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def test_cli_export(monkeypatch, capsys, tmp_path):
+    src = tmp_path / "m.gguf"
+    _write_gguf(src)
+    factors = tmp_path / "best.json"
+    _gguf_factors().save(factors)
+    out = tmp_path / "out.gguf"
+    assert _cli(monkeypatch, "export", str(factors), "--format", "gguf", "--gguf", str(src), "--out", str(out)) == 0
+    assert "short factors: taken from the source" in capsys.readouterr().out
+    digest = _sha(out)
+    assert _cli(monkeypatch, "export", str(factors), "--format", "gguf", "--gguf", str(src), "--out", str(out)) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "Traceback" not in err and _sha(out) == digest
+    assert _cli(monkeypatch, "export", str(factors), "-f", "gguf", "--gguf", str(src), "--out", str(out), "--force") == 0
+
+    wrong = tmp_path / "wrong.json"
+    _gguf_factors(32).save(wrong)
+    assert _cli(monkeypatch, "export", str(wrong), "-f", "gguf", "--gguf", str(src), "--out", str(tmp_path / "w.gguf")) == 2
+    assert "rotary dim" in capsys.readouterr().err and not (tmp_path / "w.gguf").exists()
+    assert _cli(monkeypatch, "export", str(factors), "-f", "bogus", "--out", str(tmp_path / "b")) == 2
+    assert "unknown export format" in capsys.readouterr().err
+
+
+def test_patch_config_dict_phi3_and_legacy_rope_scaling():
+    from longsearch.export import patch_config_dict
+    from longsearch.models import longrope_rope_parameters
+
+    f = _factors(RopeGeometry(16, 10000.0, WINDOW))
+    params = longrope_rope_parameters(f)
+    phi = patch_config_dict({"model_type": "phi3", "max_position_embeddings": WINDOW}, f, params)
+    assert phi["original_max_position_embeddings"] == WINDOW and phi["max_position_embeddings"] == TARGET
+    llama = patch_config_dict({"model_type": "llama", "rope_scaling": {"rope_type": "linear", "factor": 2.0}}, f, params)
+    assert "original_max_position_embeddings" not in llama
+    assert llama["rope_scaling"] == llama["rope_parameters"] == params  # transformers lets rope_scaling win
+    gemma = patch_config_dict(
+        {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e6}, "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}},
+        f, params,
+    )
+    assert gemma["rope_parameters"]["full_attention"] == params
+    assert gemma["rope_parameters"]["sliding_attention"]["rope_theta"] == 1e4
+
+
+def test_default_out_and_run_directory_source(llama_dir, tmp_path):
+    from longsearch.export import default_out
+
+    g = model_geometry(load_config(str(llama_dir)))
+    run = tmp_path / "run-1"
+    run.mkdir()
+    _factors(g, short=False).save(run / "best.json")
+    assert default_out(run, "hf") == run / "export" / "hf"
+    assert default_out(run, "gguf", "/m/phi.gguf") == run / "export" / "phi-run-1.gguf"
+    assert default_out(run / "best.json", "json") == run / "best-export.json"
+    r = export(run, "longrope-csv")
+    assert r.out == run / "export" / "long_factors.csv" and r.out.is_file()
+    assert any("did not search them" in n for n in r.notes)
+    with pytest.raises(ExportError, match="already exists"):
+        export(run, "longrope-csv")
+
+
+def test_hf_out_inside_model_dir(tmp_path):
+    src = tmp_path / "model"
+    _save_llama(src)
+    g = model_geometry(load_config(str(src)))
+    out = src / "exports" / "long"
+    export_hf(_factors(g), out, model_dir=src)
+    export_hf(_factors(g), out, model_dir=src, force=True)  # the old export is not copied into the new one
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == sorted(
+        ["config.json", "longsearch_factors.json", "generation_config.json", "model.safetensors"]
+    )
+    with pytest.raises(ExportError, match="model directory itself"):
+        export_hf(_factors(g), src, model_dir=src, force=True)
