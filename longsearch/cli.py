@@ -47,11 +47,267 @@ def info(
 
 # ---------------------------------------------------------------- needles (needles.py)
 
+
+@needles_app.command("build")
+def needles_build(
+    length: str = typer.Option(..., "--length", "-l", help="Tokens per document, e.g. 4k, 128k."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP + " Its tokenizer is used."),
+    samples: int = typer.Option(8, "--samples", "-n", help="Number of documents."),
+    template: str = typer.Option("magic-number", "--template", help="passkey, magic-number or multi-needle."),
+    seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives the same bytes."),
+    depth: Optional[str] = typer.Option(None, "--depth", help="Needle depths in [0,1], e.g. 0,0.5,1, or 'uniform' (default: near the start, as LongRoPE2)."),
+    haystack: Optional[list[str]] = typer.Option(None, "--haystack", help="Prose: a .txt or .jsonl (\"text\" field) file, repeatable; or heldout, train, all (default heldout)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output directory (default needle_data/built/<name>)."),
+    force: bool = typer.Option(False, "--force", help="Replace the needle set in an existing non-empty --out."),
+) -> None:
+    """Build a needle set: documents of exactly --length tokens with the model's tokenizer, and a manifest."""
+    from pathlib import Path
+
+    from .lengths import format_length, parse_length
+    from .needles import build_needle_set, default_set_name, load_tokenizer, prepare_out_dir
+
+    n = parse_length(length)
+    tok, tok_name = load_tokenizer(model)
+    hay = (haystack[0] if len(haystack) == 1 else haystack) if haystack else "heldout"
+    target = Path(out) if out else Path("needle_data") / "built" / default_set_name(template, n, seed, tok_name)
+    prepare_out_dir(target, force)
+    with console.status(f"building {samples} × {format_length(n)} {template} documents"):
+        ns = build_needle_set(tok, n, samples, template=template, seed=seed, depths=depth, haystack=hay, tokenizer_name=tok_name)
+        ns.save(target)
+    console.print(f"wrote {target} ({len(ns.samples)} × {n:,} tokens, template {ns.template}, tokenizer {tok_name}, vocab {ns.vocab_hash})")
+
+
+@needles_app.command("show")
+def needles_show(
+    needle_set: str = typer.Argument(..., metavar="SET", help="A needle-set directory (from needles build)."),
+    sample: int = typer.Option(0, "--sample", "-s", help="Which sample to show."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model whose tokenizer decodes the set (default: the one it was built with)."),
+    full: bool = typer.Option(False, "--full", help="Print the whole document instead of the parts around the needles."),
+) -> None:
+    """Print a needle set's manifest and one sample with the needle, question and answer marked."""
+    from .needles import load_needle_set, load_tokenizer, render_needle_set
+
+    ns = load_needle_set(needle_set)
+    tok, _ = load_tokenizer(model if model is not None else ns.tokenizer_name)
+    ns.check(tokenizer=tok)
+    render_needle_set(console, ns, tok, sample, full)
+
+
 # ---------------------------------------------------------------- testbed (tiny/)
+
+
+@testbed_app.command("train")
+def testbed_train(
+    out: str = typer.Option(..., "--out", "-o", help="Directory to write the trained model into (must not exist or be empty)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the run (the shipped model: 0)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (default: the recipe's)."),
+    quick: bool = typer.Option(False, "--quick", help="A reduced model and a few steps: a smoke test in seconds."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model directory at --out."),
+) -> None:
+    """Train the testbed model from scratch on this CPU (about 30 minutes with the defaults)."""
+    import dataclasses
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .errors import InputError
+    from .tiny.train import TrainConfig, train
+
+    cfg = TrainConfig.quick(seed) if quick else TrainConfig(seed=seed)
+    if steps is not None:
+        if steps < 1:
+            raise InputError(f"--steps must be at least 1, got {steps}")
+        cfg = dataclasses.replace(cfg, steps=steps, curriculum_steps=min(cfg.curriculum_steps, steps))
+    columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("train", total=cfg.steps, status="")
+
+        def on_step(step: int, total: int, info: dict) -> None:
+            acc = info.get("heldout_accuracy")
+            status = f"loss {info['loss']:.3f}" + (f"  needle acc {acc:.2f}" if acc is not None else "")
+            bar.update(task, completed=step, status=status)
+
+        result = train(cfg, out, progress=on_step, overwrite=overwrite)
+    console.print(f"wrote {result.out_dir} ({result.n_params:,} parameters, {result.seconds / 60:.1f} min); "
+                  f"loss curve {result.curve_png}")
+
+
+@testbed_app.command("card")
+def testbed_card(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Local model directory (default: the shipped testbed)."),
+    samples: int = typer.Option(40, "--samples", "-n", help="Needle samples per length."),
+    seed: int = typer.Option(1234, "--seed", help="Needle-set seed (never used in training)."),
+    template: str = typer.Option("passkey", "--template", help="Needle template of the project's needle sets."),
+    write: bool = typer.Option(True, "--write/--no-write", help="Write MODEL_CARD.md and card_table.json beside the weights."),
+) -> None:
+    """Measure NLL and needle accuracy of plain RoPE, PI, NTK and YaRN at 1×–16× the window; update the card."""
+    from rich.markdown import Markdown
+    from rich.progress import Progress
+
+    from .tiny.card import card_paths, measure_card, render_table, write_card
+
+    card_file, model_dir = card_paths(model)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("scoring", total=20)
+        table = measure_card(model, n_samples=samples, seed=seed, template=template,
+                             progress=lambda done, total, what: bar.update(task, completed=done, total=total, description=what))
+    console.print(Markdown(render_table(table)))
+    if write:
+        console.print(f"wrote {write_card(card_file, model_dir, table)}")
+
 
 # ---------------------------------------------------------------- evolve (evolve.py)
 
+
+@app.command()
+def evolve(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    target: Optional[str] = typer.Option(None, "--target", "-t", help="Target context length, e.g. 4k, 128k."),
+    space: Optional[str] = typer.Option(None, "--space", help="Search space: longrope2 (default), longrope, or a YAML file."),
+    budget: Optional[str] = typer.Option(None, "--budget", "-b", help="quick (default), paper (40 generations) or a number of generations."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Ray workers (default: one per GPU, else 1)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (ray://HOST:PORT); default: a local Ray."),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="ga (default), nevergrad:NAME or optuna:NAME."),
+    samples: Optional[int] = typer.Option(None, "--samples", "-n", help="Needle documents per evaluation (default 8)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the search and its needle set (default 0)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (default outputs/<model>-<target>-<space>-s<seed>)."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue the run in this directory."),
+    force: bool = typer.Option(False, "--force", help="Start over in an existing run directory (deletes it)."),
+    gpus_per_worker: float = typer.Option(1.0, "--gpus-per-worker", help="GPUs per worker for models too large for one."),
+    task_timeout: Optional[float] = typer.Option(None, "--task-timeout", help="Seconds before a silent worker is replaced."),
+) -> None:
+    """Search per-dimension RoPE factors (LongRoPE2) with an evolutionary search on Ray workers; resumable."""
+    from pathlib import Path
+
+    from .evolve import EvolveOptions, RichReporter, run_evolve
+    from .lengths import parse_length
+
+    opts = EvolveOptions(
+        model=model, target=parse_length(target) if target else None, space=space, budget=budget, optimizer=optimizer,
+        samples=samples, seed=seed, workers=workers, address=address, out=Path(out) if out else None,
+        resume=Path(resume) if resume else None, force=force, gpus_per_worker=gpus_per_worker, task_timeout=task_timeout,
+    )
+    import signal
+
+    def stop(signum: int, frame: object) -> None:  # SIGTERM (a scheduler, `kill`) stops cleanly, like Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with RichReporter(console) as reporter:
+            run_evolve(opts, reporter)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # ---------------------------------------------------------------- export / eval (export.py, evaluate.py)
+
+
+@app.command("export")
+def export_command(
+    source: str = typer.Argument(..., help="A run directory, a factors .json or a LongRoPE .csv."),
+    fmt: str = typer.Option(..., "--format", "-f", help="hf, vllm, gguf, longrope-csv or json."),
+    model_dir: Optional[str] = typer.Option(None, "--model-dir", help="Model directory to copy with its config patched (hf, vllm)."),
+    gguf_file: Optional[str] = typer.Option(None, "--gguf", help="The llama.cpp .gguf file to copy with the factors (gguf)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output path (default: inside the run directory or next to the factors file)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP + " Used when there is no --model-dir."),
+    target: Optional[str] = typer.Option(None, "--target", "-t", help="Target length; needed for a .csv source."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+    copy: bool = typer.Option(False, "--copy", help="Copy weight files instead of hard-linking them."),
+) -> None:
+    """Export searched factors to transformers, vLLM, llama.cpp (GGUF), LongRoPE CSV or JSON."""
+    from .export import export
+    from .lengths import parse_length
+
+    result = export(
+        source, fmt, out, model=model, model_dir=model_dir, gguf_file=gguf_file,
+        target_length=parse_length(target) if target else None, force=force, link=not copy,
+    )
+    console.print(f"[bold green]exported[/] ({result.format}) → {result.out}", highlight=False)
+    for path in result.paths[:8]:
+        console.print(f"  {path}", highlight=False)
+    if len(result.paths) > 8:
+        console.print(f"  … and {len(result.paths) - 8} more", highlight=False)
+    for note in result.notes:
+        console.print(f"[dim]note:[/] {note}", highlight=False, soft_wrap=True)
+    for warning in result.warnings:
+        err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    if result.serve_command:
+        console.print("vLLM (without editing the model's files):", highlight=False)
+        console.print(result.serve_command, highlight=False, soft_wrap=True, markup=False)
+
+
+@app.command("eval")
+def eval_command(
+    more_factors: Optional[list[str]] = typer.Argument(None, help="Factors files (also after --factors: --factors A.json B.json)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    factors: Optional[list[str]] = typer.Option(None, "--factors", help="Factors .json, run directory or .csv (repeatable)."),
+    baselines: Optional[str] = typer.Option(None, "--baselines", "-b", help="Comma-separated: pi,ntk,yarn,dynamic-ntk,llama3."),
+    lengths: str = typer.Option(..., "--lengths", "-l", help="Comma-separated lengths, e.g. 1k,2k,4k."),
+    target: Optional[str] = typer.Option(None, "--target", "-t", help="Target length of the baselines (and of .csv factors); default: the largest length."),
+    depths: Optional[str] = typer.Option(None, "--depths", help="Needle depths: a count (5) or fractions such as 0.1,0.5,0.9."),
+    samples: int = typer.Option(4, "--samples", help="Needle documents per depth × length cell."),
+    seed: int = typer.Option(777, "--seed", help="Seed of the held-out needle sets (keep it apart from search seeds)."),
+    template: str = typer.Option("magic-number", "--template", help="Needle template: magic-number, passkey, multi-needle."),
+    segment: int = typer.Option(256, "--segment", help="Tokens of the fixed final segment scored at every length."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output directory (default: outputs/eval-<time>)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16."),
+) -> None:
+    """Needle NLL / accuracy (depth × length) and final-segment perplexity for each method and length."""
+    import shlex
+    from pathlib import Path
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from . import evaluate as ev
+    from .errors import RunError
+    from .lengths import parse_length, parse_lengths
+    from .models import load_config, load_model, model_geometry
+
+    ns = parse_lengths(lengths)
+    tgt = parse_length(target) if target else max(ns)
+    names, depth_list = ev.parse_baselines(baselines), ev.parse_depths(depths)
+    ev.validate_settings(samples, segment, template)
+    out_dir = Path(out) if out else ev.default_out_dir()
+    if out_dir.exists() and not force:
+        raise RunError(f"{out_dir} already exists: choose another --out or pass --force to replace it")
+    geometry = model_geometry(load_config(model))  # check every input before loading weights
+    methods = ev.build_methods(geometry, names, [*(factors or []), *(more_factors or [])], tgt)
+    lm = load_model(model, device=device, dtype=dtype)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=False) as bar:
+        task = bar.add_task("eval", total=None)
+        result = ev.run_eval(
+            lm, methods, ns, depths=depth_list, samples=samples, seed=seed, template=template, segment=segment,
+            progress=lambda done, total, what: bar.update(task, completed=done, total=total, description=what),
+            command="longsearch " + shlex.join(sys.argv[1:]),
+        )
+    paths = ev.write_eval(result, out_dir, force=force)
+    console.print(_eval_summary(result))
+    console.print(f"[bold green]wrote[/] {len(paths)} files to {out_dir} (report: {out_dir / 'report.md'})", highlight=False)
+
+
+def _eval_summary(result):
+    """method × length: needle NLL / accuracy / final-segment perplexity."""
+    from rich.table import Table
+
+    from .lengths import format_length
+
+    table = Table(title="needle NLL / accuracy / segment ppl", show_lines=False)
+    table.add_column("method")
+    for n in result.lengths:
+        table.add_column(format_length(n), justify="right")
+    for label in result.labels:
+        cells = []
+        for n in result.lengths:
+            nll, acc = result.needle_mean(label, n)
+            cells.append(f"{nll:.3f}/{acc:.2f}/{result.segment(label, n).ppl:.4g}")
+        table.add_row(label, *cells)
+    return table
 
 
 def main() -> None:
@@ -67,10 +323,17 @@ def main() -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as e:  # click's usage errors
+    except Exception as e:  # click's usage errors (typer ≥ 0.29 vendors click as typer._click)
         import click
 
-        if isinstance(e, click.exceptions.ClickException):
+        usage_errors: tuple[type, ...] = (click.exceptions.ClickException,)
+        try:
+            from typer._click.exceptions import ClickException as TyperClickException
+
+            usage_errors += (TyperClickException,)
+        except ImportError:
+            pass
+        if isinstance(e, usage_errors):
             e.show()
             sys.exit(2)
         raise

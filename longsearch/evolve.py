@@ -1,0 +1,751 @@
+"""``longsearch evolve``: the loop that joins the optimizer, the Ray worker pool and the run store.
+
+>>> result = run_evolve(EvolveOptions(target=2048, budget="quick", out=Path("outputs/demo")))   # doctest: +SKIP
+>>> result.best_score, result.paths["best"]                                                    # doctest: +SKIP
+
+Reads top to bottom:
+
+1. :func:`prepare` checks everything a user can get wrong (model, target, space, optimizer, an
+   existing or foreign run directory, a damaged journal or checkpoint) *before* anything is written,
+   then creates (or reopens) the run directory.
+2. :func:`search` runs generations: ``ask()`` a batch, re-use scores already in the journal (resume),
+   send the rest to the workers (with the baselines PI / NTK / YaRN / none in generation 0), append
+   each result to the journal as it arrives, ``tell()`` the batch, checkpoint, write best.json.
+3. :func:`heldout` scores the best factors and the baselines on a held-out needle set (another
+   seed), writes final.json and the plots.
+
+Library code never prints: progress goes to an :class:`EvolveReporter` (the CLI passes a rich one,
+:class:`RichReporter`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import InputError, LongsearchError, ModelError, NeedleError, RunError
+from .factors import RopeFactors
+from .lengths import format_length
+from .rope import RopeGeometry, critical_index
+from .runs import (
+    BASELINES,
+    BEST,
+    FINAL,
+    SPACE,
+    JournalContents,
+    JournalRecord,
+    RunConfig,
+    RunStore,
+    check_resume_options,
+)
+from .workers import ScoreOutcome, ScoreTask, WorkerPool
+
+log = logging.getLogger(__name__)
+
+#: Baselines scored beside the search (in generation 0, on the search needles) and on the held-out set.
+BASELINE_METHODS = ("none", "pi", "ntk", "yarn")
+DEFAULTS = {"space": "longrope2", "budget": "quick", "optimizer": "ga", "samples": 8, "seed": 0}
+HELDOUT_SEED_OFFSET = 1000
+
+
+# ---------------------------------------------------------------- options and records
+
+
+@dataclass
+class EvolveOptions:
+    """What the command line asks for. None means "not given" (a default, or the run's config on resume)."""
+
+    model: str | None = None
+    target: int | None = None
+    space: str | None = None
+    budget: str | None = None
+    optimizer: str | None = None
+    samples: int | None = None
+    seed: int | None = None
+    workers: int | None = None
+    address: str | None = None
+    out: Path | None = None
+    resume: Path | None = None
+    force: bool = False
+    gpus_per_worker: float = 1.0
+    max_attempts: int = 3
+    task_timeout: float | None = None
+    heldout: bool = True
+
+
+@dataclass
+class GenerationSummary:
+    """What one generation ended with; the reporter prints it as one line."""
+
+    generation: int
+    generations: int
+    best_score: float
+    best_id: int | None
+    best_origin: str | None
+    best_d_rcd: int | None
+    baseline_name: str | None
+    baseline_score: float
+    evaluated: int
+    reused: int
+    seconds: float
+
+    @property
+    def evals_per_second(self) -> float:
+        return self.evaluated / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class HeldoutRow:
+    name: str
+    nll: float
+    accuracy: float | None
+    search_nll: float | None
+    error: str | None = None
+
+
+@dataclass
+class EvolveResult:
+    run_dir: Path
+    best: RopeFactors | None
+    best_score: float
+    best_generation: int | None
+    baselines: dict[str, float]
+    heldout: list[HeldoutRow]
+    history: list[dict[str, Any]]
+    evaluations: int
+    resumed: bool
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+class EvolveReporter:
+    """Receives progress; every method is optional. The CLI's :class:`RichReporter` renders it."""
+
+    def run_started(self, run: "PreparedRun") -> None: ...
+
+    def pool_started(self, workers: int, device: str, seconds: float) -> None: ...
+
+    def generation_started(self, generation: int, generations: int, to_evaluate: int, reused: int) -> None: ...
+
+    def evaluated(self, record: JournalRecord) -> None: ...
+
+    def generation_finished(self, summary: GenerationSummary) -> None: ...
+
+    def heldout_started(self, to_evaluate: int) -> None: ...
+
+    def heldout_evaluated(self, name: str, outcome: ScoreOutcome) -> None: ...
+
+    def finished(self, result: EvolveResult) -> None: ...
+
+    def interrupted(self, run_dir: Path) -> None: ...
+
+
+# ---------------------------------------------------------------- preparing a run
+
+
+@dataclass
+class PreparedRun:
+    store: RunStore
+    config: RunConfig
+    geometry: RopeGeometry
+    space: Any  # SearchSpace
+    optimizer: Any  # Optimizer
+    needles: Any  # NeedleSet
+    tokenizer: Any
+    journal: JournalContents
+    checkpoint: dict[str, Any] | None
+    resumed: bool
+    dropped_bytes: int = 0
+
+
+def model_short_name(model: str | None) -> str:
+    """``None`` → ``testbed``; ``org/name`` → ``name``; a path → its last part."""
+    if not model:
+        return "testbed"
+    return Path(str(model).rstrip("/")).name or "model"
+
+
+def default_out(model: str | None, target: int, space: str, optimizer: str, seed: int) -> Path:
+    """outputs/<model>-<target>-<space>[-<optimizer>]-s<seed>."""
+    space_name = Path(space).stem if space.lower().endswith((".yaml", ".yml")) else space
+    opt = "" if optimizer == "ga" else "-" + optimizer.replace(":", "-").lower()
+    return Path("outputs") / f"{model_short_name(model)}-{format_length(target)}-{space_name}{opt}-s{seed}"
+
+
+def load_model_info(model: str | None) -> tuple[RopeGeometry, Any]:
+    """Geometry and tokenizer without loading weights in the driver (the workers load the model)."""
+    from transformers import AutoTokenizer
+
+    from .models import TESTBED_DIR, load_config, model_geometry
+
+    config = load_config(model)
+    geometry = model_geometry(config)
+    source = str(TESTBED_DIR) if model is None else str(Path(model).expanduser()) if Path(model).expanduser().exists() else model
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except Exception as e:
+        raise ModelError(f"cannot load a tokenizer for {source!r} ({str(e).splitlines()[0][:160]}): the model needs its tokenizer files") from None
+    return geometry, tokenizer
+
+
+def _normalize_model(model: str | None) -> str | None:
+    """A local model directory is stored as an absolute path (so a resume from elsewhere finds it)."""
+    if model is None or str(model).strip() in ("", "testbed"):
+        return None
+    p = Path(model).expanduser()
+    return str(p.resolve()) if p.exists() else str(model)
+
+
+def _fingerprint_dir(path: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(path).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _build_needles(tokenizer: Any, length: int, samples: int, seed: int) -> Any:
+    from .needles import build_needle_set
+
+    return build_needle_set(tokenizer, length, samples, seed=seed)
+
+
+def prepare(opts: EvolveOptions) -> PreparedRun:
+    """Validate everything, then create (or reopen) the run directory. Nothing is written on bad input."""
+    from .optimizers import make_optimizer, resolve_budget
+    from .space import SearchSpace
+
+    if opts.resume is not None:
+        return _prepare_resume(opts)
+    if opts.target is None:
+        raise InputError("--target is required (e.g. --target 4k), or pass --resume RUN to continue a run")
+    model = _normalize_model(opts.model)
+    space_name = opts.space or DEFAULTS["space"]
+    budget = str(opts.budget or DEFAULTS["budget"])
+    optimizer_spec = opts.optimizer or DEFAULTS["optimizer"]
+    samples = int(opts.samples if opts.samples is not None else DEFAULTS["samples"])
+    seed = int(opts.seed if opts.seed is not None else DEFAULTS["seed"])
+    if samples < 1:
+        raise InputError(f"--samples must be at least 1, got {samples}")
+    resolve_budget(budget)
+    geometry, tokenizer = load_model_info(model)
+    target = int(opts.target)
+    if target <= geometry.original_length:
+        raise InputError(
+            f"target {format_length(target)} is not above the model's window of {geometry.original_length} tokens: "
+            "choose a longer --target"
+        )
+    space = SearchSpace.load(space_name, geometry, target)
+    optimizer = make_optimizer(optimizer_spec, space, budget, seed)
+    out = Path(opts.out) if opts.out else default_out(model, target, space_name, optimizer_spec, seed)
+    if out.exists() and out.is_dir() and any(out.iterdir()) and not opts.force:
+        raise RunError(
+            f"{out} already holds a run: continue it with `longsearch evolve --resume {out}`, choose another --out, "
+            "or pass --force to start over"
+        )
+    needles = _build_needles(tokenizer, target, samples, seed)
+    config = RunConfig(
+        model=model,
+        model_name=model_short_name(model),
+        target_length=target,
+        space=space_name,
+        budget=budget,
+        optimizer=optimizer_spec,
+        samples=samples,
+        seed=seed,
+        workers=opts.workers,
+        address=opts.address,
+        heldout_seed=seed + HELDOUT_SEED_OFFSET,
+    )
+    store = RunStore.create(out, config, force=opts.force)
+    try:
+        store.write_json(SPACE, space.to_dict())
+        needles.save(store.needles_dir)
+        config.needles_fingerprint = _fingerprint_dir(store.needles_dir)
+        store.write_config(config)
+    except BaseException:
+        store.close()
+        raise
+    return PreparedRun(store, config, geometry, space, optimizer, needles, tokenizer, JournalContents([]), None, False)
+
+
+def _prepare_resume(opts: EvolveOptions) -> PreparedRun:
+    from .needles import load_needle_set
+    from .optimizers import make_optimizer
+    from .space import SearchSpace
+
+    path = Path(opts.resume)  # type: ignore[arg-type]
+    store = RunStore.open(path)
+    config = store.read_config()
+    given = {
+        "model": opts.model,
+        "target_length": opts.target,
+        "space": opts.space,
+        "budget": opts.budget,
+        "optimizer": opts.optimizer,
+        "samples": opts.samples,
+        "seed": opts.seed,
+    }
+    check_resume_options(config, given, path)
+    if opts.out is not None and Path(opts.out).resolve() != path.resolve():
+        raise InputError(f"--out {opts.out} contradicts --resume {path}: a resumed run continues in its own directory")
+    store.lock()
+    try:
+        geometry, tokenizer = load_model_info(config.model)
+        try:
+            space = SearchSpace.from_dict(store.read_json(SPACE), geometry, config.target_length)
+        except InputError as e:
+            raise RunError(f"{store.file(SPACE)} does not fit the model {config.model_name}: {e}") from None
+        fp = _fingerprint_dir(store.needles_dir) if store.needles_dir.is_dir() else None
+        if fp is None or (config.needles_fingerprint and fp != config.needles_fingerprint):
+            raise RunError(f"{store.needles_dir} is missing or was changed since the run started: the run cannot be resumed; start a new run")
+        try:
+            needles = load_needle_set(store.needles_dir, tokenizer=tokenizer, length=config.target_length)
+        except NeedleError as e:
+            raise RunError(f"{store.needles_dir}: {e}") from None
+        optimizer = make_optimizer(config.optimizer, space, config.budget, config.seed)
+        journal = store.read_journal()
+        checkpoint = store.load_last_checkpoint()
+        if checkpoint is not None:
+            try:
+                optimizer.load_state_dict(checkpoint["optimizer"])
+            except Exception as e:  # a damaged or foreign optimizer state
+                p = store.checkpoint_path(int(checkpoint["generation"]))
+                reason = str(e) if isinstance(e, LongsearchError) else f"{type(e).__name__}: {str(e)[:80]}"
+                raise RunError(f"checkpoint {p} is corrupted ({reason}): delete it to resume from the generation before") from None
+        dropped = store.repair_journal(journal)  # everything checked: now the one recovery write
+        if opts.workers is not None:
+            config.workers = opts.workers
+        if opts.address is not None:
+            config.address = opts.address
+    except BaseException:
+        store.close()
+        raise
+    return PreparedRun(store, config, geometry, space, optimizer, needles, tokenizer, journal, checkpoint, True, dropped)
+
+
+# ---------------------------------------------------------------- the search
+
+
+def _record(outcome: ScoreOutcome, **fields_: Any) -> JournalRecord:
+    return JournalRecord(
+        score=outcome.nll if math.isfinite(outcome.nll) else math.inf,
+        per_sample=list(outcome.per_sample),
+        accuracy=outcome.accuracy,
+        per_sample_correct=list(outcome.per_sample_correct),
+        worker=outcome.worker,
+        seconds=round(outcome.seconds, 4),
+        attempts=outcome.attempts,
+        error=outcome.error,
+        **fields_,
+    )
+
+
+def baseline_factors(geometry: RopeGeometry, target: int) -> dict[str, RopeFactors]:
+    return {name: RopeFactors.from_method(name, geometry, target) for name in BASELINE_METHODS}
+
+
+def _best_baseline(scores: dict[str, float]) -> tuple[str | None, float]:
+    finite = {k: v for k, v in scores.items() if k != "none" and math.isfinite(v)}
+    if not finite:
+        return None, math.inf
+    name = min(finite, key=lambda k: (finite[k], k))
+    return name, finite[name]
+
+
+def best_factors(run: PreparedRun, result: Any, generation: int | None) -> RopeFactors:
+    g, space, cfg = run.geometry, run.space, run.config
+    return RopeFactors(
+        long_factor=np.asarray(result.candidate.lam, dtype=np.float64),
+        short_factor=np.ones(g.n_freq),
+        original_length=g.original_length,
+        target_length=cfg.target_length,
+        base=g.base,
+        rotary_dim=g.rotary_dim,
+        attention_factor=space.attention,
+        provenance={
+            "method": f"longsearch:{cfg.optimizer}",
+            "run": str(run.store.path),
+            "model": cfg.model_name,
+            "space": cfg.space,
+            "seed": cfg.seed,
+            "score": float(result.score),
+            "candidate": int(result.candidate.id),
+            "generation": generation,
+            "d_rcd": space.critical_index(result.candidate.lam),
+            "longsearch_version": __version__,
+        },
+    )
+
+
+def search(run: PreparedRun, pool: WorkerPool, reporter: EvolveReporter) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Run the remaining generations. Returns the baseline scores and the per-generation history."""
+    from .optimizers import Result
+
+    store, space, opt = run.store, run.space, run.optimizer
+    done_candidates = run.journal.candidates()
+    baselines = baseline_factors(run.geometry, run.config.target_length)
+    baseline_scores = {n: r.score for n, r in run.journal.baselines().items() if n in baselines}
+    history: list[dict[str, Any]] = list((run.checkpoint or {}).get("history", []))
+    generations = opt.budget.generations + 1
+    evaluated_total = len(run.journal.records)
+    while not opt.done:
+        t0 = time.perf_counter()
+        generation = opt.generation
+        batch = opt.ask()
+        scores: dict[int, float] = {}
+        tasks: list[ScoreTask] = []
+        by_key: dict[str, Any] = {}
+        reused = 0
+        for c in batch:
+            rec = done_candidates.get(c.id)
+            if rec is not None:
+                if space.key(np.asarray(rec.lam)) != space.key(c.lam):
+                    raise RunError(
+                        f"{store.journal_path}: candidate {c.id} in the journal differs from the one the optimizer "
+                        "regenerates from the last checkpoint: the run cannot be resumed consistently; start a new run"
+                    )
+                scores[c.id] = rec.score
+                reused += 1
+            else:
+                tasks.append(ScoreTask(f"c{c.id}", c.lam, space.attention))
+                by_key[f"c{c.id}"] = c
+        for name, f in baselines.items():
+            if name not in baseline_scores:
+                tasks.append(ScoreTask(f"b:{name}", f.long_factor, f.attention_factor))
+        reporter.generation_started(generation, generations, len(tasks), reused)
+        for outcome in pool.map_unordered(tasks):
+            if outcome.key.startswith("b:"):
+                name = outcome.key[2:]
+                f = baselines[name]
+                rec = _record(outcome, kind="baseline", name=name, generation=generation, origin=f"baseline:{name}",
+                              lam=[float(x) for x in f.long_factor], m=f.attention_factor)
+                baseline_scores[name] = rec.score
+            else:
+                c = by_key[outcome.key]
+                rec = _record(outcome, kind="candidate", id=int(c.id), generation=int(c.generation), origin=c.origin,
+                              lam=[float(x) for x in c.lam], m=space.attention, d_rcd=space.critical_index(c.lam))
+                scores[c.id] = rec.score
+            store.append(rec)
+            evaluated_total += 1
+            reporter.evaluated(rec)
+        if not store.file(BASELINES).exists() and len(baseline_scores) == len(baselines):
+            _write_baselines(store, baselines, baseline_scores)
+        opt.tell([Result(c, scores[c.id]) for c in batch])
+        best = opt.best()
+        bname, bscore = _best_baseline(baseline_scores)
+        summary = GenerationSummary(
+            generation=generation,
+            generations=generations,
+            best_score=best.score if best else math.inf,
+            best_id=best.candidate.id if best else None,
+            best_origin=best.candidate.origin if best else None,
+            best_d_rcd=space.critical_index(best.candidate.lam) if best else None,
+            baseline_name=bname,
+            baseline_score=bscore,
+            evaluated=len(tasks),
+            reused=reused,
+            seconds=time.perf_counter() - t0,
+        )
+        history.append({k: _json_float(v) for k, v in asdict(summary).items() if k not in ("seconds",)})
+        store.save_checkpoint(generation, {
+            "optimizer": opt.state_dict(),
+            "history": history,
+            "baselines": {k: _json_float(v) for k, v in baseline_scores.items()},
+            "evaluations": evaluated_total,
+        })
+        if best is not None:
+            best_factors(run, best, _generation_of(best, history)).save(store.file(BEST))
+        reporter.generation_finished(summary)
+    return baseline_scores, history
+
+
+def _generation_of(best: Any, history: list[dict[str, Any]]) -> int | None:
+    for h in history:
+        if h.get("best_id") == best.candidate.id:
+            return int(h["generation"])
+    return int(best.candidate.generation)
+
+
+def _json_float(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _write_baselines(store: RunStore, baselines: dict[str, RopeFactors], scores: dict[str, float]) -> None:
+    store.write_json(BASELINES, {
+        name: {"score": _json_float(scores[name]), "lam": [float(x) for x in f.long_factor], "m": f.attention_factor}
+        for name, f in baselines.items()
+    })
+
+
+# ---------------------------------------------------------------- held-out comparison and plots
+
+
+def heldout(run: PreparedRun, pool: WorkerPool, reporter: EvolveReporter, baseline_scores: dict[str, float]) -> list[HeldoutRow]:
+    """Score the best factors and PI / NTK / YaRN / none on a held-out needle set (seed + 1000); write final.json."""
+    from .needles import load_needle_set
+
+    store, cfg = run.store, run.config
+    best = run.optimizer.best()
+    if best is None:
+        return []
+    if store.file(FINAL).exists():  # a finished run resumed again: its table is already there
+        try:
+            final = store.read_json(FINAL)
+            if final.get("best", {}).get("candidate") == int(best.candidate.id):
+                return [HeldoutRow(**{k: (math.inf if k == "nll" and v is None else v) for k, v in r.items()}) for r in final["rows"]]
+        except (RunError, KeyError, TypeError, AttributeError):
+            pass  # rewritten below
+    hseed = cfg.heldout_seed if cfg.heldout_seed is not None else cfg.seed + HELDOUT_SEED_OFFSET
+    hdir = store.heldout_needles_dir
+    if hdir.is_dir():
+        try:
+            needles = load_needle_set(hdir, tokenizer=run.tokenizer, length=cfg.target_length)
+        except NeedleError:
+            needles = None
+    else:
+        needles = None
+    if needles is None:
+        needles = _build_needles(run.tokenizer, cfg.target_length, cfg.samples, hseed)
+        needles.save(hdir)
+    pool.set_needles("heldout", needles)
+    entries: dict[str, tuple[np.ndarray, float, float | None]] = {"longsearch": (best.candidate.lam, run.space.attention, best.score)}
+    for name, f in baseline_factors(run.geometry, cfg.target_length).items():
+        entries[name] = (f.long_factor, f.attention_factor, baseline_scores.get(name))
+    tasks = [ScoreTask(name, lam, m, needles="heldout") for name, (lam, m, _) in entries.items()]
+    reporter.heldout_started(len(tasks))
+    outcomes: dict[str, ScoreOutcome] = {}
+    for o in pool.map_unordered(tasks):
+        outcomes[o.key] = o
+        reporter.heldout_evaluated(o.key, o)
+    rows = [
+        HeldoutRow(name, outcomes[name].nll, outcomes[name].accuracy, entries[name][2], outcomes[name].error)
+        for name in entries
+    ]
+    store.write_json(FINAL, {
+        "kind": "longsearch.final",
+        "needles": {"seed": hseed, "samples": cfg.samples, "length": cfg.target_length},
+        "best": {"candidate": int(best.candidate.id), "search_nll": _json_float(best.score)},
+        "rows": [{k: _json_float(v) for k, v in asdict(r).items()} for r in rows],
+    })
+    return rows
+
+
+def write_plots(run: PreparedRun, history: list[dict[str, Any]], baseline_scores: dict[str, float]) -> dict[str, Path]:
+    from .plots import factors_plot, progress_plot
+
+    paths: dict[str, Path] = {}
+    best = run.optimizer.best()
+    gens = [int(h["generation"]) for h in history]
+    bests = [math.inf if h.get("best_score") is None else float(h["best_score"]) for h in history]
+    p = run.store.file("progress.png")
+    progress_plot(p, gens, bests, {k: v for k, v in baseline_scores.items()}, title=_title(run))
+    paths["progress"] = p
+    if best is not None:
+        base = {n: f.long_factor for n, f in baseline_factors(run.geometry, run.config.target_length).items() if n != "none"}
+        p = run.store.file("factors.png")
+        factors_plot(p, np.asarray(best.candidate.lam), base, d_tcd=critical_index(run.geometry),
+                     d_rcd=run.space.critical_index(best.candidate.lam), title=_title(run))
+        paths["factors"] = p
+    return paths
+
+
+def _title(run: PreparedRun) -> str:
+    c = run.config
+    return f"{c.model_name} → {format_length(c.target_length)}, {c.space}, {c.optimizer}, seed {c.seed}"
+
+
+# ---------------------------------------------------------------- the command
+
+
+def run_evolve(opts: EvolveOptions, reporter: EvolveReporter | None = None) -> EvolveResult:
+    """Start or resume a search and run it to the end. Ctrl-C leaves a resumable run (KeyboardInterrupt re-raised)."""
+    reporter = reporter or EvolveReporter()
+    run = prepare(opts)
+    try:
+        reporter.run_started(run)
+        pool = WorkerPool(
+            run.config.model,
+            run.config.target_length,
+            workers=run.config.workers,
+            address=run.config.address,
+            gpus_per_worker=opts.gpus_per_worker,
+            max_attempts=opts.max_attempts,
+            task_timeout=opts.task_timeout,
+        )
+        with pool:
+            pool.set_needles("search", run.needles)
+            if not run.optimizer.done:
+                t0 = time.perf_counter()
+                pool.start()
+                reporter.pool_started(pool.workers, pool.device, time.perf_counter() - t0)
+            baseline_scores, history = search(run, pool, reporter)
+            rows = heldout(run, pool, reporter, baseline_scores) if opts.heldout else []
+        paths = {"run": run.store.path, "journal": run.store.journal_path}
+        best = run.optimizer.best()
+        factors = None
+        if best is not None:
+            factors = best_factors(run, best, _generation_of(best, history))
+            factors.save(run.store.file(BEST))
+            paths["best"] = run.store.file(BEST)
+        if rows:
+            paths["final"] = run.store.file(FINAL)
+        paths.update(write_plots(run, history, baseline_scores))
+        result = EvolveResult(
+            run_dir=run.store.path,
+            best=factors,
+            best_score=best.score if best else math.inf,
+            best_generation=_generation_of(best, history) if best else None,
+            baselines=baseline_scores,
+            heldout=rows,
+            history=history,
+            evaluations=len(run.store.read_journal().records),
+            resumed=run.resumed,
+            paths=paths,
+        )
+        reporter.finished(result)
+        return result
+    except KeyboardInterrupt:
+        reporter.interrupted(run.store.path)
+        raise
+    finally:
+        run.store.close()
+
+
+__all__ = [
+    "BASELINE_METHODS",
+    "EvolveOptions",
+    "EvolveReporter",
+    "EvolveResult",
+    "GenerationSummary",
+    "HeldoutRow",
+    "PreparedRun",
+    "RichReporter",
+    "baseline_factors",
+    "load_model_info",
+    "default_out",
+    "heldout",
+    "prepare",
+    "run_evolve",
+    "search",
+    "write_plots",
+]
+
+
+# ---------------------------------------------------------------- rendering (the CLI passes a console)
+
+
+class RichReporter(EvolveReporter):
+    """Renders a run on a rich console: a progress bar per generation (ETA, evaluations/s), one line per
+    generation, and the held-out table at the end. Use as a context manager around :func:`run_evolve`."""
+
+    def __init__(self, console: Any) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+        from rich.text import Text
+
+        class _Rate(ProgressColumn):
+            def render(self, task: Any) -> Text:
+                speed = task.finished_speed or task.speed
+                return Text("" if not speed else f"{speed:.2f} eval/s", style="progress.data.speed")
+
+        self.console = console
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(), TimeRemainingColumn(),
+            console=console, transient=True,
+        )
+        self._task: Any = None
+
+    def __enter__(self) -> "RichReporter":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def _print(self, *args: Any, **kw: Any) -> None:
+        self.progress.console.print(*args, highlight=False, **kw)
+
+    def _new_task(self, description: str, total: int) -> None:
+        if self._task is not None:
+            self.progress.remove_task(self._task)
+        self._task = self.progress.add_task(description, total=max(total, 0))
+
+    def run_started(self, run: PreparedRun) -> None:
+        c = run.config
+        state = "new run"
+        if run.resumed:
+            gen = run.optimizer.generation
+            state = f"resumed at generation {gen} with {len(run.journal.records)} evaluations in the journal"
+            if run.dropped_bytes:
+                state += " (a truncated last line was dropped and will be re-run)"
+        self._print(f"[bold]longsearch evolve[/] {c.model_name} → {format_length(c.target_length)}  ({state})")
+        self._print(f"  run      {run.store.path}")
+        self._print(f"  space    {run.space.describe()}")
+        b = run.optimizer.budget
+        self._print(f"  search   {c.optimizer}, budget {c.budget}: {b.generations + 1} generations, "
+                    f"{b.evaluations} evaluations; {c.samples} needle samples; seed {c.seed}")
+
+    def pool_started(self, workers: int, device: str, seconds: float) -> None:
+        self._print(f"  workers  {workers} on {device}, ready in {seconds:.1f} s")
+
+    def generation_started(self, generation: int, generations: int, to_evaluate: int, reused: int) -> None:
+        note = f" ({reused} from journal)" if reused else ""
+        self._new_task(f"generation {generation}/{generations - 1}{note}", to_evaluate)
+
+    def evaluated(self, record: JournalRecord) -> None:
+        if self._task is not None:
+            self.progress.advance(self._task)
+        if record.error:
+            what = f"baseline {record.name}" if record.kind == "baseline" else f"candidate {record.id}"
+            self._print(f"  [yellow]{what} failed:[/] {record.error}")
+
+    def generation_finished(self, s: GenerationSummary) -> None:
+        best = "—" if not math.isfinite(s.best_score) else f"{s.best_score:.4f}"
+        d = "" if s.best_d_rcd is None else f", d_rcd {s.best_d_rcd}"
+        base = "—" if s.baseline_name is None else f"{s.baseline_name} {s.baseline_score:.4f}"
+        rate = f"{s.evaluated} evals in {s.seconds:.1f} s" + (f" ({s.evals_per_second:.2f}/s)" if s.evaluated else "")
+        self._print(f"gen {s.generation:>3}/{s.generations - 1}  best [bold]{best}[/] (#{s.best_id} {s.best_origin}{d})"
+                    f"  best baseline {base}  {rate}")
+
+    def heldout_started(self, to_evaluate: int) -> None:
+        self._new_task("held-out needles", to_evaluate)
+
+    def heldout_evaluated(self, name: str, outcome: ScoreOutcome) -> None:
+        if self._task is not None:
+            self.progress.advance(self._task)
+
+    def finished(self, result: EvolveResult) -> None:
+        from rich.table import Table
+
+        if self._task is not None:
+            self.progress.remove_task(self._task)
+            self._task = None
+        if result.heldout:
+            t = Table(title="held-out needles (another seed, same length)", title_style="bold")
+            t.add_column("method")
+            t.add_column("held-out NLL", justify="right")
+            t.add_column("accuracy", justify="right")
+            t.add_column("search NLL", justify="right")
+            for r in result.heldout:
+                name = "[bold]longsearch (best)[/]" if r.name == "longsearch" else r.name
+                nll = "failed" if r.error and not math.isfinite(r.nll) else f"{r.nll:.4f}"
+                acc = "—" if r.accuracy is None else f"{r.accuracy:.1%}"
+                sn = "—" if r.search_nll is None or not math.isfinite(r.search_nll) else f"{r.search_nll:.4f}"
+                t.add_row(name, nll, acc, sn)
+            self._print(t)
+        for key, p in result.paths.items():
+            self._print(f"  {key:<9}{p}")
+
+    def interrupted(self, run_dir: Path) -> None:
+        self.progress.stop()
+        self._print(f"[yellow]interrupted[/]: the journal is consistent; continue with `longsearch evolve --resume {run_dir}`")

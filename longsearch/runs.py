@@ -1,0 +1,449 @@
+"""The run directory of a search: config, resolved space, needles, journal, checkpoints, results.
+
+``outputs/RUN/`` holds::
+
+    config.json            what was asked (model, target, space, budget, optimizer, samples, seed, ...)
+    space.json             the resolved search space
+    needles/               the search needle set (built once, reused on resume)
+    journal.jsonl          append-only: one JSON object per evaluated candidate or baseline
+    checkpoints/gen-NNNN.json   optimizer state (population, RNG, seen keys) after generation NNNN
+    baselines.json         PI / NTK / YaRN / none scored at the target on the search needles
+    best.json              the best factors so far (a RopeFactors file)
+    final.json             the held-out comparison written when the search ends
+    progress.png, factors.png
+
+Every file but the journal is written atomically; each journal line is appended whole with one
+``write`` and fsync'ed, so a run killed at any moment leaves at most one truncated last line, which
+:meth:`RunStore.repair_journal` drops (the candidate is then evaluated again).
+
+>>> store = RunStore.create(tmp / "run", RunConfig(model=None, model_name="testbed", target_length=2048,
+...     space="longrope2", budget="quick", optimizer="ga", samples=4, seed=0))          # doctest: +SKIP
+>>> store.append(JournalRecord(kind="candidate", id=0, generation=0, origin="seed:pi", lam=[8.0] * 16,
+...     m=1.2, score=3.1))                                                               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterator
+
+from . import __version__
+from .atomic import atomic_write_json
+from .errors import RunError
+
+log = logging.getLogger(__name__)
+
+CONFIG = "config.json"
+SPACE = "space.json"
+JOURNAL = "journal.jsonl"
+CHECKPOINTS = "checkpoints"
+NEEDLES = "needles"
+HELDOUT_NEEDLES = "needles-heldout"
+BASELINES = "baselines.json"
+BEST = "best.json"
+FINAL = "final.json"
+LOCK = ".lock"
+SCHEMA_VERSION = 1
+
+_CHECKPOINT_RE = re.compile(r"^gen-(\d{4,})\.json$")
+
+#: Config fields that define a run: a resume must not change them.
+IDENTITY_FIELDS = ("model", "target_length", "space", "budget", "optimizer", "samples", "seed")
+
+
+# ---------------------------------------------------------------- records
+
+
+@dataclass
+class RunConfig:
+    """What a run was asked to do. ``model`` None means the embedded testbed."""
+
+    model: str | None
+    model_name: str
+    target_length: int
+    space: str
+    budget: str
+    optimizer: str
+    samples: int
+    seed: int
+    workers: int | None = None
+    address: str | None = None
+    heldout_seed: int | None = None
+    needles_fingerprint: str | None = None
+    longsearch_version: str = __version__
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d = {"kind": "longsearch.run", "schema_version": SCHEMA_VERSION, **d}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = CONFIG) -> "RunConfig":
+        if not isinstance(d, dict) or d.get("kind") != "longsearch.run":
+            raise RunError(f"{source} is not a longsearch run config: resume a directory made by `longsearch evolve`")
+        names = {f.name for f in fields(cls)}
+        missing = [n for n in ("model", "target_length", "space", "budget", "optimizer", "samples", "seed") if n not in d]
+        if missing:
+            raise RunError(f"{source} lacks {', '.join(missing)}: the run config is damaged; start a new run")
+        try:
+            cfg = cls(**{k: v for k, v in d.items() if k in names})
+            cfg.target_length, cfg.samples, cfg.seed = int(cfg.target_length), int(cfg.samples), int(cfg.seed)
+            cfg.budget = str(cfg.budget)
+        except (TypeError, ValueError) as e:
+            raise RunError(f"{source} holds a malformed value ({e}): the run config is damaged; start a new run") from None
+        return cfg
+
+
+@dataclass
+class JournalRecord:
+    """One evaluated candidate (``kind="candidate"``, with its optimizer id) or baseline (``kind="baseline"``)."""
+
+    kind: str
+    id: int | None = None
+    name: str | None = None
+    generation: int = 0
+    origin: str = ""
+    lam: list[float] = field(default_factory=list)
+    m: float = 1.0
+    d_rcd: int | None = None
+    score: float = math.inf
+    per_sample: list[float] = field(default_factory=list)
+    accuracy: float | None = None
+    per_sample_correct: list[bool] = field(default_factory=list)
+    worker: str | None = None
+    seconds: float | None = None
+    attempts: int = 1
+    error: str | None = None
+
+    #: Fields that differ between two runs of the same search (compare journals without them).
+    TIMING_FIELDS = ("worker", "seconds", "attempts")
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["score"] = _encode_float(self.score)
+        d["per_sample"] = [_encode_float(x) for x in self.per_sample]
+        return json.dumps(d, separators=(",", ":"), allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "JournalRecord":
+        names = {f.name for f in fields(cls)}
+        rec = cls(**{k: v for k, v in d.items() if k in names})
+        rec.score = _decode_float(rec.score)
+        rec.per_sample = [_decode_float(x) for x in rec.per_sample]
+        return rec
+
+    def comparable(self) -> dict[str, Any]:
+        """The record without timing / placement fields: equal for the same candidate in two runs."""
+        d = asdict(self)
+        for k in self.TIMING_FIELDS:
+            d.pop(k, None)
+        return d
+
+
+def _encode_float(x: float | None) -> float | str | None:
+    if x is None:
+        return None
+    x = float(x)
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return x
+
+
+def _decode_float(x: Any) -> float:
+    if isinstance(x, str):
+        return float(x)
+    return math.inf if x is None else float(x)
+
+
+@dataclass
+class JournalContents:
+    """What :meth:`RunStore.read_journal` found: the records and whether the last line was cut off."""
+
+    records: list[JournalRecord]
+    truncated_bytes: int = 0
+    valid_length: int = 0
+
+    def candidates(self) -> dict[int, JournalRecord]:
+        return {r.id: r for r in self.records if r.kind == "candidate" and r.id is not None}
+
+    def baselines(self) -> dict[str, JournalRecord]:
+        return {r.name: r for r in self.records if r.kind == "baseline" and r.name}
+
+
+# ---------------------------------------------------------------- the store
+
+
+class RunStore:
+    """A run directory. Create one with :meth:`create`, reopen one with :meth:`open`."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._journal_fd: int | None = None
+        self._lock_fd: int | None = None
+
+    # ------------------------------------------------------------ paths
+
+    @property
+    def journal_path(self) -> Path:
+        return self.path / JOURNAL
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def needles_dir(self) -> Path:
+        return self.path / NEEDLES
+
+    @property
+    def heldout_needles_dir(self) -> Path:
+        return self.path / HELDOUT_NEEDLES
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    # ------------------------------------------------------------ creating and opening
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, config: RunConfig, force: bool = False) -> "RunStore":
+        """Make a new run directory and write config.json.
+
+        An existing non-empty directory is refused unless ``force``; even then only a longsearch run
+        directory (one with config.json) is cleared, never an arbitrary folder.
+        """
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise RunError(f"{path} exists and is not a directory: choose another --out")
+        if path.is_dir() and any(path.iterdir()):
+            if not force:
+                raise RunError(
+                    f"{path} already holds a run: continue it with `longsearch evolve --resume {path}`, "
+                    "choose another --out, or pass --force to start over"
+                )
+            if not (path / CONFIG).exists():
+                raise RunError(f"{path} is not empty and is not a longsearch run directory: refusing to clear it; choose another --out")
+            store = cls(path)
+            store.lock()  # refuse to clear a run another process is using
+            store.unlock()
+            shutil.rmtree(path)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunError(f"cannot create the run directory {path}: {e.strerror}") from None
+        store = cls(path)
+        store.lock()
+        atomic_write_json(path / CONFIG, config.to_dict())
+        return store
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "RunStore":
+        """Open an existing run directory (for resume or inspection); refuses a missing or foreign one."""
+        path = Path(path)
+        if not path.exists():
+            raise RunError(f"no run directory at {path}: pass the --out directory of an earlier `longsearch evolve`")
+        if not path.is_dir():
+            raise RunError(f"{path} is a file, not a run directory: pass the --out directory of an earlier `longsearch evolve`")
+        if not (path / CONFIG).exists():
+            raise RunError(f"{path} has no {CONFIG}: it is not a longsearch run directory")
+        return cls(path)
+
+    def lock(self) -> None:
+        """Hold an exclusive lock on the run for this process (released on close or process death)."""
+        import fcntl
+
+        if self._lock_fd is not None:
+            return
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunError(f"{self.path} is in use by another longsearch process: wait for it to finish or stop it") from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def close(self) -> None:
+        if self._journal_fd is not None:
+            os.close(self._journal_fd)
+            self._journal_fd = None
+        self.unlock()
+
+    def __enter__(self) -> "RunStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ small JSON files
+
+    def read_json(self, name: str) -> Any:
+        """Read a JSON file of the run; a damaged one is refused with its name."""
+        p = self.path / name
+        try:
+            return json.loads(p.read_text())
+        except FileNotFoundError:
+            raise RunError(f"{p} is missing: the run directory is incomplete; start a new run") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RunError(f"{p} is corrupted ({getattr(e, 'msg', e)}): restore it or start a new run") from None
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        p = self.path / name
+        atomic_write_json(p, obj)
+        return p
+
+    def read_config(self) -> RunConfig:
+        return RunConfig.from_dict(self.read_json(CONFIG), str(self.path / CONFIG))
+
+    def write_config(self, config: RunConfig) -> None:
+        atomic_write_json(self.path / CONFIG, config.to_dict())
+
+    # ------------------------------------------------------------ the journal
+
+    def read_journal(self) -> JournalContents:
+        """All whole records. A cut-off last line (no newline) is reported, not returned; a damaged
+        line elsewhere is refused with its line number."""
+        p = self.journal_path
+        try:
+            data = p.read_bytes()
+        except FileNotFoundError:
+            return JournalContents([], 0, 0)
+        end = data.rfind(b"\n") + 1  # everything after the last newline is a partial write
+        records: list[JournalRecord] = []
+        for lineno, raw in enumerate(data[:end].split(b"\n")[:-1], 1):
+            if not raw.strip():
+                continue
+            try:
+                d = json.loads(raw)
+                if not isinstance(d, dict) or d.get("kind") not in ("candidate", "baseline"):
+                    raise ValueError("not a journal record")
+                records.append(JournalRecord.from_dict(d))
+            except (ValueError, TypeError, UnicodeDecodeError) as e:
+                raise RunError(f"{p} line {lineno} is corrupted ({str(e).splitlines()[0][:80]}): the journal cannot be trusted; start a new run") from None
+        return JournalContents(records, len(data) - end, end)
+
+    def repair_journal(self, contents: JournalContents) -> int:
+        """Drop a cut-off last line (its candidate will be evaluated again). Returns the bytes dropped."""
+        if contents.truncated_bytes:
+            with open(self.journal_path, "r+b") as f:
+                f.truncate(contents.valid_length)
+                f.flush()
+                os.fsync(f.fileno())
+            log.warning("dropped a truncated last line (%d bytes) from %s", contents.truncated_bytes, self.journal_path)
+        return contents.truncated_bytes
+
+    def append(self, record: JournalRecord) -> None:
+        """Append one record as one line with a single write, then fsync."""
+        if self._journal_fd is None:
+            self._journal_fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        data = (record.to_json() + "\n").encode("utf-8")
+        view = memoryview(data)
+        while view:
+            n = os.write(self._journal_fd, view)
+            view = view[n:]
+        os.fsync(self._journal_fd)
+
+    # ------------------------------------------------------------ checkpoints
+
+    def checkpoint_path(self, generation: int) -> Path:
+        return self.checkpoint_dir / f"gen-{generation:04d}.json"
+
+    def save_checkpoint(self, generation: int, payload: dict[str, Any]) -> Path:
+        """Write the state after ``generation`` atomically (earlier checkpoints are kept)."""
+        p = self.checkpoint_path(generation)
+        atomic_write_json(p, {"kind": "longsearch.checkpoint", "schema_version": SCHEMA_VERSION, "generation": generation, **payload})
+        return p
+
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        if not self.checkpoint_dir.is_dir():
+            return []
+        found = []
+        for p in self.checkpoint_dir.iterdir():
+            m = _CHECKPOINT_RE.match(p.name)
+            if m:
+                found.append((int(m.group(1)), p))
+        return sorted(found)
+
+    def load_last_checkpoint(self) -> dict[str, Any] | None:
+        """The newest checkpoint, or None before the first generation ended. A damaged one is refused by name."""
+        found = self.checkpoints()
+        if not found:
+            return None
+        generation, p = found[-1]
+        try:
+            d = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RunError(
+                f"checkpoint {p} is corrupted ({getattr(e, 'msg', e)}): delete it to resume from the generation before, "
+                "or start over with --force"
+            ) from None
+        except OSError as e:
+            raise RunError(f"cannot read checkpoint {p}: {e.strerror}") from None
+        if not isinstance(d, dict) or d.get("kind") != "longsearch.checkpoint" or d.get("generation") != generation or "optimizer" not in d:
+            raise RunError(
+                f"checkpoint {p} is corrupted (not a longsearch checkpoint of generation {generation}): delete it to "
+                "resume from the generation before, or start over with --force"
+            )
+        return d
+
+
+def iter_journal(path: str | os.PathLike) -> Iterator[JournalRecord]:
+    """The whole records of a run's journal (a run directory or the journal file itself)."""
+    p = Path(path)
+    store = RunStore(p if p.is_dir() else p.parent)
+    yield from store.read_journal().records
+
+
+def check_resume_options(config: RunConfig, given: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse options given with ``--resume`` that contradict the run's config (one line)."""
+    for key in IDENTITY_FIELDS:
+        value = given.get(key)
+        if value is None:
+            continue
+        have = getattr(config, key)
+        if key == "model":
+            same = _same_model(str(value), have)
+        else:
+            same = str(value) == str(have)
+        if not same:
+            shown = "the testbed" if have is None else have
+            raise RunError(
+                f"{path} was made with {key.replace('_', ' ')} {shown}, not {value}: resume without that option, "
+                "or start a new run with another --out"
+            )
+
+
+def _same_model(given: str, have: str | None) -> bool:
+    if have is None:
+        return given in ("", "testbed")
+    if given == have:
+        return True
+    try:
+        return Path(given).expanduser().resolve() == Path(have).expanduser().resolve()
+    except OSError:
+        return False
+
+
+__all__ = [
+    "RunConfig",
+    "RunStore",
+    "JournalRecord",
+    "JournalContents",
+    "IDENTITY_FIELDS",
+    "check_resume_options",
+    "iter_journal",
+]

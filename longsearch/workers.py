@@ -1,0 +1,587 @@
+"""A pool of Ray actors that score candidate λ vectors, each actor holding one model replica.
+
+>>> tasks = [ScoreTask("c0", lam, m) for lam in candidates]                       # doctest: +SKIP
+>>> with WorkerPool(model=None, target_length=2048, workers=2) as pool:          # doctest: +SKIP
+...     pool.set_needles("search", needle_set)          # sent to every actor once
+...     for outcome in pool.map_unordered(tasks):       # as each one finishes
+...         print(outcome.key, outcome.nll)
+
+* One actor per GPU (``num_gpus=gpus_per_worker``, default 1) where the cluster has GPUs; otherwise a
+  CPU slot of ``cores // workers`` CPUs, and torch in the actor uses that many threads.
+* Needle sets are put in the object store once and handed to each actor once (:meth:`set_needles`);
+  a task carries only λ and m.
+* Dispatch is asynchronous (``ray.wait``): the moment a worker finishes, it gets the next task.
+* A worker that dies (actor crash, OOM kill, ``ray.kill``, a node lost) is replaced and its task
+  re-run; the caller sees only the outcome. A task that kills ``max_attempts`` workers is reported
+  with ``nll = inf`` and the reason. A task that hangs past ``task_timeout`` counts as a death.
+* With no ``address`` a local Ray is started (temp dir under /tmp, short for the unix-socket limit)
+  and shut down by :meth:`close`, also on error or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .errors import InputError, RunError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OBJECT_STORE = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ScoreTask:
+    """One evaluation: λ (long factors, short = 1) and m, scored on the needle set ``needles``."""
+
+    key: str
+    lam: tuple[float, ...]
+    m: float
+    needles: str = "search"
+
+    def __init__(self, key: str, lam: Sequence[float] | np.ndarray, m: float, needles: str = "search") -> None:
+        object.__setattr__(self, "key", str(key))
+        object.__setattr__(self, "lam", tuple(float(x) for x in np.asarray(lam, dtype=np.float64).reshape(-1)))
+        object.__setattr__(self, "m", float(m))
+        object.__setattr__(self, "needles", str(needles))
+
+
+@dataclass
+class ScoreOutcome:
+    """What came back for a task: answer NLL (inf on failure) and the details."""
+
+    key: str
+    nll: float
+    per_sample: list[float] = field(default_factory=list)
+    accuracy: float | None = None
+    per_sample_correct: list[bool] = field(default_factory=list)
+    seconds: float = 0.0
+    worker: str = ""
+    attempts: int = 1
+    error: str | None = None
+
+
+@dataclass
+class PoolStats:
+    """Busy time per worker slot (dispatch → result seen by the driver) and the pool's wall time."""
+
+    workers: int
+    busy_seconds: float
+    wall_seconds: float
+    completed: int
+    failures: int
+    replacements: int
+
+    @property
+    def utilization(self) -> float:
+        """busy time / (workers × wall time)."""
+        denom = self.workers * self.wall_seconds
+        return self.busy_seconds / denom if denom > 0 else 0.0
+
+    @property
+    def evals_per_second(self) -> float:
+        return self.completed / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+
+# ---------------------------------------------------------------- the actor
+
+
+class Scorer:
+    """Holds one model replica and the needle sets; scores one λ at a time (the body of the Ray actor)."""
+
+    def __init__(self, model: str | None, target_length: int, device: str = "auto", dtype: str = "auto",
+                 threads: int | None = None, shard: bool = False) -> None:
+        import torch
+
+        from .models import load_model
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.target_length = int(target_length)
+        self.loaded = _load_sharded(model, dtype) if shard else load_model(model, device=device, dtype=dtype)
+        self.needles: dict[str, Any] = {}
+        self.name = f"{os.uname().nodename}:{os.getpid()}"
+
+    def ready(self) -> str:
+        return self.name
+
+    def set_needles(self, name: str, needle_set: Any) -> None:
+        self.needles[name] = needle_set
+
+    def score(self, key: str, lam: Sequence[float], m: float, needles: str) -> dict[str, Any]:
+        from .factors import RopeFactors
+        from .scoring import score
+
+        g = self.loaded.geometry
+        t0 = time.perf_counter()
+        try:
+            factors = RopeFactors(
+                long_factor=np.asarray(lam, dtype=np.float64),
+                short_factor=np.ones(g.n_freq),
+                original_length=g.original_length,
+                target_length=self.target_length,
+                base=g.base,
+                rotary_dim=g.rotary_dim,
+                attention_factor=float(m),
+            )
+            s = score(self.loaded, self.needles[needles], factors, target_length=self.target_length)
+        except Exception as e:  # a bad candidate is a failed evaluation, not a dead worker
+            return {"key": key, "nll": math.inf, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300],
+                    "seconds": time.perf_counter() - t0, "worker": self.name}
+        nll = float(s.nll)
+        return {
+            "key": key,
+            "nll": nll if math.isfinite(nll) else math.inf,
+            "per_sample": [float(x) for x in s.per_sample],
+            "accuracy": None if s.accuracy is None else float(s.accuracy),
+            "per_sample_correct": [bool(x) for x in (s.per_sample_correct or [])],
+            "seconds": float(s.seconds) if getattr(s, "seconds", None) else time.perf_counter() - t0,
+            "worker": self.name,
+            "error": s.error or (None if math.isfinite(nll) else "non-finite NLL"),
+        }
+
+
+def _load_sharded(model: str | None, dtype: str) -> Any:
+    """A model too large for one GPU, spread over the GPUs Ray gave this worker (transformers' device_map)."""
+    import importlib.util
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .errors import ModelError
+    from .models import TESTBED_DIR, LoadedModel, find_rotary_embeddings, keep_rope_fp32, load_config, model_geometry, resolve_dtype
+
+    if importlib.util.find_spec("accelerate") is None:
+        raise ModelError("a worker with several GPUs (--gpus-per-worker > 1) needs the accelerate package: pip install accelerate")
+    source = str(TESTBED_DIR) if model is None else model
+    geometry = model_geometry(load_config(model))
+    tdtype = resolve_dtype(dtype, torch.device("cuda"))
+    net = AutoModelForCausalLM.from_pretrained(source, dtype=tdtype, device_map="auto", attn_implementation="sdpa")
+    net.eval()
+    keep_rope_fp32(net)
+    find_rotary_embeddings(net)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    first = next(net.parameters()).device
+    return LoadedModel(model=net, tokenizer=tokenizer, geometry=geometry, name=str(source), device=first, dtype=tdtype)
+
+
+# ---------------------------------------------------------------- the pool
+
+
+def _death_errors() -> tuple[type[BaseException], ...]:
+    import ray.exceptions as E
+
+    names = ("RayActorError", "ActorDiedError", "ActorUnavailableError", "WorkerCrashedError", "OutOfMemoryError",
+             "NodeDiedError", "LocalRayletDiedError", "ObjectLostError", "OwnerDiedError")
+    return tuple(getattr(E, n) for n in names if hasattr(E, n))
+
+
+@dataclass
+class _Slot:
+    index: int
+    actor: Any = None
+    generation: int = 0  # how many times this slot's actor was replaced
+    busy_since: float | None = None
+
+    @property
+    def label(self) -> str:
+        return f"w{self.index}" + (f".{self.generation}" if self.generation else "")
+
+
+class WorkerPool:
+    """Ray actors scoring :class:`ScoreTask` s asynchronously. Use as a context manager."""
+
+    def __init__(
+        self,
+        model: str | None,
+        target_length: int,
+        workers: int | None = None,
+        address: str | None = None,
+        *,
+        gpus_per_worker: float = 1.0,
+        dtype: str = "auto",
+        max_attempts: int = 3,
+        task_timeout: float | None = None,
+        startup_timeout: float = 600.0,
+        temp_root: str | None = None,
+        object_store_memory: int | None = DEFAULT_OBJECT_STORE,
+    ) -> None:
+        if workers is not None and workers < 1:
+            raise InputError(f"--workers must be at least 1, got {workers}")
+        if max_attempts < 1:
+            raise InputError("max_attempts must be at least 1")
+        self.model = model
+        self.target_length = int(target_length)
+        self.requested_workers = workers
+        self.address = address
+        self.gpus_per_worker = gpus_per_worker
+        self.dtype = dtype
+        self.max_attempts = max_attempts
+        self.task_timeout = task_timeout
+        self.startup_timeout = startup_timeout
+        self.temp_root = temp_root
+        self.object_store_memory = object_store_memory
+        self._own_ray = False
+        self._temp_dir: str | None = None
+        self._slots: list[_Slot] = []
+        self._needle_refs: dict[str, Any] = {}
+        self._needle_sets: dict[str, Any] = {}
+        self._actor_cls: Any = None
+        self._actor_options: dict[str, Any] = {}
+        self._threads: int | None = None
+        self.device = "cpu"
+        self._busy = 0.0
+        self._completed = 0
+        self._failures = 0
+        self._replacements = 0
+        self._t_start: float | None = None
+        self._started = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> "WorkerPool":
+        return self  # Ray and the actors start with the first task (nothing to do, nothing started)
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def workers(self) -> int:
+        return len(self._slots)
+
+    @property
+    def actors(self) -> list[Any]:
+        """The current actor handles (one per worker slot)."""
+        return [s.actor for s in self._slots]
+
+    def start(self) -> None:
+        """Connect to (or start) Ray and create the actors; waits until every model replica is loaded."""
+        import ray
+
+        if self._started:
+            return
+        self._started = True
+        try:
+            if not ray.is_initialized():
+                self._init_ray()
+            self._plan_resources()
+            self._actor_cls = ray.remote(Scorer)
+            self._needle_refs = {name: ray.put(ns) for name, ns in self._needle_sets.items()}
+            self._slots = [_Slot(i) for i in range(self._n_workers)]
+            for slot in self._slots:
+                slot.actor = self._new_actor()
+            self._wait_ready([s.actor for s in self._slots])
+            self._t_start = time.perf_counter()
+        except BaseException:
+            self.close()
+            raise
+
+    def _init_ray(self) -> None:
+        import ray
+
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.ERROR)
+        address = self.address or os.environ.get("RAY_ADDRESS")  # a cluster named the usual Ray way is joined too
+        if address:
+            try:
+                ray.init(address=address, **kwargs)
+            except Exception as e:
+                raise RunError(f"cannot connect to the Ray cluster at {address} ({str(e).splitlines()[0][:160]}): check --address") from None
+        else:
+            root = self.temp_root or "/tmp"
+            _remove_stale_temp_dirs(root)
+            self._temp_dir = tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=root)
+            with open(os.path.join(self._temp_dir, _OWNER_FILE), "w") as f:
+                f.write(str(os.getpid()))
+            cores = os.cpu_count() or 1
+            ray.init(
+                include_dashboard=False,
+                num_cpus=max(cores, self.requested_workers or 1),
+                _temp_dir=self._temp_dir,
+                object_store_memory=self.object_store_memory,
+                **kwargs,
+            )
+        self._own_ray = True
+
+    def _plan_resources(self) -> None:
+        import ray
+
+        res = ray.available_resources()  # what is free now (another job may share the cluster)
+        gpus = float(res.get("GPU", 0))
+        cpus = float(res.get("CPU", 0))
+        if gpus >= self.gpus_per_worker > 0:
+            capacity = int(gpus // self.gpus_per_worker)
+            n = self.requested_workers or capacity
+            if n > capacity:
+                raise InputError(f"--workers {n} needs {n * self.gpus_per_worker:g} GPUs but the cluster has {gpus:g}: ask for at most {capacity}")
+            self._n_workers = n
+            self._actor_options = {"num_gpus": self.gpus_per_worker, "num_cpus": 1}
+            self.device = "cuda"
+            self._threads = None
+        else:
+            n = self.requested_workers or 1
+            per = max(1, int(cpus // n))
+            if n > cpus:
+                hint = f"ask for at most {int(cpus)}" if cpus >= 1 else "wait for the other jobs on this Ray cluster to end"
+                raise InputError(f"--workers {n} needs {n} CPUs but Ray has {cpus:g} free: {hint}")
+            self._n_workers = n
+            self._actor_options = {"num_cpus": per}
+            self.device = "cpu"
+            self._threads = per
+        self._actor_options.update(max_restarts=0, max_task_retries=0)
+
+    def _new_actor(self) -> Any:
+        dtype = "float32" if self.device == "cpu" else self.dtype
+        actor = self._actor_cls.options(**self._actor_options).remote(
+            self.model, self.target_length, device="cuda" if self.device == "cuda" else "cpu", dtype=dtype,
+            threads=self._threads, shard=self.device == "cuda" and self.gpus_per_worker > 1,
+        )
+        for name, ref in self._needle_refs.items():
+            actor.set_needles.remote(name, ref)
+        return actor
+
+    def _wait_ready(self, actors: list[Any]) -> None:
+        import ray
+
+        refs = [a.ready.remote() for a in actors]
+        try:
+            ready, pending = ray.wait(refs, num_returns=len(refs), timeout=self.startup_timeout)
+            if pending:
+                raise RunError(
+                    f"{len(pending)} of {len(refs)} workers did not start within {self.startup_timeout:g} s (not enough "
+                    "free CPUs/GPUs in the cluster?): ask for fewer --workers"
+                )
+            ray.get(ready)
+        except RunError:
+            raise
+        except Exception as e:
+            raise RunError(f"a worker could not load the model: {_root_message(e)}") from None
+
+    def close(self) -> None:
+        """Kill the actors and, if this pool started Ray, shut it down and remove its temp dir."""
+        import ray
+
+        for slot in self._slots:
+            if slot.actor is not None:
+                try:
+                    ray.kill(slot.actor, no_restart=True)
+                except Exception:
+                    pass
+                slot.actor = None
+        if self._own_ray:
+            try:
+                ray.shutdown()
+            except Exception as e:  # never let shutdown mask the real error
+                log.warning("ray.shutdown failed: %s", e)
+            self._own_ray = False
+        if self._temp_dir:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+            self._temp_dir = None
+
+    # ------------------------------------------------------------ needles
+
+    def set_needles(self, name: str, needle_set: Any) -> None:
+        """Put a needle set in the object store once and hand it to every actor (and to replacements).
+
+        Before the pool has started, the set is kept and sent when the actors are created.
+        """
+        import ray
+
+        self._needle_sets[name] = needle_set
+        if not self._started:
+            return
+        ref = ray.put(needle_set)
+        self._needle_refs[name] = ref
+        done = [s.actor.set_needles.remote(name, ref) for s in self._slots]
+        try:
+            ray.get(done)
+        except _death_errors():
+            pass  # a dead worker is replaced (and given the needles) when it is next used
+
+    # ------------------------------------------------------------ scoring
+
+    def map_unordered(self, tasks: Iterable[ScoreTask]) -> Iterator[ScoreOutcome]:
+        """Score every task; yield outcomes as they complete. A free worker gets the next task at once."""
+        import ray
+
+        queue: deque[tuple[ScoreTask, int]] = deque((t, 1) for t in tasks)
+        inflight: dict[Any, tuple[_Slot, ScoreTask, int]] = {}
+        idle: deque[_Slot] = deque(self._slots)
+        if queue and not self._started:
+            self.start()
+            idle.extend(self._slots)
+        deaths = _death_errors()
+        deaths_in_a_row = 0
+
+        def dispatch() -> None:
+            while idle and queue:
+                slot = idle.popleft()
+                task, attempt = queue.popleft()
+                ref = slot.actor.score.remote(task.key, list(task.lam), task.m, task.needles)
+                slot.busy_since = time.perf_counter()
+                inflight[ref] = (slot, task, attempt)
+
+        try:
+            while queue or inflight:
+                dispatch()
+                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=self._poll_interval())
+                outcomes: list[ScoreOutcome] = self._check_timeouts(inflight, queue, idle, set(ready))
+                for ref in ready:
+                    slot, task, attempt = inflight.pop(ref)
+                    self._busy += time.perf_counter() - (slot.busy_since or time.perf_counter())
+                    slot.busy_since = None
+                    try:
+                        d = ray.get(ref)
+                    except deaths as e:
+                        reason = _root_message(e)
+                        deaths_in_a_row += 1
+                        if deaths_in_a_row > self.max_attempts * len(self._slots) + 1:
+                            raise RunError(f"workers keep dying without finishing any evaluation (last: {reason}): check the "
+                                           "model and the memory of the machines") from None
+                        outcome = self._on_death(slot, task, attempt, queue, reason)
+                        idle.append(slot)
+                        if outcome is not None:
+                            outcomes.append(outcome)
+                        continue
+                    except Exception as e:  # the task raised outside the scorer's own guard
+                        d = {"key": task.key, "nll": math.inf, "error": _root_message(e), "worker": slot.label}
+                    deaths_in_a_row = 0
+                    idle.append(slot)
+                    outcomes.append(self._outcome(d, slot, attempt))
+                dispatch()  # hand out work before the caller spends time on the results
+                for o in outcomes:
+                    self._completed += 1
+                    yield o
+        finally:
+            if inflight:  # interrupted or abandoned: cancel what has not started; the rest ends on its own
+                now = time.perf_counter()
+                for ref, (slot, _, _) in list(inflight.items()):
+                    if slot.busy_since is not None:
+                        self._busy += now - slot.busy_since
+                        slot.busy_since = None
+                    try:
+                        ray.cancel(ref)
+                    except Exception:
+                        pass
+
+    def score_all(self, tasks: Sequence[ScoreTask]) -> dict[str, ScoreOutcome]:
+        """Score a batch and return the outcomes by key."""
+        return {o.key: o for o in self.map_unordered(tasks)}
+
+    def stats(self) -> PoolStats:
+        wall = time.perf_counter() - self._t_start if self._t_start else 0.0
+        busy = self._busy + sum(time.perf_counter() - s.busy_since for s in self._slots if s.busy_since)
+        return PoolStats(len(self._slots), busy, wall, self._completed, self._failures, self._replacements)
+
+    def reset_stats(self) -> None:
+        self._busy, self._completed, self._failures, self._replacements = 0.0, 0, 0, 0
+        self._t_start = time.perf_counter()
+
+    # ------------------------------------------------------------ failures
+
+    def _poll_interval(self) -> float | None:
+        return min(1.0, max(self.task_timeout / 2, 1e-3)) if self.task_timeout else 5.0
+
+    def _outcome(self, d: dict[str, Any], slot: _Slot, attempt: int) -> ScoreOutcome:
+        return ScoreOutcome(
+            key=d["key"],
+            nll=float(d.get("nll", math.inf)),
+            per_sample=list(d.get("per_sample") or []),
+            accuracy=d.get("accuracy"),
+            per_sample_correct=list(d.get("per_sample_correct") or []),
+            seconds=float(d.get("seconds") or 0.0),
+            worker=slot.label,
+            attempts=attempt,
+            error=d.get("error"),
+        )
+
+    def _replace(self, slot: _Slot) -> None:
+        import ray
+
+        try:
+            ray.kill(slot.actor, no_restart=True)
+        except Exception:
+            pass
+        slot.generation += 1
+        self._replacements += 1
+        slot.actor = self._new_actor()
+        log.warning("worker %s died; replaced it", slot.label)
+
+    def _on_death(self, slot: _Slot, task: ScoreTask, attempt: int, queue: deque, reason: str) -> ScoreOutcome | None:
+        self._replace(slot)
+        if attempt < self.max_attempts:
+            queue.appendleft((task, attempt + 1))
+            return None
+        self._failures += 1
+        return ScoreOutcome(key=task.key, nll=math.inf, worker=slot.label, attempts=attempt,
+                            error=f"worker died {attempt} times evaluating it (last: {reason})")
+
+    def _check_timeouts(self, inflight: dict, queue: deque, idle: deque, ready: set) -> list[ScoreOutcome]:
+        import ray
+
+        failed: list[ScoreOutcome] = []
+        if not self.task_timeout:
+            return failed
+        now = time.perf_counter()
+        for ref, (slot, task, attempt) in list(inflight.items()):
+            if ref not in ready and slot.busy_since is not None and now - slot.busy_since > self.task_timeout:
+                inflight.pop(ref)
+                self._busy += now - slot.busy_since
+                slot.busy_since = None
+                try:
+                    ray.cancel(ref)
+                except Exception:
+                    pass
+                outcome = self._on_death(slot, task, attempt, queue, f"no result within {self.task_timeout:g} s")
+                idle.append(slot)
+                if outcome is not None:
+                    failed.append(outcome)
+        return failed
+
+
+_TEMP_PREFIX = "lsray-"
+_OWNER_FILE = "longsearch-owner.pid"
+
+
+def _remove_stale_temp_dirs(root: str) -> None:
+    """Remove Ray temp dirs left by longsearch processes that were killed (SIGKILL skips every cleanup)."""
+    try:
+        names = [n for n in os.listdir(root) if n.startswith(_TEMP_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(root, name)
+        try:
+            with open(os.path.join(path, _OWNER_FILE)) as f:
+                pid = int(f.read().strip())
+        except (OSError, ValueError):
+            continue  # not ours, or still being created
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, another user's
+
+
+def _root_message(e: BaseException) -> str:
+    cause = getattr(e, "cause", None) or e.__cause__
+    text = str(cause or e)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # Ray puts the remote traceback first; the last line is the exception itself
+    for ln in reversed(lines):
+        if not ln.startswith(("File ", "Traceback", "^", "~")):
+            return ln[:300]
+    return type(e).__name__
+
+
+__all__ = ["WorkerPool", "ScoreTask", "ScoreOutcome", "PoolStats", "Scorer"]

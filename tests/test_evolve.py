@@ -1,0 +1,326 @@
+"""`longsearch evolve` end to end through real Ray: files of a run, SIGKILL + resume == uninterrupted,
+a worker killed mid-run, and every refusal (one line, exit 2, nothing in the run directory changed)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow  # real Ray: seconds per worker start on a small machine
+
+from longsearch.cli import main  # noqa: E402
+from longsearch.factors import load_factors  # noqa: E402
+from longsearch.runs import JournalRecord, RunStore  # noqa: E402
+
+QUICK = 20  # candidates of the quick budget: 8 + 3 × 4
+BASELINES = 4  # none, pi, ntk, yarn
+
+
+def make_tiny_model(directory) -> str:
+    """A 1-layer random Llama (window 256, rotary dim 16) with the testbed's byte tokenizer, saved offline."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from longsearch.tiny.tokenizer import build_tokenizer
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=259, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=2, max_position_embeddings=256, rope_theta=10000.0,
+                      bos_token_id=256, eos_token_id=257, pad_token_id=258)
+    LlamaForCausalLM(cfg).save_pretrained(directory)
+    build_tokenizer().save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+def evolve_args(model_dir: str, out: Path, *extra: str) -> list[str]:
+    # 6 needle documents: each evaluation takes long enough for the SIGKILL below to land inside a generation
+    return ["evolve", "--model", model_dir, "--target", "1k", "--samples", "6", "--budget", "quick", "--seed", "0",
+            "--workers", "1", "--out", str(out), *extra]
+
+
+def _popen(args: list[str], log: Path) -> subprocess.Popen:
+    env = dict(os.environ, COLUMNS="120")
+    return subprocess.Popen([sys.executable, "-m", "longsearch.cli", *args], stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True, env=env)
+
+
+def _run_cli_subprocess(args: list[str], log: Path, timeout: float = 300) -> int:
+    p = _popen(args, log)
+    try:
+        return p.wait(timeout=timeout)
+    finally:
+        _kill_group(p)
+
+
+def _kill_group(p: subprocess.Popen) -> None:
+    """SIGKILL the command and everything it started (its Ray processes share its process group)."""
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    p.wait()
+
+
+def cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """Run the CLI in this process (for refusals, which never start Ray)."""
+    old = sys.argv
+    sys.argv = ["longsearch", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    finally:
+        sys.argv = old
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _tree_digest(path: Path) -> dict[str, str]:
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def _comparable(run: Path) -> list[dict]:
+    records = RunStore(run).read_journal().records
+    return sorted((r.comparable() for r in records), key=lambda d: (d["kind"], d["id"] if d["id"] is not None else -1, d["name"] or ""))
+
+
+@pytest.fixture(scope="module")
+def finished_run(model_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "uninterrupted"
+    rc = _run_cli_subprocess(evolve_args(model_dir, out), out.with_suffix(".log"))
+    assert rc == 0, out.with_suffix(".log").read_text()[-3000:]
+    return out
+
+
+# ---------------------------------------------------------------- a whole run
+
+
+def test_a_finished_run_has_every_file(finished_run):
+    run = finished_run
+    for name in ("config.json", "space.json", "journal.jsonl", "best.json", "baselines.json", "final.json", "needles/manifest.json"):
+        assert (run / name).is_file(), name
+    for name in ("progress.png", "factors.png"):
+        assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in sorted((run / "checkpoints").iterdir())] == [f"gen-{g:04d}.json" for g in range(4)]
+    records = RunStore(run).read_journal().records
+    cands = [r for r in records if r.kind == "candidate"]
+    bases = [r for r in records if r.kind == "baseline"]
+    assert sorted(r.id for r in cands) == list(range(QUICK))  # each candidate evaluated exactly once
+    assert sorted(r.name for r in bases) == ["none", "ntk", "pi", "yarn"] and all(r.generation == 0 for r in bases)
+    assert len({tuple(r.lam) for r in cands}) == QUICK
+    assert all(math.isfinite(r.score) and len(r.per_sample) == 6 and r.worker for r in records)
+    # best.json is the best candidate of the journal, as RopeFactors the exporters read
+    best = load_factors(run)
+    top = min(cands, key=lambda r: (r.score, r.id))
+    assert best.long_factor.tolist() == top.lam and best.provenance["score"] == top.score
+    assert best.provenance["method"] == "longsearch:ga" and best.target_length == 1024
+    assert best.attention_factor == pytest.approx(math.sqrt(1 + math.log(4) / math.log(256)))
+    final = json.loads((run / "final.json").read_text())
+    assert [r["name"] for r in final["rows"]] == ["longsearch", "none", "pi", "ntk", "yarn"]
+    assert final["needles"]["seed"] == 1000 and all(r["nll"] is not None for r in final["rows"])
+    baselines = json.loads((run / "baselines.json").read_text())
+    assert {k: v["score"] for k, v in baselines.items()} == {r.name: r.score for r in bases}
+
+
+def test_resuming_a_finished_run_changes_nothing(finished_run, tmp_path, capsys):
+    run = tmp_path / "copy"
+    shutil.copytree(finished_run, run)
+    before = _tree_digest(run)
+    code, out, err = cli(["evolve", "--resume", str(run)], capsys)
+    assert code == 0, err
+    after = _tree_digest(run)
+    for name in ("journal.jsonl", "final.json", "config.json") + tuple(k for k in before if k.startswith("checkpoints/")):
+        assert after[name] == before[name], name
+
+
+# ---------------------------------------------------------------- SIGKILL in the middle of a generation
+
+
+def test_sigkill_mid_generation_then_resume_equals_uninterrupted(model_dir, finished_run, tmp_path):
+    run = tmp_path / "killed"
+    p = _popen(evolve_args(model_dir, run), tmp_path / "killed.log")
+    journal = run / "journal.jsonl"
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and p.poll() is None:
+            if journal.exists() and b'"generation":1,' in journal.read_bytes():
+                break
+            time.sleep(0.005)
+    finally:
+        _kill_group(p)  # SIGKILL: no handler runs, no cleanup
+    lines = [json.loads(x) for x in journal.read_text().splitlines() if x.strip()]
+    gens = [d["generation"] for d in lines if d["kind"] == "candidate"]
+    assert max(gens) >= 1 and len(lines) < QUICK + BASELINES, "the kill came too late to test anything"
+    last = max(gens)
+    assert gens.count(last) < 4, "killed between generations, not in the middle of one"
+    assert not (run / "final.json").exists()
+    # and the last write was cut off mid-line (the journal must drop it and re-run that candidate)
+    with open(journal, "ab") as f:
+        f.write(b'{"kind":"candidate","id":13,"generation":2,"origin":"muta')
+
+    rc = _run_cli_subprocess(["evolve", "--resume", str(run)], tmp_path / "resumed.log")
+    assert rc == 0, (tmp_path / "resumed.log").read_text()[-3000:]
+    assert "truncated" in (tmp_path / "resumed.log").read_text()
+
+    assert _comparable(run) == _comparable(finished_run)  # same journal up to timing and worker fields
+    a, b = load_factors(run), load_factors(finished_run)
+    assert np.array_equal(a.long_factor, b.long_factor) and a.attention_factor == b.attention_factor
+    assert a.provenance["score"] == b.provenance["score"] and a.provenance["candidate"] == b.provenance["candidate"]
+    fa = json.loads((run / "final.json").read_text())
+    fb = json.loads((finished_run / "final.json").read_text())
+    assert fa["rows"] == fb["rows"]
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(model_dir, tmp_path):
+    run = tmp_path / "interrupted"
+    log = tmp_path / "interrupted.log"
+    env = dict(os.environ, COLUMNS="200")
+    p = subprocess.Popen([sys.executable, "-m", "longsearch.cli", *evolve_args(model_dir, run)], stdout=open(log, "w"),
+                         stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    journal = run / "journal.jsonl"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and p.poll() is None:
+            if journal.exists() and journal.read_bytes().count(b"\n") >= 3:
+                break
+            time.sleep(0.01)
+        os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        rc = p.wait(timeout=120)
+    finally:
+        _kill_group(p)
+    text = log.read_text()
+    assert rc == 130, text[-2000:]
+    assert f"--resume {run}" in text.replace("\n", "")
+    contents = RunStore(run).read_journal()
+    assert contents.truncated_bytes == 0 and len(contents.records) >= 3  # only whole lines
+    assert not (run / "final.json").exists()
+
+
+# ---------------------------------------------------------------- a worker killed during a search
+
+
+def test_worker_killed_mid_run_the_search_finishes_with_every_candidate(model_dir, tmp_path):
+    import tempfile
+
+    from longsearch.evolve import EvolveOptions, EvolveReporter, prepare, search
+    from longsearch.workers import WorkerPool
+
+    class Killer(EvolveReporter):
+        def __init__(self) -> None:
+            self.pool: WorkerPool | None = None
+            self.count = 0
+            self.summaries = []
+
+        def evaluated(self, record: JournalRecord) -> None:
+            self.count += 1
+            if self.count == 3:
+                ray.kill(self.pool.actors[0], no_restart=True)
+
+        def generation_finished(self, summary) -> None:
+            self.summaries.append(summary)
+
+    temp = tempfile.mkdtemp(prefix="lsre-", dir="/tmp")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp,
+             object_store_memory=128 * 1024 * 1024, logging_level="ERROR")
+    try:
+        run = prepare(EvolveOptions(model=model_dir, target=1024, samples=2, budget="quick", workers=2, out=tmp_path / "run"))
+        reporter = Killer()
+        with WorkerPool(model_dir, 1024, workers=2) as pool:
+            reporter.pool = pool
+            pool.set_needles("search", run.needles)
+            baselines, history = search(run, pool, reporter)
+            assert pool.stats().replacements == 1
+        run.store.close()
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+    records = RunStore(tmp_path / "run").read_journal().records
+    cands = [r for r in records if r.kind == "candidate"]
+    assert sorted(r.id for r in cands) == list(range(QUICK))  # the optimizer never saw the failure
+    assert all(math.isfinite(r.score) and r.error is None for r in records)
+    assert any(r.attempts == 2 for r in records)
+    assert set(baselines) == {"none", "pi", "ntk", "yarn"} and all(math.isfinite(v) for v in baselines.values())
+    assert [s.generation for s in reporter.summaries] == [0, 1, 2, 3] and len(history) == 4
+    assert reporter.summaries[0].evaluated == 8 + BASELINES
+    scores = [s.best_score for s in reporter.summaries]
+    assert scores == sorted(scores, reverse=True)  # elitist: the best never gets worse
+
+
+# ---------------------------------------------------------------- refusals: one line, exit 2, nothing changed
+
+
+def test_bad_input_for_a_new_run(model_dir, tmp_path, capsys):
+    out = tmp_path / "new"
+    code, _, err = cli(evolve_args(model_dir, out)[:3] + ["--target", "256", "--out", str(out)], capsys)
+    assert code == 2 and "not above" in err and len(err.strip().splitlines()) == 1
+    bad_space = tmp_path / "mine.yaml"
+    bad_space.write_text("kind: longrope2\nstep: 0.01\nbogus_key: 3\n")
+    code, _, err = cli(evolve_args(model_dir, out, "--space", str(bad_space)), capsys)
+    assert code == 2 and "bogus_key" in err
+    code, _, err = cli(evolve_args(model_dir, out, "--optimizer", "hillclimb"), capsys)
+    assert code == 2 and "unknown optimizer" in err
+    code, _, err = cli(evolve_args(model_dir, out, "--budget", "lots"), capsys)
+    assert code == 2 and "budget" in err
+    code, _, err = cli(evolve_args(str(tmp_path / "no-such-model"), out), capsys)
+    assert code == 2 and "no-such-model" in err
+    assert not out.exists()  # nothing was created
+    code, _, err = cli(["evolve", "--resume", str(tmp_path / "nowhere")], capsys)
+    assert code == 2 and "no run directory" in err
+
+
+def test_refusals_leave_the_run_directory_untouched(finished_run, model_dir, tmp_path, capsys):
+    run = tmp_path / "copy"
+    shutil.copytree(finished_run, run)
+    before = _tree_digest(run)
+    cases = [
+        (["evolve", "--resume", str(run), "--target", "2k"], "target length"),
+        (["evolve", "--resume", str(run), "--space", "longrope"], "space"),
+        (["evolve", "--resume", str(run), "--seed", "5"], "seed"),
+        (["evolve", "--resume", str(run), "--model", str(tmp_path)], "model"),
+        (evolve_args(model_dir, run), "--resume"),  # a new run into an existing one
+    ]
+    for args, needle in cases:
+        code, _, err = cli(args, capsys)
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, (args, err)
+        assert _tree_digest(run) == before, args
+    # a corrupted checkpoint is refused by name
+    ck = run / "checkpoints" / "gen-0003.json"
+    ck.write_text(ck.read_text()[:100])
+    before = _tree_digest(run)
+    code, _, err = cli(["evolve", "--resume", str(run)], capsys)
+    assert code == 2 and "gen-0003.json" in err and "corrupted" in err
+    assert _tree_digest(run) == before
+    # valid JSON, but not an optimizer state this optimizer can load
+    ck.write_text(json.dumps({"kind": "longsearch.checkpoint", "schema_version": 1, "generation": 3, "optimizer": {"x": 1}}))
+    before = _tree_digest(run)
+    code, _, err = cli(["evolve", "--resume", str(run)], capsys)
+    assert code == 2 and "gen-0003.json" in err and len(err.strip().splitlines()) == 1
+    assert _tree_digest(run) == before
+    # a journal damaged in the middle is refused (only a cut-off last line is recovered)
+    ck.unlink()
+    j = run / "journal.jsonl"
+    lines = j.read_text().splitlines(keepends=True)
+    j.write_text("".join(lines[:3]) + "not json\n" + "".join(lines[3:]))
+    before = _tree_digest(run)
+    code, _, err = cli(["evolve", "--resume", str(run)], capsys)
+    assert code == 2 and "journal.jsonl line 4" in err
+    assert _tree_digest(run) == before

@@ -1,0 +1,153 @@
+"""The run directory: config, journal (append, truncated line recovery), checkpoints, refusals."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from longsearch.errors import RunError
+from longsearch.runs import (
+    JournalRecord,
+    RunConfig,
+    RunStore,
+    check_resume_options,
+)
+
+
+def _config(**kw) -> RunConfig:
+    base = dict(model=None, model_name="testbed", target_length=2048, space="longrope2", budget="quick",
+                optimizer="ga", samples=4, seed=0)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def _rec(i: int, score: float = 1.5) -> JournalRecord:
+    return JournalRecord(kind="candidate", id=i, generation=i // 4, origin="mutation", lam=[1.0, 2.0, 3.0 + i],
+                         m=1.1, d_rcd=1, score=score, per_sample=[score, score], accuracy=0.5,
+                         per_sample_correct=[True, False], worker="w0", seconds=0.1)
+
+
+def test_create_writes_config_and_refuses_existing(tmp_path):
+    run = tmp_path / "run"
+    store = RunStore.create(run, _config())
+    store.close()
+    cfg = RunStore.open(run).read_config()
+    assert cfg == _config(created=cfg.created)
+    (run / "journal.jsonl").write_text("")
+    with pytest.raises(RunError, match="--resume"):
+        RunStore.create(run, _config())
+    # --force clears a run directory ...
+    RunStore.create(run, _config(seed=3), force=True).close()
+    assert RunStore.open(run).read_config().seed == 3
+    assert not (run / "journal.jsonl").exists()
+    # ... but never a folder that is not one
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "cat.jpg").write_bytes(b"x")
+    with pytest.raises(RunError, match="not a longsearch run"):
+        RunStore.create(other, _config(), force=True)
+    assert (other / "cat.jpg").exists()
+
+
+def test_open_refuses_missing_and_foreign(tmp_path):
+    with pytest.raises(RunError, match="no run directory"):
+        RunStore.open(tmp_path / "nope")
+    (tmp_path / "x").mkdir()
+    with pytest.raises(RunError, match="config.json"):
+        RunStore.open(tmp_path / "x")
+    (tmp_path / "x" / "config.json").write_text('{"kind": "something else"}')
+    with pytest.raises(RunError, match="not a longsearch run config"):
+        RunStore.open(tmp_path / "x").read_config()
+
+
+def test_journal_roundtrip_with_inf(tmp_path):
+    store = RunStore.create(tmp_path / "run", _config())
+    recs = [_rec(0), _rec(1, math.inf), _rec(2, 0.25)]
+    recs[1].per_sample = [math.inf, 2.0]
+    recs[1].error = "non-finite NLL"
+    for r in recs:
+        store.append(r)
+    store.close()
+    text = (tmp_path / "run" / "journal.jsonl").read_text()
+    for line in text.splitlines():
+        json.loads(line)  # strict JSON, one object per line
+    back = RunStore.open(tmp_path / "run").read_journal()
+    assert back.truncated_bytes == 0
+    assert [r.comparable() for r in back.records] == [r.comparable() for r in recs]
+    assert back.records[1].score == math.inf and back.records[1].per_sample[0] == math.inf
+
+
+def test_truncated_last_line_is_dropped_and_later_lines_append_cleanly(tmp_path):
+    store = RunStore.create(tmp_path / "run", _config())
+    for i in range(3):
+        store.append(_rec(i))
+    store.close()
+    p = tmp_path / "run" / "journal.jsonl"
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) - 17])  # a write cut off in the middle of the third line
+    store = RunStore.open(tmp_path / "run")
+    contents = store.read_journal()
+    assert [r.id for r in contents.records] == [0, 1]
+    assert contents.truncated_bytes > 0
+    assert p.read_bytes() == data[: len(data) - 17]  # reading alone changes nothing
+    assert store.repair_journal(contents) == contents.truncated_bytes
+    store.append(_rec(2))
+    store.close()
+    again = RunStore.open(tmp_path / "run").read_journal()
+    assert [r.id for r in again.records] == [0, 1, 2] and again.truncated_bytes == 0
+
+
+def test_corrupted_journal_line_in_the_middle_is_refused(tmp_path):
+    store = RunStore.create(tmp_path / "run", _config())
+    store.append(_rec(0))
+    store.close()
+    p = tmp_path / "run" / "journal.jsonl"
+    p.write_text(p.read_text() + "{garbage\n" + _rec(1).to_json() + "\n")
+    with pytest.raises(RunError, match="line 2"):
+        RunStore.open(tmp_path / "run").read_journal()
+
+
+def test_checkpoints_latest_and_corruption_named(tmp_path):
+    store = RunStore.create(tmp_path / "run", _config())
+    assert store.load_last_checkpoint() is None
+    store.save_checkpoint(0, {"optimizer": {"generation": 1}})
+    store.save_checkpoint(1, {"optimizer": {"generation": 2}})
+    assert store.load_last_checkpoint()["optimizer"] == {"generation": 2}
+    p = store.checkpoint_path(1)
+    p.write_text(p.read_text()[:20])
+    before = p.read_bytes()
+    with pytest.raises(RunError, match="gen-0001.json"):
+        store.load_last_checkpoint()
+    assert p.read_bytes() == before  # refused, not rewritten
+    p.write_text(json.dumps({"kind": "longsearch.checkpoint", "generation": 7, "optimizer": {}}))
+    with pytest.raises(RunError, match="gen-0001.json"):
+        store.load_last_checkpoint()
+    store.close()
+
+
+def test_lock_refuses_a_second_process_on_the_same_run(tmp_path):
+    store = RunStore.create(tmp_path / "run", _config())
+    other = RunStore.open(tmp_path / "run")
+    with pytest.raises(RunError, match="in use"):
+        other.lock()
+    store.close()
+    other.lock()
+    other.close()
+
+
+def test_resume_options_that_contradict_the_config(tmp_path, monkeypatch):
+    cfg = _config()
+    check_resume_options(cfg, {"target_length": 2048, "space": "longrope2", "model": None}, tmp_path)
+    with pytest.raises(RunError, match="target length 2048, not 4096"):
+        check_resume_options(cfg, {"target_length": 4096}, tmp_path)
+    with pytest.raises(RunError, match="space longrope2, not longrope"):
+        check_resume_options(cfg, {"space": "longrope"}, tmp_path)
+    with pytest.raises(RunError, match="model the testbed"):
+        check_resume_options(cfg, {"model": "some/model"}, tmp_path)
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    cfg2 = _config(model=str(model_dir))
+    monkeypatch.chdir(tmp_path)
+    check_resume_options(cfg2, {"model": "m"}, tmp_path)  # the same directory, written relatively
