@@ -13,6 +13,7 @@ interrupted benchmark continues where it stopped: run the same command again.
     python bench/search_quality.py                                  # paper budget (hours on a 2-core CPU)
     python bench/search_quality.py --budget 4 --samples 4           # 4 generations: a smaller budget
     python bench/search_quality.py --scales 8 --optimizers ga --budget quick
+    python bench/search_quality.py --spaces longrope2,longrope --optimizers ga --budget 1
 
 Prints a table and writes it to bench/results/search_quality.md.
 """
@@ -34,12 +35,15 @@ sys.path.insert(0, str(HERE.parent))
 
 from longsearch.lengths import format_length  # noqa: E402
 
+from _report import emit_table  # noqa: E402
 
-def run_one(model: str | None, target: int, optimizer: str, budget: str, samples: int, seed: int, workers: int | None, runs: Path):
+
+def run_one(model: str | None, target: int, space: str, optimizer: str, budget: str, samples: int, seed: int,
+            workers: int | None, runs: Path):
     from longsearch.evolve import EvolveOptions, default_out, run_evolve
 
-    out = runs / default_out(model, target, "longrope2", optimizer, seed).name / f"b{budget}-n{samples}"
-    opts = EvolveOptions(model=model, target=target, space="longrope2", budget=budget, optimizer=optimizer,
+    out = runs / default_out(model, target, space, optimizer, seed).name / f"b{budget}-n{samples}"
+    opts = EvolveOptions(model=model, target=target, space=space, budget=budget, optimizer=optimizer,
                          samples=samples, seed=seed, workers=workers, out=out)
     if (out / "config.json").exists():
         opts = EvolveOptions(resume=out, workers=workers)
@@ -53,6 +57,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="model directory or hub id (default: the testbed)")
     ap.add_argument("--scales", default="8,16", help="comma-separated extension ratios (target = ratio × window)")
     ap.add_argument("--optimizers", default="ga,nevergrad:TwoPointsDE,optuna:TPE")
+    ap.add_argument("--spaces", default="longrope2", help="comma-separated search spaces (presets or YAML files)")
     ap.add_argument("--budget", default="paper", help="paper (default), quick, or a number of generations")
     ap.add_argument("--samples", type=int, default=8, help="needle documents per evaluation")
     ap.add_argument("--seed", type=int, default=0)
@@ -63,7 +68,6 @@ def main() -> None:
 
     import ray
     from rich.console import Console
-    from rich.table import Table
 
     from longsearch.evolve import load_model_info
 
@@ -71,6 +75,7 @@ def main() -> None:
     geometry, _ = load_model_info(args.model)
     optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
     scales = [int(s) for s in args.scales.split(",") if s.strip()]
+    spaces = [s.strip() for s in args.spaces.split(",") if s.strip()]
     runs = Path(args.runs)
     temp = tempfile.mkdtemp(prefix="lsbench-", dir="/tmp")
     ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False, _temp_dir=temp,
@@ -80,12 +85,13 @@ def main() -> None:
         for scale in scales:
             target = geometry.original_length * scale
             baselines_done = False
-            for opt in optimizers:
-                console.print(f"{format_length(target)} ({scale}×): {opt}, budget {args.budget} …")
-                result, seconds = run_one(args.model, target, opt, args.budget, args.samples, args.seed, args.workers, runs)
+            for space, opt in [(sp, o) for sp in spaces for o in optimizers]:
+                console.print(f"{format_length(target)} ({scale}×): {space} space, {opt}, budget {args.budget} …")
+                result, seconds = run_one(args.model, target, space, opt, args.budget, args.samples, args.seed,
+                                          args.workers, runs)
                 for r in result.heldout:
                     if r.name == "longsearch":
-                        name = f"longsearch {opt}"
+                        name = f"longsearch {space} {opt}"
                         evals = str(sum(1 for _ in _candidates(result.run_dir)))
                     elif baselines_done:
                         continue
@@ -99,34 +105,15 @@ def main() -> None:
         shutil.rmtree(temp, ignore_errors=True)
 
     headers = ["scale", "method", "held-out NLL", "held-out accuracy", "search NLL", "evaluations", "minutes"]
-    table = Table(title=f"search quality: {args.model or 'testbed'}, budget {args.budget}, {args.samples} needles")
-    for h in headers:
-        table.add_column(h, justify="right" if h != "method" else "left")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-
-    cmd = "python bench/search_quality.py " + " ".join(sys.argv[1:])
-    md = [
-        "# Search quality (bench/search_quality.py)",
-        "",
-        f"Command: `{cmd.strip()}`  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores; model: {args.model or 'testbed'} (window "
-        f"{geometry.original_length}, rotary dim {geometry.rotary_dim}, base {geometry.base:g}); budget {args.budget}; "
-        f"{args.samples} needle documents per evaluation (search seed {args.seed}, held-out seed {args.seed + 1000}).",
-        "",
-        "| " + " | ".join(headers) + " |",
-        "|" + "---|" * len(headers),
-        *["| " + " | ".join(r) + " |" for r in rows],
-        "",
-        "held-out NLL / accuracy: mean answer-token NLL and exact-answer accuracy on a needle set built with another "
-        "seed; search NLL: the same on the search needles. Every optimizer gets the same number of evaluations.",
-        "",
-    ]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(md))
-    console.print(f"wrote {out}")
+    emit_table(
+        console, f"search quality: {args.model or 'testbed'}, budget {args.budget}, {args.samples} needles", headers, rows,
+        [f"Machine: {platform.machine()}, {os.cpu_count()} cores; model: {args.model or 'testbed'} (window "
+         f"{geometry.original_length}, rotary dim {geometry.rotary_dim}, base {geometry.base:g}); budget {args.budget}; "
+         f"{args.samples} needle documents per evaluation (search seed {args.seed}, held-out seed {args.seed + 1000})."],
+        ["held-out NLL / accuracy: mean answer-token NLL and exact-answer accuracy on a needle set built with another "
+         "seed; search NLL: the same on the search needles. Every optimizer gets the same number of evaluations."],
+        args.out, left=("method",),
+    )
 
 
 def _candidates(run_dir: Path):

@@ -38,6 +38,8 @@ sys.path.insert(0, str(HERE.parent))
 
 from longsearch.lengths import format_length, parse_length  # noqa: E402
 
+from _report import emit_table  # noqa: E402
+
 
 def measure(model: str | None, target: int, samples: int, tasks: int, workers: int, seed: int) -> dict:
     import ray
@@ -101,7 +103,6 @@ def main() -> None:
     args = ap.parse_args()
 
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
     target = parse_length(args.target)
@@ -116,34 +117,16 @@ def main() -> None:
          f"{r['utilization']:.3f}", f"{r['compute_share']:.3f}", f"{r['median_eval_s']:.3f}", f"{r['startup_s']:.1f}"]
         for r in rows
     ]
-    table = Table(title=f"worker pool: {args.model or 'testbed'}, {format_length(target)} tokens × {args.samples} documents")
-    for h in headers:
-        table.add_column(h, justify="right")
-    for c in cells:
-        table.add_row(*c)
-    console.print(table)
-
-    cmd = "python bench/workers.py " + " ".join(sys.argv[1:])
-    md = [
-        "# Worker pool utilization (bench/workers.py)",
-        "",
-        f"Command: `{cmd.strip()}`  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared with other jobs while measured), "
-        f"Python {platform.python_version()}; model: {args.model or 'testbed'}; {format_length(target)} tokens × "
-        f"{args.samples} needle documents per evaluation; {args.tasks} evaluations after one warm-up per worker.",
-        "",
-        "| " + " | ".join(headers) + " |",
-        "|" + "---|" * len(headers),
-        *["| " + " | ".join(c) + " |" for c in cells],
-        "",
-        "utilization = busy time (dispatch → result seen by the driver) / (workers × wall time); compute share = time "
-        "inside `score` in the workers / (workers × wall time). Target: utilization ≥ 0.9.",
-        "",
-    ]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(md))
-    console.print(f"wrote {out}")
+    emit_table(
+        console, f"worker pool: {args.model or 'testbed'}, {format_length(target)} tokens × {args.samples} documents",
+        headers, cells,
+        [f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared with other jobs while measured), "
+         f"Python {platform.python_version()}; model: {args.model or 'testbed'}; {format_length(target)} tokens × "
+         f"{args.samples} needle documents per evaluation; {args.tasks} evaluations after one warm-up per worker."],
+        ["utilization = busy time (dispatch → result seen by the driver) / (workers × wall time); compute share = time "
+         "inside `score` in the workers / (workers × wall time). Target: utilization ≥ 0.9."],
+        args.out,
+    )
 
 
 if __name__ == "__main__":

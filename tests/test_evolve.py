@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow  # real Ray: seconds per worker start on a small machine
@@ -29,24 +28,9 @@ QUICK = 20  # candidates of the quick budget: 8 + 3 × 4
 BASELINES = 4  # none, pi, ntk, yarn
 
 
-def make_tiny_model(directory) -> str:
-    """A 1-layer random Llama (window 256, rotary dim 16) with the testbed's byte tokenizer, saved offline."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from longsearch.tiny.tokenizer import build_tokenizer
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=259, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                      num_key_value_heads=2, max_position_embeddings=256, rope_theta=10000.0,
-                      bos_token_id=256, eos_token_id=257, pad_token_id=258)
-    LlamaForCausalLM(cfg).save_pretrained(directory)
-    build_tokenizer().save_pretrained(directory)
-    return str(directory)
-
-
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+def model_dir(tiny_byte_llama_dir):
+    return tiny_byte_llama_dir
 
 
 def evolve_args(model_dir: str, out: Path, *extra: str) -> list[str]:
