@@ -465,13 +465,7 @@ class WorkerPool:
             if inflight:  # interrupted or abandoned: cancel what has not started; the rest ends on its own
                 now = time.perf_counter()
                 for ref, (slot, _, _) in list(inflight.items()):
-                    if slot.busy_since is not None:
-                        self._busy += now - slot.busy_since
-                        slot.busy_since = None
-                    try:
-                        ray.cancel(ref)
-                    except Exception:
-                        pass
+                    self._abandon(ref, slot, now)
 
     def score_all(self, tasks: Sequence[ScoreTask]) -> dict[str, ScoreOutcome]:
         """Score a batch and return the outcomes by key."""
@@ -525,9 +519,19 @@ class WorkerPool:
         return ScoreOutcome(key=task.key, nll=math.inf, worker=slot.label, attempts=attempt,
                             error=f"worker died {attempt} times evaluating it (last: {reason})")
 
-    def _check_timeouts(self, inflight: dict, queue: deque, idle: deque, ready: set) -> list[ScoreOutcome]:
+    def _abandon(self, ref: Any, slot: Any, now: float) -> None:
+        """Stop waiting for ``ref``: count the slot's busy time so far and cancel the task (best effort)."""
         import ray
 
+        if slot.busy_since is not None:
+            self._busy += now - slot.busy_since
+            slot.busy_since = None
+        try:
+            ray.cancel(ref)
+        except Exception:
+            pass
+
+    def _check_timeouts(self, inflight: dict, queue: deque, idle: deque, ready: set) -> list[ScoreOutcome]:
         failed: list[ScoreOutcome] = []
         if not self.task_timeout:
             return failed
@@ -535,12 +539,7 @@ class WorkerPool:
         for ref, (slot, task, attempt) in list(inflight.items()):
             if ref not in ready and slot.busy_since is not None and now - slot.busy_since > self.task_timeout:
                 inflight.pop(ref)
-                self._busy += now - slot.busy_since
-                slot.busy_since = None
-                try:
-                    ray.cancel(ref)
-                except Exception:
-                    pass
+                self._abandon(ref, slot, now)
                 outcome = self._on_death(slot, task, attempt, queue, f"no result within {self.task_timeout:g} s")
                 idle.append(slot)
                 if outcome is not None:

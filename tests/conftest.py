@@ -21,3 +21,21 @@ def tiny_byte_llama_dir(tmp_path_factory) -> str:
     LlamaForCausalLM(cfg).save_pretrained(directory)
     build_tokenizer().save_pretrained(directory)
     return str(directory)
+
+
+@pytest.fixture
+def run_cli(monkeypatch):
+    """Run ``longsearch ARGS…`` in this process through the real entry point; return its exit code."""
+    import sys
+
+    from longsearch import cli
+
+    def run(*args: str) -> int:
+        monkeypatch.setattr(sys, "argv", ["longsearch", *args])
+        try:
+            cli.main()
+        except SystemExit as e:
+            return int(e.code or 0)
+        return 0
+
+    return run

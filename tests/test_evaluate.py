@@ -6,7 +6,6 @@ import csv
 import json
 import math
 import struct
-import sys
 
 import numpy as np
 import pytest
@@ -191,32 +190,21 @@ def test_bad_input(lm, tmp_path):
         build_methods(g, [], [path], target_length=1024)
 
 
-def _cli(monkeypatch, *args: str) -> int:
-    from longsearch import cli
-
-    monkeypatch.setattr(sys, "argv", ["longsearch", *args])
-    try:
-        cli.main()
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
-
-
-def test_cli_eval(monkeypatch, capsys, tmp_path, model_source, lm):
+def test_cli_eval(run_cli, capsys, tmp_path, model_source, lm):
     model_args = ["--model", model_source] if model_source else []
     f1, f2 = tmp_path / "a.json", tmp_path / "b.json"
     _searched_like(lm.geometry, 768).save(f1)
     RopeFactors.from_method("pi", lm.geometry, 768).save(f2)
     out = tmp_path / "ev"
     common = [*model_args, "--lengths", "512", "--depths", "0.5", "--samples", "1", "--segment", "64", "--device", "cpu"]
-    assert _cli(monkeypatch, "eval", *common, "--baselines", "ntk", "--factors", str(f1), str(f2), "--out", str(out)) == 0
+    assert run_cli("eval", *common, "--baselines", "ntk", "--factors", str(f1), str(f2), "--out", str(out)) == 0
     data = json.loads((out / "eval.json").read_text())
     assert [m["label"] for m in data["methods"]] == ["none", "ntk", "a", "b"]
     assert "--factors" in data["command"]
     capsys.readouterr()
-    assert _cli(monkeypatch, "eval", *common, "--out", str(out)) == 2  # exists
+    assert run_cli("eval", *common, "--out", str(out)) == 2  # exists
     assert "already exists" in capsys.readouterr().err
-    assert _cli(monkeypatch, "eval", *common, "--baselines", "pi,nope", "--out", str(tmp_path / "x")) == 2
+    assert run_cli("eval", *common, "--baselines", "pi,nope", "--out", str(tmp_path / "x")) == 2
     err = capsys.readouterr().err
     assert "unknown baseline 'nope'" in err and "Traceback" not in err and not (tmp_path / "x").exists()
 

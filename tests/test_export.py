@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -350,36 +349,25 @@ def test_gguf_refusals(tmp_path):
 # ---------------------------------------------------------------- CLI
 
 
-def _cli(monkeypatch, *args: str) -> int:
-    from longsearch import cli
-
-    monkeypatch.setattr(sys, "argv", ["longsearch", *args])
-    try:
-        cli.main()
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
-
-
-def test_cli_export(monkeypatch, capsys, tmp_path):
+def test_cli_export(run_cli, capsys, tmp_path):
     src = tmp_path / "m.gguf"
     _write_gguf(src)
     factors = tmp_path / "best.json"
     _gguf_factors().save(factors)
     out = tmp_path / "out.gguf"
-    assert _cli(monkeypatch, "export", str(factors), "--format", "gguf", "--gguf", str(src), "--out", str(out)) == 0
+    assert run_cli("export", str(factors), "--format", "gguf", "--gguf", str(src), "--out", str(out)) == 0
     assert "short factors: taken from the source" in capsys.readouterr().out
     digest = _sha(out)
-    assert _cli(monkeypatch, "export", str(factors), "--format", "gguf", "--gguf", str(src), "--out", str(out)) == 2
+    assert run_cli("export", str(factors), "--format", "gguf", "--gguf", str(src), "--out", str(out)) == 2
     err = capsys.readouterr().err
     assert "already exists" in err and "Traceback" not in err and _sha(out) == digest
-    assert _cli(monkeypatch, "export", str(factors), "-f", "gguf", "--gguf", str(src), "--out", str(out), "--force") == 0
+    assert run_cli("export", str(factors), "-f", "gguf", "--gguf", str(src), "--out", str(out), "--force") == 0
 
     wrong = tmp_path / "wrong.json"
     _gguf_factors(32).save(wrong)
-    assert _cli(monkeypatch, "export", str(wrong), "-f", "gguf", "--gguf", str(src), "--out", str(tmp_path / "w.gguf")) == 2
+    assert run_cli("export", str(wrong), "-f", "gguf", "--gguf", str(src), "--out", str(tmp_path / "w.gguf")) == 2
     assert "rotary dim" in capsys.readouterr().err and not (tmp_path / "w.gguf").exists()
-    assert _cli(monkeypatch, "export", str(factors), "-f", "bogus", "--out", str(tmp_path / "b")) == 2
+    assert run_cli("export", str(factors), "-f", "bogus", "--out", str(tmp_path / "b")) == 2
     assert "unknown export format" in capsys.readouterr().err
 
 

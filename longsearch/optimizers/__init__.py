@@ -27,7 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, RunError
 from ..space import SearchSpace
 
 
@@ -216,3 +216,36 @@ __all__ = [
     "make_optimizer",
     "resolve_budget",
 ]
+
+
+# ---------------------------------------------------------------- state shared by every optimizer
+
+STATE_VERSION = 1
+
+
+def state_header(opt: Any) -> dict[str, Any]:
+    """The part of ``state_dict()`` every optimizer writes: which optimizer, budget and space, and its counters."""
+    return {
+        "optimizer": opt.spec,
+        "version": STATE_VERSION,
+        "seed": opt.seed,
+        "budget": opt.budget.to_dict(),
+        "n_freq": opt.space.n_freq,
+        "generation": opt.generation,
+        "done": opt.done,
+        "next_id": opt._next_id,
+    }
+
+
+def check_state_header(opt: Any, d: dict[str, Any]) -> tuple[int, int, bool, int]:
+    """Refuse the state of another optimizer, budget or space; return (seed, generation, done, next_id).
+
+    Raises RunError for a foreign state, and KeyError / TypeError / ValueError for a malformed one.
+    """
+    if d.get("optimizer") != opt.spec or int(d.get("version", -1)) != STATE_VERSION:
+        raise RunError(f"the checkpoint holds optimizer state {d.get('optimizer')!r}, not {opt.spec!r} (version {STATE_VERSION})")
+    if d["budget"] != opt.budget.to_dict():
+        raise RunError(f"the checkpoint was made with budget {d['budget']}, not {opt.budget.to_dict()}")
+    if int(d["n_freq"]) != opt.space.n_freq:
+        raise RunError(f"the checkpoint has λ of length {d['n_freq']}, the space has {opt.space.n_freq}")
+    return int(d["seed"]), int(d["generation"]), bool(d["done"]), int(d["next_id"])

@@ -25,11 +25,20 @@ import numpy as np
 
 from ..errors import RunError
 from ..space import SearchSpace
-from . import Budget, Candidate, Result, match_results, resolve_budget, score_from_json, score_to_json
+from . import (
+    Budget,
+    Candidate,
+    Result,
+    check_state_header,
+    match_results,
+    resolve_budget,
+    score_from_json,
+    score_to_json,
+    state_header,
+)
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
 FAILED_LOSS = 1e9  # what the library is told for a failed (non-finite) evaluation
 ASK_TRIES_PER_CANDIDATE = 20  # library asks per new candidate before the batch is cut short
 STALE_ASKS = 200  # consecutive asks without a new candidate before the batch is cut short
@@ -160,14 +169,7 @@ class ExternalOptimizer:
     def state_dict(self) -> dict[str, Any]:
         """JSON-serializable state after the last tell; the library object is a base64 pickle."""
         return {
-            "optimizer": self.spec,
-            "version": STATE_VERSION,
-            "seed": self.seed,
-            "budget": self.budget.to_dict(),
-            "n_freq": self.space.n_freq,
-            "generation": self.generation,
-            "done": self.done,
-            "next_id": self._next_id,
+            **state_header(self),
             "scores": [[list(k), score_to_json(v)] for k, v in sorted(self._scores.items())],
             "best": None if self._best is None else {"candidate": self._best[0].to_dict(), "score": self._best[1]},
             "pickle": base64.b64encode(self._committed).decode("ascii"),
@@ -176,19 +178,13 @@ class ExternalOptimizer:
     def load_state_dict(self, d: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output; refuses the state of another optimizer, budget or space."""
         try:
-            if d.get("optimizer") != self.spec or int(d.get("version", -1)) != STATE_VERSION:
-                raise RunError(f"the checkpoint holds optimizer state {d.get('optimizer')!r}, not {self.spec!r}")
-            if d["budget"] != self.budget.to_dict():
-                raise RunError(f"the checkpoint was made with budget {d['budget']}, not {self.budget.to_dict()}")
-            if int(d["n_freq"]) != self.space.n_freq:
-                raise RunError(f"the checkpoint has λ of length {d['n_freq']}, the space has {self.space.n_freq}")
+            seed, generation, done, next_id = check_state_header(self, d)
             scores = {tuple(int(x) for x in k): score_from_json(v) for k, v in d["scores"]}
             best = None
             if d["best"] is not None:
                 best = (Candidate.from_dict(d["best"]["candidate"]), float(d["best"]["score"]))
             blob = base64.b64decode(d["pickle"].encode("ascii"), validate=True)
             impl = self._load(blob)
-            generation, done, next_id, seed = int(d["generation"]), bool(d["done"]), int(d["next_id"]), int(d["seed"])
         except RunError:
             raise
         except Exception as e:  # a damaged pickle can raise nearly anything

@@ -29,7 +29,17 @@ import numpy as np
 
 from ..errors import RunError
 from ..space import SearchSpace
-from . import Budget, Candidate, Result, match_results, resolve_budget, score_from_json, score_to_json
+from . import (
+    Budget,
+    Candidate,
+    Result,
+    check_state_header,
+    match_results,
+    resolve_budget,
+    score_from_json,
+    score_to_json,
+    state_header,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +47,6 @@ MUTATION_PROBABILITY = 0.3
 CROSSOVER_PROBABILITY = 0.3 * 0.5
 MUTATION_TRIES = 20  # per parent before another parent is tried
 RANDOM_TRIES = 200  # last resort: uniform samples of the space
-STATE_VERSION = 1
 
 
 @dataclass
@@ -160,14 +169,7 @@ class GeneticOptimizer:
     def state_dict(self) -> dict[str, Any]:
         """JSON-serializable state after the last tell (a pending ask is not part of it)."""
         return {
-            "optimizer": self.spec,
-            "version": STATE_VERSION,
-            "seed": self.seed,
-            "budget": self.budget.to_dict(),
-            "n_freq": self.space.n_freq,
-            "generation": self.generation,
-            "done": self.done,
-            "next_id": self._next_id,
+            **state_header(self),
             "rng": _jsonable_rng(self._rng_state),
             "parents": [p.to_dict() for p in self._parents],
             "best": None if self._best is None else self._best.to_dict(),
@@ -177,19 +179,12 @@ class GeneticOptimizer:
     def load_state_dict(self, d: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output; refuses a state of another optimizer, budget or space."""
         try:
-            if d.get("optimizer") != self.spec or int(d.get("version", -1)) != STATE_VERSION:
-                raise RunError(f"the checkpoint holds optimizer state {d.get('optimizer')!r}, not {self.spec!r} (version {STATE_VERSION})")
-            if d["budget"] != self.budget.to_dict():
-                raise RunError(f"the checkpoint was made with budget {d['budget']}, not {self.budget.to_dict()}")
-            if int(d["n_freq"]) != self.space.n_freq:
-                raise RunError(f"the checkpoint has λ of length {d['n_freq']}, the space has {self.space.n_freq}")
+            seed, generation, done, next_id = check_state_header(self, d)
             parents = [Individual.from_dict(p) for p in d["parents"]]
             best = None if d["best"] is None else Individual.from_dict(d["best"])
             seen = {tuple(int(x) for x in k) for k in d["seen"]}
             rng = np.random.Generator(np.random.PCG64())
             rng.bit_generator.state = d["rng"]
-            generation, done, next_id = int(d["generation"]), bool(d["done"]), int(d["next_id"])
-            seed = int(d["seed"])
         except RunError:
             raise
         except (KeyError, TypeError, ValueError) as e:
