@@ -163,11 +163,11 @@ def testbed_card(
 def evolve(
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Target context length, e.g. 4k, 128k."),
-    space: Optional[str] = typer.Option(None, "--space", help="Search space: longrope2 (default), longrope, or a YAML file."),
-    budget: Optional[str] = typer.Option(None, "--budget", "-b", help="quick (default), paper (40 generations) or a number of generations."),
+    space: Optional[str] = typer.Option(None, "--space", help="Search space: hybrid (default), yarn, longrope2, longrope, or a YAML file."),
+    budget: Optional[str] = typer.Option(None, "--budget", "-b", help="quick (default), paper (40 generations), a number of generations, or Nevals (e.g. 500evals: N full evaluations' worth of scoring)."),
     workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Ray workers (default: one per GPU, else 1)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (ray://HOST:PORT); default: a local Ray."),
-    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="ga (default), nevergrad:NAME or optuna:NAME."),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="ga (default), random, nevergrad:NAME or optuna:NAME."),
     samples: Optional[int] = typer.Option(None, "--samples", "-n", help="Needle documents per evaluation (default 8)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the search and its needle set (default 0)."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (default outputs/<model>-<target>-<space>-s<seed>)."),
@@ -175,6 +175,7 @@ def evolve(
     force: bool = typer.Option(False, "--force", help="Start over in an existing run directory (deletes it)."),
     gpus_per_worker: float = typer.Option(1.0, "--gpus-per-worker", help="GPUs per worker for models too large for one."),
     task_timeout: Optional[float] = typer.Option(None, "--task-timeout", help="Seconds before a silent worker is replaced."),
+    racing: Optional[bool] = typer.Option(None, "--racing/--no-racing", help="Stop scoring a candidate once it cannot beat the optimizer's bar (default on; same decisions, fewer token-forwards)."),
 ) -> None:
     """Search per-dimension RoPE factors (LongRoPE2) with an evolutionary search on Ray workers; resumable."""
     from pathlib import Path
@@ -186,6 +187,7 @@ def evolve(
         model=model, target=parse_length(target) if target else None, space=space, budget=budget, optimizer=optimizer,
         samples=samples, seed=seed, workers=workers, address=address, out=Path(out) if out else None,
         resume=Path(resume) if resume else None, force=force, gpus_per_worker=gpus_per_worker, task_timeout=task_timeout,
+        racing=racing,
     )
     import signal
 

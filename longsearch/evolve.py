@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 #: Baselines scored beside the search (in generation 0, on the search needles) and on the held-out set.
 BASELINE_METHODS = ("none", "pi", "ntk", "yarn")
-DEFAULTS = {"space": "longrope2", "budget": "quick", "optimizer": "ga", "samples": 8, "seed": 0}
+DEFAULTS = {"space": "hybrid", "budget": "quick", "optimizer": "ga", "samples": 8, "seed": 0}
 HELDOUT_SEED_OFFSET = 1000
 
 
@@ -79,6 +79,7 @@ class EvolveOptions:
     max_attempts: int = 3
     task_timeout: float | None = None
     heldout: bool = True
+    racing: bool | None = None  # None: the default (on), or the run's own setting on resume
 
 
 @dataclass
@@ -96,6 +97,10 @@ class GenerationSummary:
     evaluated: int
     reused: int
     seconds: float
+    race_bar: float = math.inf  # the bar this generation's candidates raced against
+    spent: float = 0.0  # full evaluations' worth of scoring so far (the optimizer's count)
+    token_forwards: int = 0  # documents × tokens run so far, baselines included
+    best_m: float | None = None
 
     @property
     def evals_per_second(self) -> float:
@@ -264,6 +269,7 @@ def prepare(opts: EvolveOptions) -> PreparedRun:
         workers=opts.workers,
         address=opts.address,
         heldout_seed=seed + HELDOUT_SEED_OFFSET,
+        racing=True if opts.racing is None else bool(opts.racing),
     )
     store = RunStore.create(out, config, force=opts.force)
     try:
@@ -293,6 +299,7 @@ def _prepare_resume(opts: EvolveOptions) -> PreparedRun:
         "optimizer": opts.optimizer,
         "samples": opts.samples,
         "seed": opts.seed,
+        "racing": opts.racing,
     }
     check_resume_options(config, given, path)
     if opts.out is not None and Path(opts.out).resolve() != path.resolve():
@@ -335,7 +342,8 @@ def _prepare_resume(opts: EvolveOptions) -> PreparedRun:
 # ---------------------------------------------------------------- the search
 
 
-def _record(outcome: ScoreOutcome, **fields_: Any) -> JournalRecord:
+def _record(outcome: ScoreOutcome, length: int, **fields_: Any) -> JournalRecord:
+    docs = outcome.n_scored
     return JournalRecord(
         score=outcome.nll if math.isfinite(outcome.nll) else math.inf,
         per_sample=list(outcome.per_sample),
@@ -345,6 +353,9 @@ def _record(outcome: ScoreOutcome, **fields_: Any) -> JournalRecord:
         seconds=round(outcome.seconds, 4),
         attempts=outcome.attempts,
         error=outcome.error,
+        censored=bool(outcome.censored),
+        docs=docs,
+        token_forwards=None if docs is None else int(docs) * int(length),
         **fields_,
     )
 
@@ -370,7 +381,7 @@ def best_factors(run: PreparedRun, result: Any, generation: int | None) -> RopeF
         target_length=cfg.target_length,
         base=g.base,
         rotary_dim=g.rotary_dim,
-        attention_factor=space.attention,
+        attention_factor=float(result.candidate.m),
         provenance={
             "method": f"longsearch:{cfg.optimizer}",
             "run": str(run.store.path),
@@ -380,92 +391,121 @@ def best_factors(run: PreparedRun, result: Any, generation: int | None) -> RopeF
             "score": float(result.score),
             "candidate": int(result.candidate.id),
             "generation": generation,
-            "d_rcd": space.critical_index(result.candidate.lam),
+            "params": {k: v for k, v in result.candidate.params.items() if k != "parents"},
             "longsearch_version": __version__,
         },
     )
 
 
 def search(run: PreparedRun, pool: WorkerPool, reporter: EvolveReporter) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Run the remaining generations. Returns the baseline scores and the per-generation history."""
-    from .optimizers import Result
+    """Run the remaining generations. Returns the baseline scores and the per-generation history.
 
-    store, space, opt = run.store, run.space, run.optimizer
-    done_candidates = run.journal.candidates()
+    Each generation: ``ask()`` a batch; take the scores the journal already holds (resume); race the rest
+    against the optimizer's bar (with the baselines in generation 0, scored in full); journal each outcome
+    as it arrives; ``tell()``; checkpoint; best.json.
+    """
+    store, opt = run.store, run.optimizer
+    journal = run.journal.candidates()
     baselines = baseline_factors(run.geometry, run.config.target_length)
     baseline_scores = {n: r.score for n, r in run.journal.baselines().items() if n in baselines}
     history: list[dict[str, Any]] = list((run.checkpoint or {}).get("history", []))
-    generations = opt.budget.generations + 1
-    evaluated_total = len(run.journal.records)
+    racing = run.config.racing
+    n_docs = len(run.needles.samples)
+    length = run.config.target_length
+    token_forwards = sum(r.token_forwards or 0 for r in run.journal.records)
+    evaluations = len(run.journal.records)
     while not opt.done:
         t0 = time.perf_counter()
         generation = opt.generation
         batch = opt.ask()
-        scores: dict[int, float] = {}
-        tasks: list[ScoreTask] = []
-        by_key: dict[str, Any] = {}
-        reused = 0
-        for c in batch:
-            rec = done_candidates.get(c.id)
-            if rec is not None:
-                if space.key(np.asarray(rec.lam)) != space.key(c.lam):
-                    raise RunError(
-                        f"{store.journal_path}: candidate {c.id} in the journal differs from the one the optimizer "
-                        "regenerates from the last checkpoint: the run cannot be resumed consistently; start a new run"
-                    )
-                scores[c.id] = rec.score
-                reused += 1
-            else:
-                tasks.append(ScoreTask(f"c{c.id}", c.lam, space.attention))
-                by_key[f"c{c.id}"] = c
-        for name, f in baselines.items():
-            if name not in baseline_scores:
-                tasks.append(ScoreTask(f"b:{name}", f.long_factor, f.attention_factor))
-        reporter.generation_started(generation, generations, len(tasks), reused)
+        bar = opt.race_bar() if racing else math.inf
+        results = _reuse_from_journal(batch, journal, store, n_docs)
+        by_key = {f"c{c.id}": c for c in batch if c.id not in results}
+        tasks = [ScoreTask(key, c.lam, c.m, bar=bar) for key, c in by_key.items()]
+        tasks += [ScoreTask(f"b:{name}", f.long_factor, f.attention_factor) for name, f in baselines.items()
+                  if name not in baseline_scores]
+        reporter.generation_started(generation, opt.budget.generations + 1, len(tasks), len(results))
         for outcome in pool.map_unordered(tasks):
             if outcome.key.startswith("b:"):
                 name = outcome.key[2:]
                 f = baselines[name]
-                rec = _record(outcome, kind="baseline", name=name, generation=generation, origin=f"baseline:{name}",
+                rec = _record(outcome, length, kind="baseline", name=name, generation=generation, origin=f"baseline:{name}",
                               lam=[float(x) for x in f.long_factor], m=f.attention_factor)
                 baseline_scores[name] = rec.score
             else:
                 c = by_key[outcome.key]
-                rec = _record(outcome, kind="candidate", id=int(c.id), generation=int(c.generation), origin=c.origin,
-                              lam=[float(x) for x in c.lam], m=space.attention, d_rcd=space.critical_index(c.lam))
-                scores[c.id] = rec.score
+                rec = _record(outcome, length, kind="candidate", id=int(c.id), generation=int(c.generation), origin=c.origin,
+                              lam=[float(x) for x in c.lam], m=float(c.m), d_rcd=c.params.get("d_rcd"),
+                              params={k: v for k, v in c.params.items() if k != "parents"})
+                results[c.id] = _result_of(c, rec, n_docs)
             store.append(rec)
-            evaluated_total += 1
+            evaluations += 1
+            token_forwards += rec.token_forwards or 0
             reporter.evaluated(rec)
         if not store.file(BASELINES).exists() and len(baseline_scores) == len(baselines):
             _write_baselines(store, baselines, baseline_scores)
-        opt.tell([Result(c, scores[c.id]) for c in batch])
-        best = opt.best()
-        bname, bscore = _best_baseline(baseline_scores)
-        summary = GenerationSummary(
-            generation=generation,
-            generations=generations,
-            best_score=best.score if best else math.inf,
-            best_id=best.candidate.id if best else None,
-            best_origin=best.candidate.origin if best else None,
-            best_d_rcd=space.critical_index(best.candidate.lam) if best else None,
-            baseline_name=bname,
-            baseline_score=bscore,
-            evaluated=len(tasks),
-            reused=reused,
-            seconds=time.perf_counter() - t0,
-        )
+        opt.tell([results[c.id] for c in batch])
+        summary = _summary(opt, generation, baseline_scores, len(tasks), len(batch) - len(by_key), bar, token_forwards,
+                           time.perf_counter() - t0)
         history.append({k: _json_float(v) for k, v in asdict(summary).items() if k not in ("seconds",)})
         store.save_checkpoint(generation, {
             "optimizer": opt.state_dict(),
             "history": history,
             "baselines": {k: _json_float(v) for k, v in baseline_scores.items()},
-            "evaluations": evaluated_total,
+            "evaluations": evaluations,
         })
+        best = opt.best()
         if best is not None:
             best_factors(run, best, _generation_of(best, history)).save(store.file(BEST))
         reporter.generation_finished(summary)
     return baseline_scores, history
+
+
+def _reuse_from_journal(batch: list[Any], journal: dict[int, JournalRecord], store: RunStore, n_docs: int) -> dict[int, Any]:
+    """Results the journal already holds for this batch (a resumed run re-evaluates nothing)."""
+    results: dict[int, Any] = {}
+    for c in batch:
+        rec = journal.get(c.id)
+        if rec is None:
+            continue
+        same = np.allclose(np.asarray(rec.lam), c.lam, rtol=0, atol=1e-9) and abs(float(rec.m) - float(c.m)) < 1e-9
+        if not same:
+            raise RunError(
+                f"{store.journal_path}: candidate {c.id} in the journal differs from the one the optimizer "
+                "regenerates from the last checkpoint: the run cannot be resumed consistently; start a new run"
+            )
+        results[c.id] = _result_of(c, rec, n_docs)
+    return results
+
+
+def _result_of(c: Any, rec: JournalRecord, n_docs: int) -> Any:
+    from .optimizers import Result
+
+    cost = 1.0 if rec.docs is None or not n_docs else rec.docs / n_docs
+    return Result(c, rec.score, cost, bool(rec.censored))
+
+
+def _summary(opt: Any, generation: int, baseline_scores: dict[str, float], evaluated: int, reused: int, bar: float,
+             token_forwards: int, seconds: float) -> "GenerationSummary":
+    best = opt.best()
+    bname, bscore = _best_baseline(baseline_scores)
+    return GenerationSummary(
+        generation=generation,
+        generations=opt.budget.generations + 1,
+        best_score=best.score if best else math.inf,
+        best_id=best.candidate.id if best else None,
+        best_origin=best.candidate.origin if best else None,
+        best_d_rcd=best.candidate.params.get("d_rcd") if best else None,
+        baseline_name=bname,
+        baseline_score=bscore,
+        evaluated=evaluated,
+        reused=reused,
+        seconds=seconds,
+        race_bar=bar,
+        spent=round(float(opt.spent), 6),
+        token_forwards=int(token_forwards),
+        best_m=float(best.candidate.m) if best else None,
+    )
 
 
 def _generation_of(best: Any, history: list[dict[str, Any]]) -> int | None:
@@ -519,7 +559,7 @@ def heldout(run: PreparedRun, pool: WorkerPool, reporter: EvolveReporter, baseli
         needles = _build_needles(run.tokenizer, cfg.target_length, cfg.samples, hseed)
         needles.save(hdir)
     pool.set_needles("heldout", needles)
-    entries: dict[str, tuple[np.ndarray, float, float | None]] = {"longsearch": (best.candidate.lam, run.space.attention, best.score)}
+    entries: dict[str, tuple[np.ndarray, float, float | None]] = {"longsearch": (best.candidate.lam, best.candidate.m, best.score)}
     for name, f in baseline_factors(run.geometry, cfg.target_length).items():
         entries[name] = (f.long_factor, f.attention_factor, baseline_scores.get(name))
     tasks = [ScoreTask(name, lam, m, needles="heldout") for name, (lam, m, _) in entries.items()]
@@ -555,7 +595,7 @@ def write_plots(run: PreparedRun, history: list[dict[str, Any]], baseline_scores
         base = {n: f.long_factor for n, f in baseline_factors(run.geometry, run.config.target_length).items() if n != "none"}
         p = run.store.file("factors.png")
         factors_plot(p, np.asarray(best.candidate.lam), base, d_tcd=critical_index(run.geometry),
-                     d_rcd=run.space.critical_index(best.candidate.lam), title=_title(run))
+                     d_rcd=best.candidate.params.get("d_rcd"), title=_title(run))
         paths["factors"] = p
     return paths
 

@@ -56,7 +56,7 @@ SCHEMA_VERSION = 1
 _CHECKPOINT_RE = re.compile(r"^gen-(\d{4,})\.json$")
 
 #: Config fields that define a run: a resume must not change them.
-IDENTITY_FIELDS = ("model", "target_length", "space", "budget", "optimizer", "samples", "seed")
+IDENTITY_FIELDS = ("model", "target_length", "space", "budget", "optimizer", "samples", "seed", "racing")
 
 
 # ---------------------------------------------------------------- records
@@ -78,6 +78,7 @@ class RunConfig:
     address: str | None = None
     heldout_seed: int | None = None
     needles_fingerprint: str | None = None
+    racing: bool = False  # runs written before racing existed scored every document
     longsearch_version: str = __version__
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
@@ -123,6 +124,10 @@ class JournalRecord:
     seconds: float | None = None
     attempts: int = 1
     error: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)  # the candidate's structure (d_rcd, head, β)
+    censored: bool = False  # the race stopped it: score is a lower bound
+    docs: int | None = None  # needle documents run
+    token_forwards: int | None = None  # documents run × tokens per document
 
     #: Fields that differ between two runs of the same search (compare journals without them).
     TIMING_FIELDS = ("worker", "seconds", "attempts")

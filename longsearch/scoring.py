@@ -12,6 +12,12 @@ Definitions: per-sample NLL = mean over that sample's answer tokens of −log p(
 ``nll`` = mean of the per-sample values (each document weighs the same); ``ppl`` = exp(nll);
 a sample is *correct* when every answer token is the argmax at its position (teacher-forced greedy).
 A non-finite loss makes the score +inf with the reason in ``error``: never a crash, never a silent zero.
+
+Racing (``stop_at``): documents are scored in their fixed order, a few at a time, and scoring stops as soon
+as the mean cannot end below ``stop_at`` — every per-sample NLL is ≥ 0, so after k of n documents the final
+mean is at least (sum so far)/n. The score is then *censored*: ``nll`` is that lower bound (≥ ``stop_at``),
+``n_scored`` says how many documents ran. A search that only needs to know whether a candidate beats a bar
+(the GA: its worst parent) gets the same decisions for a fraction of the token-forwards.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ log = logging.getLogger(__name__)
 #: out-of-memory error halves the batch and retries. Batching short documents saves per-forward overhead.
 GPU_TOKENS_PER_BATCH = 32768
 CPU_TOKENS_PER_BATCH = 8192
+#: While racing, documents go through the model in chunks of at most this many tokens (at least one
+#: document), so that a hopeless candidate stops after little work.
+RACE_TOKENS_PER_CHUNK = 2048
 
 
 @dataclass
@@ -47,6 +56,8 @@ class Score:
     per_sample_correct: list[bool]
     seconds: float
     error: str | None = None
+    n_scored: int | None = None  # documents actually run (all of them unless censored)
+    censored: bool = False  # stopped early: nll is a lower bound of the full mean
 
     @property
     def ok(self) -> bool:
@@ -71,6 +82,8 @@ class Score:
             per_sample_correct=[bool(x) for x in d.get("per_sample_correct", [])],
             seconds=float(d.get("seconds", 0.0)),
             error=d.get("error"),
+            n_scored=d.get("n_scored"),
+            censored=bool(d.get("censored", False)),
         )
 
 
@@ -136,6 +149,7 @@ def score(
     *,
     target_length: int | None = None,
     batch_size: int | None = None,
+    stop_at: float | None = None,
 ) -> Score:
     """Mean answer-token NLL of ``model`` on ``needle_set`` with ``spec`` patched into its RoPE.
 
@@ -144,7 +158,8 @@ def score(
     Rescale, schedule, method name) or None for the RoPE the model was loaded with. ``target_length``: the
     length the search targets (method names are resolved for it; default: the set's length; a set of another
     length is refused). ``batch_size``: samples per forward (default: up to 8k tokens per forward on CPU,
-    32k on a GPU, so long documents go one at a time; halved on out-of-memory).
+    32k on a GPU, so long documents go one at a time; halved on out-of-memory). ``stop_at``: race against this
+    bar (see the module docstring); None or +inf scores every document.
     """
     from .models import patched
 
@@ -159,6 +174,9 @@ def score(
     bs = int(batch_size) if batch_size else _auto_batch_size(n, needle_set.length, device)
     if bs < 1:
         raise NeedleError(f"batch size must be at least 1, got {batch_size}")
+    racing = stop_at is not None and math.isfinite(stop_at)
+    if racing:
+        bs = max(1, min(bs, RACE_TOKENS_PER_CHUNK // max(1, needle_set.length)))
     if getattr(getattr(net, "config", None), "_attn_implementation", None) == "eager" and needle_set.length >= 8192:
         log.warning("the model uses eager attention: memory grows with length²; load it with attn_implementation='sdpa'")
     was_training = net.training
@@ -166,13 +184,17 @@ def score(
         net.eval()
     try:
         with torch.inference_mode(), patched(net, spec, target):
-            nll, correct = _score_all(net, needle_set, device, bs)
+            nll, correct = _score_all(net, needle_set, device, bs, stop_at if racing else None)
     finally:
         if was_training:
             net.train()
     errors = [f"sample {i}: non-finite answer-token loss ({v})" for i, v in enumerate(nll) if not math.isfinite(v)]
     per_sample = [v if math.isfinite(v) else math.inf for v in nll]
-    if errors:
+    censored = len(nll) < n
+    if censored and not errors:  # stopped by the race: the mean over all n documents is at least this
+        mean = float(np.sum(per_sample)) / n
+        error = None
+    elif errors:
         mean = math.inf
         error = "; ".join(errors[:3]) + (f"; and {len(errors) - 3} more" if len(errors) > 3 else "")
         log.warning("score is +inf: %s", error)
@@ -188,14 +210,20 @@ def score(
         per_sample_correct=correct,
         seconds=time.perf_counter() - t0,
         error=error,
+        n_scored=len(nll),
+        censored=censored,
     )
 
 
-def _score_all(net: torch.nn.Module, ns: NeedleSet, device: torch.device, bs: int) -> tuple[list[float], list[bool]]:
+def _score_all(net: torch.nn.Module, ns: NeedleSet, device: torch.device, bs: int,
+               stop_at: float | None = None) -> tuple[list[float], list[bool]]:
     nll: list[float] = []
     correct: list[bool] = []
+    n = len(ns.samples)
     i = 0
-    while i < len(ns.samples):
+    while i < n:
+        if stop_at is not None and nll and math.fsum(nll) / n >= stop_at:
+            break  # the mean over all n documents cannot end below the bar
         chunk = ns.samples[i : i + bs]
         oom = False
         try:

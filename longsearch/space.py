@@ -23,6 +23,21 @@ Kinds:
   i ≥ d_rcd, λ_i ∈ [lower, upper] (non-decreasing, on the grid); for i < d_rcd the head is
   NTK-shaped from λ at d_rcd: λ_i = λ_{d_rcd}^(i/d_rcd) (so λ_0 = 1).
 * ``free`` — LongRoPE v1: every λ_i ∈ [lower, upper] on the grid, non-decreasing if ``monotone``.
+* ``hybrid`` — longsearch's own (the default): a critical index d ∈ [critical_lower, critical_upper]
+  (default the whole range 0 … d/2−1); for i ≥ d, λ_i ∈ [lower, upper] non-decreasing on the grid
+  (LongRoPE2's tail); below d a head from a searched family — λ_i = 1 up to a searched start a, then
+  a ramp to λ_d whose shape q blends YaRN's (harmonic, q = 0) and the NTK shape (geometric, q = 1) —
+  and m searched in ``attention: {min, max}``. PI (d = 0), NTK (a = 0, q = 1, d = d/2−1), YaRN
+  (a = its low, d = its high, q = 0, its m) and LongRoPE2's NTK-shaped vectors are points of it.
+* ``yarn`` — the YaRN family: β_fast, β_slow and m searched (three numbers).
+
+Every candidate is a :class:`Point`: λ, m, and the structural parameters that produced λ
+(``d_rcd``, ``head_start``, ``head_shape``, ``beta_fast``, ``beta_slow``) — the one source of truth
+for them. The optimizers work on points through :meth:`SearchSpace.seed_points`,
+:meth:`~SearchSpace.sample_point`, :meth:`~SearchSpace.decode_point` /
+:meth:`~SearchSpace.encode_point`, :meth:`~SearchSpace.point_key` and the GA operators
+:meth:`~SearchSpace.mutate` / :meth:`~SearchSpace.crossover`; the λ-level helpers (``repair``,
+``seeds``, ``key``, ...) remain for the ``free`` and ``longrope2`` kinds.
 """
 
 from __future__ import annotations
@@ -49,12 +64,15 @@ from .rope import (
     get_method,
     rescale,
     scale_ratio,
+    yarn_method,
 )
 
 log = logging.getLogger(__name__)
 
 PRESETS_PACKAGE = "longsearch.search_spaces"
-KINDS = ("longrope2", "free")
+KINDS = ("longrope2", "free", "hybrid", "yarn")
+TAIL_KINDS = ("longrope2", "free", "hybrid")  # kinds whose λ has a per-frequency searched part
+STRUCTURED_KINDS = ("longrope2", "hybrid")  # kinds with a critical index
 ALLOWED_KEYS = {
     "kind",
     "description",
@@ -67,6 +85,9 @@ ALLOWED_KEYS = {
     "attention",
     "seeds",
     "n_mutated_seeds",
+    "beta_fast",
+    "beta_slow",
+    "truncate",
 }
 # Seeds the spaces know: every static baseline of rope.py, plus LongRoPE2's NTK-shaped vectors.
 NTK_SHAPED = "ntk-shaped"
@@ -87,8 +108,8 @@ def preset_path(name: str) -> Path:
 # ---------------------------------------------------------------- bound expressions
 
 def eval_bound(expr: Any, s: float, key: str = "bound", where: str = "") -> float:
-    """Evaluate a bound: a number, or arithmetic in s such as ``"s"``, ``"2s"``, ``"1 + s"``, ``"1.5*s - 0.5"``."""
-    hint = "write a number or an expression in s such as '2s', '1 + s' or '1.5*s'"
+    """Evaluate a bound: a number, or arithmetic in s such as ``"s"``, ``"2s"``, ``"1 + s"``, ``"1 + 0.4*ln(s)"``."""
+    hint = "write a number or an expression in s such as '2s', '1 + s', '1.5*s' or '1 + 0.4*ln(s)'"
     if isinstance(expr, bool):
         raise InputError(f"{where}{key} must be a number or an expression in s, got {expr!r}: {hint}")
     if isinstance(expr, (int, float)):
@@ -107,11 +128,17 @@ def eval_bound(expr: Any, s: float, key: str = "bound", where: str = "") -> floa
     return value
 
 
+_FUNCTIONS = {"ln": math.log, "log": math.log, "sqrt": math.sqrt}
+
+
 def _eval_node(node: ast.AST, s: float) -> float:
     if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
         return float(node.value)
     if isinstance(node, ast.Name) and node.id == "s":
         return s
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS
+            and len(node.args) == 1 and not node.keywords):
+        return _FUNCTIONS[node.func.id](_eval_node(node.args[0], s))
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
         v = _eval_node(node.operand, s)
         return -v if isinstance(node.op, ast.USub) else v
@@ -125,6 +152,48 @@ def _eval_node(node: ast.AST, s: float) -> float:
             return a * b
         return a / b
     raise ValueError("unsupported expression")
+
+
+# ---------------------------------------------------------------- points
+
+CROSSOVER_GENE_PROBABILITY = 0.3 * 0.5
+
+
+@dataclass(frozen=True, eq=False)
+class Point:
+    """A candidate of a space: λ, m, and the structural parameters λ was built from (JSON-ready)."""
+
+    lam: np.ndarray
+    m: float
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def hybrid_head(d: int, a: int, q: float, lam_d: float) -> np.ndarray:
+    """The ``hybrid`` head λ_0 … λ_{d−1}: 1 up to index a, then a ramp to λ_d at d whose shape blends
+    YaRN's harmonic ramp 1/((1−t) + t/λ_d) (q = 0) and the NTK shape λ_d^t (q = 1), t = (i−a)/(d−a)."""
+    i = np.arange(d, dtype=np.float64)
+    out = np.ones(d)
+    if d > a:
+        t = np.clip((i - a) / (d - a), 0.0, 1.0)
+        log_h = -np.log((1.0 - t) + t / lam_d)
+        log_g = t * math.log(lam_d)
+        out = np.exp((1.0 - q) * log_h + q * log_g)
+        out[i <= a] = 1.0
+    return out
+
+
+def _clip(x: float, lo: float, hi: float) -> float:
+    return float(min(max(x, lo), hi))
+
+
+def _log_lerp(bounds: tuple[float, float], u: float) -> float:
+    lo, hi = bounds
+    return float(math.exp(math.log(lo) + float(u) * (math.log(hi) - math.log(lo))))
+
+
+def _log_unlerp(bounds: tuple[float, float], x: float) -> float:
+    lo, hi = bounds
+    return 0.5 if hi <= lo else float((math.log(x) - math.log(lo)) / (math.log(hi) - math.log(lo)))
 
 
 # ---------------------------------------------------------------- the space
@@ -151,6 +220,10 @@ class SearchSpace:
     critical_range: tuple[int, int] | None
     seed_names: list[str]
     n_mutated_seeds: int | None
+    m_range: tuple[float, float] | None = None
+    beta_fast: tuple[float, float] | None = None
+    beta_slow: tuple[float, float] | None = None
+    truncate: bool = True
     spec: dict[str, Any] = field(default_factory=dict)
     source: str = ""
 
@@ -206,7 +279,7 @@ class SearchSpace:
             raise InputError(f"{where}step must be a positive number (the grid of λ values, e.g. 0.01), got {step!r}")
         step = float(step)
 
-        default_lower, default_upper = ("s", "2s") if kind == "longrope2" else (1.0, "1 + s")
+        default_lower, default_upper = (1.0, "1 + s") if kind == "free" else ("s", "2s")
         lower = eval_bound(spec.get("lower", default_lower), s, "lower", where)
         upper = eval_bound(spec.get("upper", default_upper), s, "upper", where)
         if lower <= 0:
@@ -223,12 +296,13 @@ class SearchSpace:
 
         n = geometry.n_freq
         critical_range: tuple[int, int] | None = None
-        if kind == "longrope2":
+        if kind in STRUCTURED_KINDS:
             if not monotone:
-                raise InputError(f"{where}monotone: false is not supported for kind longrope2 (its λ is non-decreasing by construction)")
+                raise InputError(f"{where}monotone: false is not supported for kind {kind} (its λ is non-decreasing by construction)")
             lo_spec, hi_spec = spec.get("critical_lower", "auto"), spec.get("critical_upper", "auto")
-            c_lo = _critical_bound(lo_spec, critical_index_lower(geometry), "critical_lower", where)
-            c_hi = _critical_bound(hi_spec, theoretical_critical_index(geometry), "critical_upper", where)
+            auto_lo, auto_hi = (critical_index_lower(geometry), theoretical_critical_index(geometry)) if kind == "longrope2" else (0, n - 1)
+            c_lo = _critical_bound(lo_spec, auto_lo, "critical_lower", where)
+            c_hi = _critical_bound(hi_spec, auto_hi, "critical_upper", where)
             if c_hi > n - 1:  # at least one searched dimension
                 if not _is_auto(hi_spec):
                     raise InputError(f"{where}critical_upper ({c_hi}) must be below the number of frequencies ({n})")
@@ -241,15 +315,42 @@ class SearchSpace:
         else:
             for key in ("critical_lower", "critical_upper"):
                 if key in spec:
-                    raise InputError(f"{where}{key} applies only to kind longrope2")
+                    raise InputError(f"{where}{key} applies only to kinds {' and '.join(STRUCTURED_KINDS)}")
 
-        attention_policy = spec.get("attention", "longrope")
-        try:
-            m = attention_factor(attention_policy, s, geometry.original_length)
-        except InputError as e:
-            raise InputError(f"{where}attention: {e}") from None
+        beta_fast = beta_slow = None
+        truncate = True
+        if kind == "yarn":
+            beta_fast = _range(spec.get("beta_fast", [2.0, 128.0]), "beta_fast", where)
+            beta_slow = _range(spec.get("beta_slow", [0.125, 4.0]), "beta_slow", where)
+            truncate = spec.get("truncate", True)
+            if not isinstance(truncate, bool):
+                raise InputError(f"{where}truncate must be true or false, got {truncate!r}")
+        else:
+            for key in ("beta_fast", "beta_slow", "truncate"):
+                if key in spec:
+                    raise InputError(f"{where}{key} applies only to kind yarn")
 
-        seeds = spec.get("seeds", ["pi", "ntk", "yarn"] + ([NTK_SHAPED] if kind == "longrope2" else []))
+        attention_policy = spec.get("attention", "longrope" if kind in ("free", "longrope2") else {"min": 1, "max": "1 + 0.4*ln(s)"})
+        m_range: tuple[float, float] | None = None
+        if isinstance(attention_policy, dict):
+            unknown_m = sorted(set(attention_policy) - {"min", "max"})
+            if unknown_m or not {"min", "max"} <= set(attention_policy):
+                raise InputError(f"{where}attention as a range needs exactly the keys min and max (e.g. {{min: 1, max: '1 + 0.4*ln(s)'}})")
+            m_lo = eval_bound(attention_policy["min"], s, "attention min", where)
+            m_hi = eval_bound(attention_policy["max"], s, "attention max", where)
+            if not 0 < m_lo <= m_hi:
+                raise InputError(f"{where}attention range [{m_lo:g}, {m_hi:g}] must satisfy 0 < min ≤ max")
+            m_range = (m_lo, m_hi)
+            m = m_lo
+        else:
+            try:
+                m = attention_factor(attention_policy, s, geometry.original_length)
+            except InputError as e:
+                raise InputError(f"{where}attention: {e}") from None
+
+        default_seeds = {"longrope2": ["pi", "ntk", "yarn", NTK_SHAPED], "free": ["pi", "ntk", "yarn"],
+                         "hybrid": ["pi", "ntk", "yarn", NTK_SHAPED], "yarn": ["yarn"]}[kind]
+        seeds = spec.get("seeds", default_seeds)
         if isinstance(seeds, str):
             seeds = [seeds]
         if not isinstance(seeds, list) or not seeds or not all(isinstance(x, str) for x in seeds):
@@ -259,8 +360,8 @@ class SearchSpace:
         for x in seeds:
             key = x.strip().lower()
             if key == NTK_SHAPED:
-                if kind != "longrope2":
-                    raise InputError(f"{where}seed 'ntk-shaped' needs kind longrope2 (it is shaped by the critical index)")
+                if kind not in STRUCTURED_KINDS:
+                    raise InputError(f"{where}seed 'ntk-shaped' needs kind longrope2 or hybrid (it is shaped by the critical index)")
             else:
                 try:
                     method = get_method(key)
@@ -269,6 +370,8 @@ class SearchSpace:
                 if method is None or method.dynamic or not method.baseline:
                     raise InputError(f"{where}unknown seed {x!r}: seeds are {', '.join(known)}")
                 key = method.name
+                if kind == "yarn" and key != "yarn":
+                    raise InputError(f"{where}seed {x!r} is not a point of the YaRN family: kind yarn takes the seed yarn only")
             if key not in seed_names:
                 seed_names.append(key)
 
@@ -290,6 +393,10 @@ class SearchSpace:
             critical_range=critical_range,
             seed_names=seed_names,
             n_mutated_seeds=n_mut,
+            m_range=m_range,
+            beta_fast=beta_fast,
+            beta_slow=beta_slow,
+            truncate=truncate,
             spec=copy.deepcopy(spec),
             source=source,
         )
@@ -317,6 +424,9 @@ class SearchSpace:
             "monotone": self.monotone,
             "critical_range": list(self.critical_range) if self.critical_range else None,
             "attention": self.attention,
+            "attention_range": list(self.m_range) if self.m_range else None,
+            "beta_fast": list(self.beta_fast) if self.beta_fast else None,
+            "beta_slow": list(self.beta_slow) if self.beta_slow else None,
             "seeds": list(self.seed_names),
             "n_mutated_seeds": self.n_mutated_seeds,
         }
@@ -330,7 +440,8 @@ class SearchSpace:
             raise InputError("the stored search space is malformed (no 'spec' or 'name'): it was not written by longsearch") from None
         space = cls.from_spec(spec, geometry, target_length, name=name, source=source)
         mine = space.to_dict()
-        for key in ("geometry", "target_length", "kind", "step", "lower", "upper", "critical_range", "attention", "seeds"):
+        for key in ("geometry", "target_length", "kind", "step", "lower", "upper", "critical_range", "attention",
+                    "attention_range", "beta_fast", "beta_slow", "seeds"):
             if key in d and _differs(d[key], mine[key]):
                 raise InputError(
                     f"the stored search space was resolved with {key} = {d[key]!r}, not {mine[key]!r}: "
@@ -450,92 +561,330 @@ class SearchSpace:
         return d if d is not None else self._nearest_critical(lam)
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, int | None]:
-        """A uniformly random point: d_rcd uniform; searched values uniform on the grid (sorted if monotone)."""
-        d = None
-        if self.critical_range:
-            d = int(rng.integers(self.critical_range[0], self.critical_range[1] + 1))
-        lo_k, hi_k = self.grid_bounds
-        k = rng.integers(lo_k, hi_k + 1, size=self.n_freq - self.searched_start(d))
-        if self.monotone:
-            k = np.sort(k)
-        return self.build(self.from_grid(k), d), d
+        """:meth:`sample_point` as (λ, d_rcd)."""
+        p = self.sample_point(rng)
+        return p.lam, p.params.get("d_rcd")
 
     # ------------------------------------------------------------ seeds
 
     def seeds(self) -> dict[str, np.ndarray]:
-        """``"seed:NAME"`` → the seed repaired into the space, in the order of the spec.
-
-        Seeds that repair onto the same point become one entry ``"seed:A+B"`` (e.g. in longrope2
-        every λ ≤ s is lifted to s, so PI and YaRN may meet).
+        """``"seed:NAME"`` → the λ of each seed point (:meth:`seed_points`).
 
         ``ntk-shaped`` expands to LongRoPE2's NTK-shaped vectors λ_i = s^(i/d) (capped at ``upper``)
         at the lowest, middle and highest d_rcd: ``seed:ntk-shaped@D``.
         """
-        names: dict[tuple[int, ...], list[str]] = {}
-        vectors: dict[tuple[int, ...], np.ndarray] = {}
-        for name, lam, d in self._raw_seeds():
-            fixed = self.repair(lam, d)
-            k = self.key(fixed)
-            if k not in vectors:
-                vectors[k] = fixed
-                names[k] = []
-            names[k].append(name)
-        # seeds that repair onto the same point are one candidate named after all of them
-        return {"seed:" + "+".join(names[k]): vectors[k] for k in vectors}
+        return {name: p.lam for name, p in self.seed_points().items()}
 
-    def _raw_seeds(self) -> list[tuple[str, np.ndarray, int | None]]:
-        seeds: list[tuple[str, np.ndarray, int | None]] = []
+    # ------------------------------------------------------------ λ-level views (free and longrope2)
+
+    def decode_unit(self, u: np.ndarray) -> tuple[np.ndarray, int | None]:
+        """:meth:`decode_point` as (λ, d_rcd)."""
+        p = self.decode_point(u)
+        return p.lam, p.params.get("d_rcd")
+
+    def encode_unit(self, lam: np.ndarray) -> np.ndarray:
+        """:meth:`encode_point` of the point that λ repairs to (free and longrope2)."""
+        return self.encode_point(self.make_point(lam))
+
+    # ------------------------------------------------------------ points: what the optimizers work on
+
+    @property
+    def searches_m(self) -> bool:
+        """Whether m is searched (``attention: {min, max}``) rather than fixed."""
+        return self.m_range is not None
+
+    def clip_m(self, m: float) -> float:
+        """m brought into the space: the fixed m, or clipped into the searched range."""
+        if self.m_range is None:
+            return self.attention
+        lo, hi = self.m_range
+        return float(min(max(float(m), lo), hi))
+
+    def make_point(self, lam: np.ndarray | None = None, m: float | None = None, **params: Any) -> Point:
+        """Bring λ, m and structural parameters into the space (the repair of a point).
+
+        ``free``: λ repaired. ``longrope2``: λ repaired at ``d_rcd`` (nearest when not given).
+        ``hybrid``: needs ``d_rcd`` (and ``head_start``, ``head_shape``, default 0 and 1); the tail λ[d:]
+        is repaired, the head is rebuilt from the parameters. ``yarn``: λ from ``beta_fast``/``beta_slow``.
+        """
+        m = self.clip_m(self.attention if m is None else m)
+        if self.kind == "yarn":
+            bf = _clip(float(params.get("beta_fast", 32.0)), *self.beta_fast)  # type: ignore[misc]
+            bs = _clip(float(params.get("beta_slow", 1.0)), *self.beta_slow)  # type: ignore[misc]
+            if bs >= bf:  # the fast boundary must turn more often than the slow one
+                bf, bs = max(bf, bs), min(bf, bs)
+                if bs >= bf:
+                    bs = bf / 2
+            bf, bs = round(bf, 4), round(bs, 4)
+            lam_y = yarn_method(self.geometry, self.target_length, beta_fast=bf, beta_slow=bs, attention=m,
+                                truncate=self.truncate).lam
+            return Point(lam_y, m, {"beta_fast": bf, "beta_slow": bs})
+        if lam is None:
+            raise ValueError("make_point needs λ for this kind of space")
+        if self.kind == "free":
+            return Point(self.repair(lam), m, {})
+        if self.kind == "longrope2":
+            d = params.get("d_rcd")
+            x = self.repair(lam, d)
+            return Point(x, m, {"d_rcd": int(self.critical_index(x) if d is None else self._clip_d(d))})
+        lam = self._as_vector(lam)
+        d = self._clip_d(params["d_rcd"])
+        a = int(min(max(int(params.get("head_start", 0)), 0), d))
+        q = round(_clip(float(params.get("head_shape", 1.0)), 0.0, 1.0), 4)
+        out = np.empty(self.n_freq)
+        out[d:] = self._repair_tail(lam[d:])
+        out[:d] = hybrid_head(d, a, q, float(out[d]))
+        return Point(out, m, {"d_rcd": d, "head_start": a, "head_shape": q})
+
+    def _clip_d(self, d: Any) -> int:
+        lo, hi = self.critical_range  # type: ignore[misc]
+        return int(min(max(int(d), lo), hi))
+
+    def point_key(self, p: Point) -> tuple[int, ...]:
+        """Dedup key of a point: λ on the grid and m to 1e-3. Equal keys are never evaluated twice."""
+        return self.key(p.lam) + (int(round(p.m * 1000)),)
+
+    def contains_point(self, p: Point) -> bool:
+        """Whether the point is already in the space (its repair would not change it)."""
+        q = self.make_point(p.lam, p.m, **p.params)
+        return bool(np.allclose(q.lam, p.lam, rtol=0, atol=1e-9) and abs(q.m - p.m) < 1e-12 and q.params == p.params)
+
+    def sample_point(self, rng: np.random.Generator) -> Point:
+        """A uniformly random point of the unit encoding (monotone values sorted)."""
+        return self.decode_point(rng.random(self.n_params))
+
+    def seed_points(self) -> dict[str, Point]:
+        """``"seed:NAME"`` → the seed brought into the space, in the order of the spec; seeds that land on
+        the same point are one entry ``"seed:A+B"``. In ``hybrid`` PI, NTK and YaRN are exact points with
+        their own m; in ``free`` / ``longrope2`` m is the space's."""
+        names: dict[tuple[int, ...], list[str]] = {}
+        points: dict[tuple[int, ...], Point] = {}
+        for name, p in self._raw_seed_points():
+            k = self.point_key(p)
+            if k not in points:
+                points[k], names[k] = p, []
+            names[k].append(name)
+        return {"seed:" + "+".join(names[k]): points[k] for k in points}
+
+    def _raw_seed_points(self) -> list[tuple[str, Point]]:
+        out: list[tuple[str, Point]] = []
+        if self.kind == "yarn":
+            r = rescale("yarn", self.geometry, self.target_length)
+            return [("yarn", self.make_point(None, r.m, beta_fast=32.0, beta_slow=1.0))]
+        longrope_m = attention_factor("longrope", self.scale, self.geometry.original_length)
         for name in self.seed_names:
             if name == NTK_SHAPED:
-                lo, hi = self.critical_range  # type: ignore[misc]
+                lo = critical_index_lower(self.geometry) if self.kind == "hybrid" else self.critical_range[0]  # type: ignore[index]
+                hi = theoretical_critical_index(self.geometry) if self.kind == "hybrid" else self.critical_range[1]  # type: ignore[index]
                 for d in sorted({lo, (lo + hi) // 2, hi}):
+                    d = self._clip_d(d)
                     i = np.arange(self.n_freq, dtype=np.float64)
                     base = max(self.lower, self.scale)
                     lam = np.minimum(base ** (i / max(d, 1)), self.upper)
-                    seeds.append((f"{NTK_SHAPED}@{d}", lam, d))
+                    out.append((f"{NTK_SHAPED}@{d}", self.make_point(lam, longrope_m, d_rcd=d, head_start=0, head_shape=1.0)))
+                continue
+            r = rescale(name, self.geometry, self.target_length)
+            if self.kind == "hybrid":
+                out.append((name, self._fit_hybrid(r.lam, r.m)))
+            elif self.kind == "longrope2":
+                out.append((name, self.make_point(r.lam, r.m)))
             else:
-                seeds.append((name, rescale(name, self.geometry, self.target_length).lam, None))
-        return seeds
+                out.append((name, self.make_point(r.lam, r.m)))
+        return out
 
-    # ------------------------------------------------------------ normalized encoding (nevergrad, optuna)
+    def _fit_hybrid(self, lam: np.ndarray, m: float) -> Point:
+        """The hybrid point nearest to λ in log space (exact for PI, NTK and YaRN)."""
+        lo, hi = self.critical_range  # type: ignore[misc]
+        target = np.log(np.maximum(self._as_vector(lam), 1e-12))
+        best: tuple[float, int, Point] | None = None
+        order = 0
+        for d in range(lo, hi + 1):
+            for a in range(0, d + 1):
+                for q in (0.0, 1.0, 0.5):
+                    p = self.make_point(lam, m, d_rcd=d, head_start=a, head_shape=q)
+                    dist = float(np.sum((np.log(p.lam) - target) ** 2))
+                    order += 1
+                    if best is None or dist < best[0] - 1e-15:
+                        best = (dist, order, p)
+                    if d == 0:
+                        break
+                if d == 0:
+                    break
+        assert best is not None
+        return best[2]
+
+    # ------------------------------------------------------------ unit encoding of points
+
+    def _unit_layout(self) -> tuple[int, int, bool]:
+        """(structural slots, value slots, m slot) of the unit encoding."""
+        n_m = self.searches_m
+        if self.kind == "yarn":
+            return 2, 0, n_m
+        if self.kind == "free":
+            return 0, self.n_freq, n_m
+        lo = self.critical_range[0]  # type: ignore[index]
+        return (1 if self.kind == "longrope2" else 3), self.n_freq - lo, n_m
 
     @property
     def n_params(self) -> int:
-        """Length of the unit-cube encoding: [d_rcd,] then one value per possibly-searched index."""
-        if self.critical_range:
-            return 1 + self.n_freq - self.critical_range[0]
-        return self.n_freq
+        """Length of the unit-cube encoding: structure (d_rcd, head start and shape; or β_fast, β_slow),
+        one value per possibly-searched frequency, then m when it is searched."""
+        k, v, has_m = self._unit_layout()
+        return k + v + int(has_m)
 
-    def decode_unit(self, u: np.ndarray) -> tuple[np.ndarray, int | None]:
-        """A point of [0, 1]^n_params → (repaired λ, d_rcd). Monotone values are sorted (uniform prior over monotone vectors)."""
+    def decode_point(self, u: np.ndarray) -> Point:
+        """A point of [0, 1]^n_params → a point of the space (monotone values sorted)."""
         u = np.clip(np.asarray(u, dtype=np.float64).reshape(-1), 0.0, 1.0)
         if u.size != self.n_params:
             raise ValueError(f"expected {self.n_params} unit parameters, got {u.size}")
-        d = None
-        values = u
-        if self.critical_range:
-            lo, hi = self.critical_range
+        k, v, has_m = self._unit_layout()
+        m = None
+        if has_m:
+            lo_m, hi_m = self.m_range  # type: ignore[misc]
+            m = lo_m + u[-1] * (hi_m - lo_m)
+        if self.kind == "yarn":
+            bf = _log_lerp(self.beta_fast, u[0])  # type: ignore[arg-type]
+            bs = _log_lerp(self.beta_slow, u[1])  # type: ignore[arg-type]
+            return self.make_point(None, m, beta_fast=bf, beta_slow=bs)
+        values = u[k : k + v]
+        params: dict[str, Any] = {}
+        start = 0
+        if self.kind in STRUCTURED_KINDS:
+            lo, hi = self.critical_range  # type: ignore[misc]
             d = int(min(hi, lo + math.floor(u[0] * (hi - lo + 1))))
-            values = u[1 + (d - lo):]
+            params["d_rcd"] = d
+            values = values[d - lo :]
+            start = d
+            if self.kind == "hybrid":
+                params["head_start"] = int(min(d, math.floor(u[1] * (d + 1))))
+                params["head_shape"] = float(u[2])
         vals = self.lower + values * (self.upper - self.lower)
         if self.monotone:
             vals = np.sort(vals)
-        return self.build(vals, d), d
+        lam = np.empty(self.n_freq)
+        lam[start:] = vals
+        lam[:start] = vals[0] if vals.size else self.lower
+        return self.make_point(lam, m, **params)
 
-    def encode_unit(self, lam: np.ndarray) -> np.ndarray:
-        """Inverse of :meth:`decode_unit` for a point of the space (used to inject the seeds)."""
-        lam = self.repair(lam)
+    def encode_point(self, p: Point) -> np.ndarray:
+        """Inverse of :meth:`decode_point` for a point of the space (used to inject the seeds)."""
+        k, v, has_m = self._unit_layout()
+        u = np.zeros(self.n_params)
+        if has_m:
+            lo_m, hi_m = self.m_range  # type: ignore[misc]
+            u[-1] = (p.m - lo_m) / (hi_m - lo_m) if hi_m > lo_m else 0.5
+        if self.kind == "yarn":
+            u[0] = _log_unlerp(self.beta_fast, p.params["beta_fast"])  # type: ignore[arg-type]
+            u[1] = _log_unlerp(self.beta_slow, p.params["beta_slow"])  # type: ignore[arg-type]
+            return np.clip(u, 0.0, 1.0)
         width = max(self.upper - self.lower, 1e-12)
-        if not self.critical_range:
-            return np.clip((lam - self.lower) / width, 0.0, 1.0)
-        lo, hi = self.critical_range
-        d = self.critical_index(lam)
-        assert d is not None
-        u = np.empty(self.n_params)
+        if self.kind == "free":
+            u[:v] = (p.lam - self.lower) / width
+            return np.clip(u, 0.0, 1.0)
+        lo, hi = self.critical_range  # type: ignore[misc]
+        d = int(p.params["d_rcd"])
         u[0] = (d - lo + 0.5) / (hi - lo + 1)
+        if self.kind == "hybrid":
+            u[1] = (int(p.params["head_start"]) + 0.5) / (d + 1)
+            u[2] = float(p.params["head_shape"])
         # the unused slots (indices lo..d-1) take the first searched value; decode ignores them
-        u[1:] = np.clip((np.concatenate([np.full(d - lo, lam[d]), lam[d:]]) - self.lower) / width, 0.0, 1.0)
-        return u
+        u[k : k + v] = (np.concatenate([np.full(d - lo, p.lam[d]), p.lam[d:]]) - self.lower) / width
+        return np.clip(u, 0.0, 1.0)
+
+    # ------------------------------------------------------------ GA operators (see optimizers/ga.py)
+
+    def mutate(self, p: Point, rng: np.random.Generator) -> Point:
+        """A mutant of ``p`` in the space (it may equal ``p``; the GA retries until new).
+
+        ``yarn``: β_fast, β_slow, m each perturbed with probability ½ (at least one) in the unit encoding.
+        Per-frequency kinds: one operator, and with probability ½ a second, out of
+        ``genes`` (LongRoPE: each searched λ_i redrawn with probability 0.3 between its neighbours),
+        ``segment`` (a contiguous run of λ scaled or shifted — the move that changes a plateau's interior),
+        ``critical`` (d_rcd moved by up to 3, with the tail kept in place or slid along with it),
+        ``head`` (hybrid: the head's start moved or its shape changed) and ``attention`` (m, when searched).
+        """
+        if self.kind == "yarn":
+            u = self.encode_point(p)
+            mask = rng.random(u.size) < 0.5
+            if not mask.any():
+                mask[int(rng.integers(u.size))] = True
+            u = np.clip(u + mask * rng.normal(0.0, 0.12, u.size), 0.0, 1.0)
+            return self.decode_point(u)
+        ops = ["genes", "segment"]
+        if self.kind in STRUCTURED_KINDS and self.critical_range[0] < self.critical_range[1]:  # type: ignore[index]
+            ops.append("critical")
+        if self.kind == "hybrid":
+            ops.append("head")
+        if self.searches_m:
+            ops.append("attention")
+        chosen = [ops[int(rng.integers(len(ops)))]]
+        if rng.random() < 0.5:
+            other = [o for o in ops if o != chosen[0]]
+            chosen.append(other[int(rng.integers(len(other)))])
+        lam, m, params = p.lam.copy(), p.m, dict(p.params)
+        for op in chosen:
+            start = int(params.get("d_rcd", 0))
+            if op == "genes":
+                lam = self._redraw_genes(lam, start, rng)
+            elif op == "segment":
+                i = int(rng.integers(start, self.n_freq))
+                j = int(rng.integers(i, self.n_freq))
+                if rng.random() < 0.5:
+                    lam[i : j + 1] *= math.exp(rng.normal(0.0, 0.15))
+                else:
+                    lam[i : j + 1] += rng.normal(0.0, 0.08) * (self.upper - self.lower)
+                lam = np.maximum(lam, 1e-6)
+            elif op == "critical":
+                lo, hi = self.critical_range  # type: ignore[misc]
+                delta = int(rng.choice([-3, -2, -1, 1, 2, 3]))
+                new_d = int(min(max(start + delta, lo), hi))
+                if rng.random() < 0.5 and new_d != start:  # slide the tail along with d_rcd
+                    tail = lam[start:]
+                    lam[new_d:] = np.concatenate([tail, np.full(max(0, start - new_d), tail[-1])])[: self.n_freq - new_d]
+                params["d_rcd"] = new_d
+                if self.kind == "hybrid":
+                    params["head_start"] = min(int(params["head_start"]), new_d)
+            elif op == "head":
+                if rng.random() < 0.5:
+                    params["head_start"] = int(params["head_start"]) + int(rng.choice([-2, -1, 1, 2]))
+                else:
+                    params["head_shape"] = float(params["head_shape"]) + rng.normal(0.0, 0.25)
+            elif op == "attention":
+                m = m * math.exp(rng.normal(0.0, 0.06))
+        return self.make_point(lam, m, **params)
+
+    def _redraw_genes(self, lam: np.ndarray, start: int, rng: np.random.Generator) -> np.ndarray:
+        lo_k, hi_k = self.grid_bounds
+        x = lam.copy()
+        mask = rng.random(self.n_freq - start) < 0.3
+        for offset in np.flatnonzero(mask):
+            i = start + int(offset)
+            if self.monotone:
+                left = x[i - 1] if i > start else self.lower
+                right = x[i + 1] if i < self.n_freq - 1 else self.upper
+                a = max(lo_k, math.ceil(min(left, right) / self.step - 1e-9))
+                b = min(hi_k, math.floor(max(left, right) / self.step + 1e-9))
+            else:
+                a, b = lo_k, hi_k
+            if b >= a:
+                x[i] = self.from_grid(rng.integers(a, b + 1))
+        return x
+
+    def crossover(self, p1: Point, p2: Point, rng: np.random.Generator) -> Point:
+        """LongRoPE's gene-wise crossover: each λ_i (and each structural parameter, and m) taken from the
+        second parent with probability 0.15, then repaired; ``yarn``: each number from either parent (½)."""
+        if self.kind == "yarn":
+            u1, u2 = self.encode_point(p1), self.encode_point(p2)
+            mask = rng.random(u1.size) < 0.5
+            return self.decode_point(np.where(mask, u2, u1))
+        mask = rng.random(self.n_freq) < CROSSOVER_GENE_PROBABILITY
+        lam = np.where(mask, p2.lam, p1.lam)
+        params = dict(p1.params)
+        for key in sorted(params):
+            if key in p2.params and rng.random() < CROSSOVER_GENE_PROBABILITY:
+                params[key] = p2.params[key]
+        m = p2.m if self.searches_m and rng.random() < CROSSOVER_GENE_PROBABILITY else p1.m
+        return self.make_point(lam, m, **params)
 
     # ------------------------------------------------------------ helpers
 
@@ -550,9 +899,14 @@ class SearchSpace:
     def describe(self) -> str:
         """One line for the CLI."""
         crit = f", d_rcd ∈ [{self.critical_range[0]}, {self.critical_range[1]}]" if self.critical_range else ""
+        m = f"m ∈ [{self.m_range[0]:.3f}, {self.m_range[1]:.3f}]" if self.m_range else f"m = {self.attention:.4f}"
+        if self.kind == "yarn":
+            bf, bs = self.beta_fast, self.beta_slow  # type: ignore[misc]
+            return f"{self.name} (yarn family): β_fast ∈ [{bf[0]:g}, {bf[1]:g}], β_slow ∈ [{bs[0]:g}, {bs[1]:g}], {m}"
+        head = ", head: exact up to a searched start, then a ramp between YaRN's and the NTK shape" if self.kind == "hybrid" else ""
         return (
             f"{self.name} ({self.kind}): λ ∈ [{self.lower:g}, {self.upper:g}] step {self.step:g}"
-            f"{', non-decreasing' if self.monotone else ''}{crit}, m = {self.attention:.4f}"
+            f"{', non-decreasing' if self.monotone else ''}{crit}{head}, {m}"
         )
 
 
@@ -566,6 +920,14 @@ def _critical_bound(value: Any, auto: int, key: str, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InputError(f"{where}{key} must be 'auto' or a non-negative integer index, got {value!r}")
     return value
+
+
+def _range(value: Any, key: str, where: str) -> tuple[float, float]:
+    ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in value)
+    if not ok or value[0] > value[1]:
+        raise InputError(f"{where}{key} must be a range [min, max] of positive numbers, got {value!r}")
+    return float(value[0]), float(value[1])
 
 
 def _differs(a: Any, b: Any) -> bool:

@@ -41,18 +41,24 @@ DEFAULT_OBJECT_STORE = 256 * 1024 * 1024
 
 @dataclass(frozen=True)
 class ScoreTask:
-    """One evaluation: λ (long factors, short = 1) and m, scored on the needle set ``needles``."""
+    """One evaluation: λ (long factors, short = 1) and m, scored on the needle set ``needles``.
+
+    ``bar``: race against it — stop as soon as the mean cannot end below it (+inf: score every document).
+    """
 
     key: str
     lam: tuple[float, ...]
     m: float
     needles: str = "search"
+    bar: float = math.inf
 
-    def __init__(self, key: str, lam: Sequence[float] | np.ndarray, m: float, needles: str = "search") -> None:
+    def __init__(self, key: str, lam: Sequence[float] | np.ndarray, m: float, needles: str = "search",
+                 bar: float = math.inf) -> None:
         object.__setattr__(self, "key", str(key))
         object.__setattr__(self, "lam", tuple(float(x) for x in np.asarray(lam, dtype=np.float64).reshape(-1)))
         object.__setattr__(self, "m", float(m))
         object.__setattr__(self, "needles", str(needles))
+        object.__setattr__(self, "bar", float(bar))
 
 
 @dataclass
@@ -68,6 +74,16 @@ class ScoreOutcome:
     worker: str = ""
     attempts: int = 1
     error: str | None = None
+    n_scored: int | None = None  # documents run (fewer than the set's when the race stopped it)
+    n_total: int | None = None  # documents in the set
+    censored: bool = False  # stopped by the race: nll is a lower bound
+
+    @property
+    def cost(self) -> float:
+        """Share of the needle set that was scored (1.0 for a full evaluation or an unknown count)."""
+        if not self.n_total or self.n_scored is None:
+            return 1.0
+        return self.n_scored / self.n_total
 
 
 @dataclass
@@ -117,7 +133,7 @@ class Scorer:
     def set_needles(self, name: str, needle_set: Any) -> None:
         self.needles[name] = needle_set
 
-    def score(self, key: str, lam: Sequence[float], m: float, needles: str) -> dict[str, Any]:
+    def score(self, key: str, lam: Sequence[float], m: float, needles: str, bar: float = math.inf) -> dict[str, Any]:
         from .factors import RopeFactors
         from .scoring import score
 
@@ -133,7 +149,7 @@ class Scorer:
                 rotary_dim=g.rotary_dim,
                 attention_factor=float(m),
             )
-            s = score(self.loaded, self.needles[needles], factors, target_length=self.target_length)
+            s = score(self.loaded, self.needles[needles], factors, target_length=self.target_length, stop_at=bar)
         except Exception as e:  # a bad candidate is a failed evaluation, not a dead worker
             return {"key": key, "nll": math.inf, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300],
                     "seconds": time.perf_counter() - t0, "worker": self.name}
@@ -147,6 +163,9 @@ class Scorer:
             "seconds": float(s.seconds) if getattr(s, "seconds", None) else time.perf_counter() - t0,
             "worker": self.name,
             "error": s.error or (None if math.isfinite(nll) else "non-finite NLL"),
+            "n_scored": s.n_scored,
+            "n_total": len(self.needles[needles].samples),
+            "censored": bool(s.censored),
         }
 
 
@@ -426,7 +445,7 @@ class WorkerPool:
             while idle and queue:
                 slot = idle.popleft()
                 task, attempt = queue.popleft()
-                ref = slot.actor.score.remote(task.key, list(task.lam), task.m, task.needles)
+                ref = slot.actor.score.remote(task.key, list(task.lam), task.m, task.needles, task.bar)
                 slot.busy_since = time.perf_counter()
                 inflight[ref] = (slot, task, attempt)
 
@@ -496,6 +515,9 @@ class WorkerPool:
             worker=slot.label,
             attempts=attempt,
             error=d.get("error"),
+            n_scored=d.get("n_scored"),
+            n_total=d.get("n_total"),
+            censored=bool(d.get("censored", False)),
         )
 
     def _replace(self, slot: _Slot) -> None:

@@ -109,14 +109,22 @@ def test_a_finished_run_has_every_file(finished_run):
     bases = [r for r in records if r.kind == "baseline"]
     assert sorted(r.id for r in cands) == list(range(QUICK))  # each candidate evaluated exactly once
     assert sorted(r.name for r in bases) == ["none", "ntk", "pi", "yarn"] and all(r.generation == 0 for r in bases)
-    assert len({tuple(r.lam) for r in cands}) == QUICK
-    assert all(math.isfinite(r.score) and len(r.per_sample) == 6 and r.worker for r in records)
-    # best.json is the best candidate of the journal, as RopeFactors the exporters read
+    assert len({(tuple(r.lam), r.m) for r in cands}) == QUICK
+    assert all(math.isfinite(r.score) and r.worker for r in records)
+    # every record says how much it ran: all 6 documents, or fewer when the race stopped it (then its score is
+    # the lower bound sum/6, at least the bar that generation raced against)
+    for r in records:
+        assert r.docs == len(r.per_sample) and r.token_forwards == r.docs * 1024
+        assert (r.docs < 6) == r.censored
+        if r.censored:
+            assert r.kind == "candidate" and r.generation > 0 and r.score == pytest.approx(sum(r.per_sample) / 6)
+    assert all(not r.censored for r in bases) and all(r.docs == 6 for r in bases)
+    # best.json is the best fully-scored candidate of the journal, as RopeFactors the exporters read
     best = load_factors(run)
-    top = min(cands, key=lambda r: (r.score, r.id))
+    top = min((r for r in cands if not r.censored), key=lambda r: (r.score, r.id))
     assert best.long_factor.tolist() == top.lam and best.provenance["score"] == top.score
     assert best.provenance["method"] == "longsearch:ga" and best.target_length == 1024
-    assert best.attention_factor == pytest.approx(math.sqrt(1 + math.log(4) / math.log(256)))
+    assert best.attention_factor == top.m  # the default space searches m
     final = json.loads((run / "final.json").read_text())
     assert [r["name"] for r in final["rows"]] == ["longsearch", "none", "pi", "ntk", "yarn"]
     assert final["needles"]["seed"] == 1000 and all(r["nll"] is not None for r in final["rows"])

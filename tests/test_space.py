@@ -250,7 +250,7 @@ BAD_YAML = [
     ("kind: free\nseeds: [ntk-shaped]\n", "ntk-shaped.*needs kind longrope2"),
     ("critical_lower: 12\ncritical_upper: 6\n", "critical_lower .* must not exceed critical_upper"),
     ("critical_lower: -1\n", "critical_lower must be 'auto' or a non-negative integer"),
-    ("kind: free\ncritical_lower: 3\n", "critical_lower applies only to kind longrope2"),
+    ("kind: free\ncritical_lower: 3\n", "critical_lower applies only to kinds longrope2 and hybrid"),
     ("monotone: false\n", "monotone: false is not supported"),
     ("monotone: maybe\n", "monotone must be true or false"),
     ("attention: huge\n", "attention: unknown attention-factor policy"),

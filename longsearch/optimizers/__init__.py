@@ -14,8 +14,13 @@ Guarantees every optimizer keeps (the resume protocol of the run store relies on
   batch, and after ``load_state_dict(state_dict())`` it returns exactly what the original object
   would have (same ids, same λ).
 * ``tell()`` takes the results of the whole batch in any order (they are sorted by id).
-* A candidate whose key (λ on the grid, :meth:`SearchSpace.key`) was asked before is never asked
-  again. A failed evaluation is told as ``math.inf``.
+* A candidate whose key (λ on the grid and m, :meth:`SearchSpace.point_key`) was asked before is
+  never asked again. A failed evaluation is told as ``math.inf``.
+* Racing: :meth:`race_bar` is the score a new candidate must beat to matter (the GA: its worst
+  parent; the others: the ``parents``-th best so far). An evaluation may stop as soon as its mean
+  cannot end below the bar; it is told as a *censored* result whose score is a lower bound (still
+  ≥ the bar), so the selection is exactly what full scoring would give. ``Result.cost`` is the
+  share of the needle set actually scored; budgets given in evaluations (``"500evals"``) count it.
 * ``state_dict()`` is JSON-serializable and reflects the state after the last ``tell``.
 """
 
@@ -44,11 +49,13 @@ class Candidate:
     generation: int
     origin: str
     params: dict[str, Any] = field(default_factory=dict)
+    m: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "lam": [float(x) for x in self.lam],
+            "m": float(self.m),
             "generation": self.generation,
             "origin": self.origin,
             "params": self.params,
@@ -56,7 +63,24 @@ class Candidate:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Candidate":
-        return cls(int(d["id"]), np.asarray(d["lam"], dtype=np.float64), int(d["generation"]), str(d["origin"]), dict(d.get("params", {})))
+        return cls(int(d["id"]), np.asarray(d["lam"], dtype=np.float64), int(d["generation"]), str(d["origin"]),
+                   dict(d.get("params", {})), float(d.get("m", 1.0)))
+
+    @classmethod
+    def from_point(cls, id: int, point: Any, generation: int, origin: str, parents: list[int] | None = None) -> "Candidate":
+        params = dict(point.params)
+        if parents:
+            params["parents"] = [int(x) for x in parents]
+        return cls(int(id), np.asarray(point.lam, dtype=np.float64).copy(), int(generation), origin, params, float(point.m))
+
+    def point(self) -> Any:
+        """The space point of this candidate (its λ, m and structural parameters, without the parent ids)."""
+        from ..space import Point
+
+        return Point(self.lam.copy(), float(self.m), {k: v for k, v in self.params.items() if k != "parents"})
+
+    def copy(self) -> "Candidate":
+        return Candidate(self.id, self.lam.copy(), self.generation, self.origin, dict(self.params), self.m)
 
 
 @dataclass
@@ -65,6 +89,8 @@ class Result:
 
     candidate: Candidate
     score: float
+    cost: float = 1.0  # share of the needle set scored (1 = a full evaluation)
+    censored: bool = False  # stopped early: ``score`` is a lower bound, at least the race bar
 
 
 @dataclass(frozen=True)
@@ -76,6 +102,7 @@ class Budget:
     mutations: int
     crossovers: int
     generations: int
+    max_cost: float | None = None  # stop before a generation that could exceed this many full evaluations
 
     @property
     def per_generation(self) -> int:
@@ -91,8 +118,14 @@ class Budget:
         """How many candidates generation ``generation`` asks for."""
         return self.population if generation == 0 else self.per_generation
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def allows_next(self, generation: int, spent: float) -> bool:
+        """Whether generation ``generation`` may start after ``spent`` full evaluations' worth of scoring."""
+        if generation > self.generations:
+            return False
+        return self.max_cost is None or spent + self.batch_size(generation) <= self.max_cost + 1e-9
 
 
 BUDGETS: dict[str, Budget] = {
@@ -104,20 +137,36 @@ BUDGETS: dict[str, Budget] = {
 }
 
 
+#: Population shape of budgets given in evaluations (``"500evals"``): smaller than the paper's so that
+#: a few hundred evaluations still make many generations.
+COST_BUDGET_SHAPE = Budget(population=32, parents=16, mutations=8, crossovers=8, generations=10**6)
+
+
 def resolve_budget(budget: str | int | Budget) -> Budget:
-    """``"quick"``, ``"paper"``, an integer N (N generations with the paper population) or a Budget."""
+    """``"quick"``, ``"paper"``, an integer N (N generations with the paper population), ``"Nevals"``
+    (as many generations as N full evaluations' worth of scoring allows; early-stopped evaluations
+    count for what they ran) or a Budget."""
     if isinstance(budget, Budget):
         return budget
     if isinstance(budget, bool):
-        raise InputError(f"budget must be quick, paper or a number of generations, got {budget!r}")
+        raise InputError(f"budget must be quick, paper, a number of generations or Nevals, got {budget!r}")
     if isinstance(budget, str):
         key = budget.strip().lower()
         if key in BUDGETS:
             return BUDGETS[key]
+        if key.endswith("evals"):
+            try:
+                n = int(key[: -len("evals")])
+            except ValueError:
+                n = -1
+            if n < COST_BUDGET_SHAPE.population:
+                raise InputError(f"budget {budget!r}: give at least {COST_BUDGET_SHAPE.population}evals (one initial population)")
+            b = COST_BUDGET_SHAPE
+            return Budget(b.population, b.parents, b.mutations, b.crossovers, b.generations, float(n))
         try:
             budget = int(key)
         except ValueError:
-            raise InputError(f"budget must be quick, paper or a number of generations, got {budget!r}") from None
+            raise InputError(f"budget must be quick, paper, a number of generations or Nevals (e.g. 500evals), got {budget!r}") from None
     if not isinstance(budget, int) or budget < 0:
         raise InputError(f"budget must be quick, paper or a non-negative number of generations, got {budget!r}")
     paper = BUDGETS["paper"]
@@ -138,6 +187,8 @@ class Optimizer(Protocol):
     def tell(self, results: list[Result]) -> None: ...
 
     def best(self) -> Result | None: ...
+
+    def race_bar(self) -> float: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -166,7 +217,11 @@ def make_optimizer(spec: str, space: SearchSpace, budget: str | int | Budget, se
         from .optuna import OptunaOptimizer
 
         return OptunaOptimizer(space, b, seed, name or "TPE")
-    raise InputError(f"unknown optimizer {spec!r}: use ga, nevergrad:NAME (e.g. nevergrad:CMA) or optuna:NAME (e.g. optuna:TPE)")
+    if family == "random" and not name:
+        from .random import RandomOptimizer
+
+        return RandomOptimizer(space, b, seed)
+    raise InputError(f"unknown optimizer {spec!r}: use ga, random, nevergrad:NAME (e.g. nevergrad:CMA) or optuna:NAME (e.g. optuna:TPE)")
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -190,21 +245,29 @@ def score_from_json(value: float | None) -> float:
     return math.inf if value is None else float(value)
 
 
-def match_results(pending: list[Candidate], results: list[Result]) -> list[tuple[Candidate, float]]:
-    """Pair the pending batch with its results by id (any order); every candidate needs exactly one result."""
+def match_results(pending: list[Candidate], results: list[Result]) -> list[tuple[Candidate, Result]]:
+    """Pair the pending batch with its results by id (any order); every candidate needs exactly one result.
+
+    The results come back with a clean score (non-finite → +inf) and the pending candidate."""
     by_id = {c.id: c for c in pending}
-    scores: dict[int, float] = {}
+    found: dict[int, Result] = {}
     for r in results:
         cid = int(r.candidate.id)
         if cid not in by_id:
             raise ValueError(f"result for candidate {cid}, which is not in the pending batch")
-        if cid in scores:
+        if cid in found:
             raise ValueError(f"two results for candidate {cid}")
-        scores[cid] = clean_score(r.score)
-    missing = [c.id for c in pending if c.id not in scores]
+        found[cid] = Result(by_id[cid], clean_score(r.score), float(r.cost), bool(r.censored))
+    missing = [c.id for c in pending if c.id not in found]
     if missing:
         raise ValueError(f"tell() needs the results of the whole batch; missing candidates {missing[:5]}")
-    return [(c, scores[c.id]) for c in sorted(pending, key=lambda c: c.id)]
+    return [(c, found[c.id]) for c in sorted(pending, key=lambda c: c.id)]
+
+
+def kth_best(scores: list[float], k: int) -> float:
+    """The k-th lowest finite score (the race bar of optimizers without a parent set); +inf if fewer."""
+    finite = sorted(x for x in scores if math.isfinite(x))
+    return finite[k - 1] if k >= 1 and len(finite) >= k else math.inf
 
 
 __all__ = [
@@ -234,11 +297,12 @@ def state_header(opt: Any) -> dict[str, Any]:
         "generation": opt.generation,
         "done": opt.done,
         "next_id": opt._next_id,
+        "spent": opt.spent,
     }
 
 
-def check_state_header(opt: Any, d: dict[str, Any]) -> tuple[int, int, bool, int]:
-    """Refuse the state of another optimizer, budget or space; return (seed, generation, done, next_id).
+def check_state_header(opt: Any, d: dict[str, Any]) -> tuple[int, int, bool, int, float]:
+    """Refuse the state of another optimizer, budget or space; return (seed, generation, done, next_id, spent).
 
     Raises RunError for a foreign state, and KeyError / TypeError / ValueError for a malformed one.
     """
@@ -248,4 +312,4 @@ def check_state_header(opt: Any, d: dict[str, Any]) -> tuple[int, int, bool, int
         raise RunError(f"the checkpoint was made with budget {d['budget']}, not {opt.budget.to_dict()}")
     if int(d["n_freq"]) != opt.space.n_freq:
         raise RunError(f"the checkpoint has λ of length {d['n_freq']}, the space has {opt.space.n_freq}")
-    return int(d["seed"]), int(d["generation"]), bool(d["done"]), int(d["next_id"])
+    return int(d["seed"]), int(d["generation"]), bool(d["done"]), int(d["next_id"]), float(d.get("spent", 0.0))

@@ -30,6 +30,7 @@ from . import (
     Candidate,
     Result,
     check_state_header,
+    kth_best,
     match_results,
     resolve_budget,
     score_from_json,
@@ -58,6 +59,7 @@ class ExternalOptimizer:
         self.spec = f"{self.family}:{name}"
         self.generation = 0
         self.done = False
+        self.spent = 0.0
         self._next_id = 0
         self._scores: dict[tuple[int, ...], float] = {}
         self._best: tuple[Candidate, float] | None = None
@@ -97,7 +99,11 @@ class ExternalOptimizer:
         if self._pending is None:
             self._impl = self._load(self._committed)  # ask from the committed state only
             self._pending, self._handles = self._make_batch()
-        return [Candidate(c.id, c.lam.copy(), c.generation, c.origin, dict(c.params)) for c in self._pending]
+        return [c.copy() for c in self._pending]
+
+    def race_bar(self) -> float:
+        """The ``parents``-th best score so far (+inf before that many): a candidate above it does not matter."""
+        return math.inf if self.generation == 0 else kth_best(list(self._scores.values()), self.budget.parents)
 
     def _make_batch(self) -> tuple[list[Candidate], dict[int, list[Any]]]:
         size = self.budget.batch_size(self.generation)
@@ -106,17 +112,17 @@ class ExternalOptimizer:
         by_key: dict[tuple[int, ...], int] = {}
         seed_names: dict[tuple[int, ...], str] = {}
         if self.generation == 0:
-            seeds = list(self.space.seeds().items())[:size]
-            for name, lam in reversed(seeds) if self.suggestions_lifo else seeds:
-                self._suggest(self.space.encode_unit(lam))
-            seed_names = {self.space.key(lam): name for name, lam in seeds}
+            seeds = list(self.space.seed_points().items())[:size]
+            for name, point in reversed(seeds) if self.suggestions_lifo else seeds:
+                self._suggest(self.space.encode_point(point))
+            seed_names = {self.space.point_key(point): name for name, point in seeds}
         tries = stale = 0
         while len(batch) < size and tries < size * ASK_TRIES_PER_CANDIDATE and stale < STALE_ASKS:
             tries += 1
             stale += 1
             handle, u = self._ask_point()
-            lam, d = self.space.decode_unit(u)
-            key = self.space.key(lam)
+            point = self.space.decode_point(u)
+            key = self.space.point_key(point)
             if key in self._scores:  # evaluated before: the library learns the known score
                 self._tell_point(handle, _loss(self._scores[key]))
                 continue
@@ -124,8 +130,7 @@ class ExternalOptimizer:
                 handles[by_key[key]].append(handle)
                 continue
             origin = seed_names.get(key, self.spec)
-            params: dict[str, Any] = {"d_rcd": int(d)} if d is not None else {}
-            c = Candidate(self._next_id + len(batch), lam, self.generation, origin, params)
+            c = Candidate.from_point(self._next_id + len(batch), point, self.generation, origin)
             stale = 0
             batch.append(c)
             handles[c.id] = [handle]
@@ -139,17 +144,19 @@ class ExternalOptimizer:
         if self._pending is None:
             raise RuntimeError("tell() without a pending ask()")
         pairs = match_results(self._pending, results)
-        for c, score in pairs:
-            self._scores[self.space.key(c.lam)] = score
+        for c, r in pairs:
+            score = r.score
+            self._scores[self.space.point_key(c.point())] = score
+            self.spent += r.cost
             for handle in self._handles[c.id]:
-                self._tell_point(handle, _loss(score))
-            if math.isfinite(score) and (self._best is None or score < self._best[1]):
-                self._best = (Candidate(c.id, c.lam.copy(), c.generation, c.origin, dict(c.params)), score)
+                self._tell_point(handle, _loss(score))  # a censored score is a lower bound above the bar
+            if math.isfinite(score) and not r.censored and (self._best is None or score < self._best[1]):
+                self._best = (c.copy(), score)
         self._next_id = max([self._next_id] + [c.id + 1 for c in self._pending])
         self._pending, self._handles = None, {}
         self._committed = self._dump()
         self.generation += 1
-        self.done = self.generation > self.budget.generations
+        self.done = not self.budget.allows_next(self.generation, self.spent)
         if not pairs:  # the library only proposes evaluated candidates: it has converged
             log.warning("%s proposes only candidates already evaluated: stopping at generation %d", self.spec, self.generation - 1)
             self.done = True
@@ -158,7 +165,7 @@ class ExternalOptimizer:
         if self._best is None:
             return None
         c, score = self._best
-        return Result(Candidate(c.id, c.lam.copy(), c.generation, c.origin, dict(c.params)), score)
+        return Result(c.copy(), score)
 
     @property
     def n_evaluated(self) -> int:
@@ -178,7 +185,7 @@ class ExternalOptimizer:
     def load_state_dict(self, d: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output; refuses the state of another optimizer, budget or space."""
         try:
-            seed, generation, done, next_id = check_state_header(self, d)
+            seed, generation, done, next_id, spent = check_state_header(self, d)
             scores = {tuple(int(x) for x in k): score_from_json(v) for k, v in d["scores"]}
             best = None
             if d["best"] is not None:
@@ -189,7 +196,7 @@ class ExternalOptimizer:
             raise
         except Exception as e:  # a damaged pickle can raise nearly anything
             raise RunError(f"the optimizer checkpoint is malformed ({type(e).__name__}: {e})") from None
-        self.seed, self.generation, self.done, self._next_id = seed, generation, done, next_id
+        self.seed, self.generation, self.done, self._next_id, self.spent = seed, generation, done, next_id, spent
         self._scores, self._best = scores, best
         self._impl, self._committed = impl, blob
         self._pending, self._handles = None, {}
