@@ -1,34 +1,47 @@
-"""Does the search find better factors than PI, NTK and YaRN, and which optimizer finds them?
+"""Search quality per cost: which space and optimizer find factors that retrieve, for how many token-forwards?
 
-On the testbed model (or ``--model``) at 8× and 16× its window (``--scales``): ``longsearch evolve``
-with each optimizer (``--optimizers``, default the GA, nevergrad TwoPointsDE and optuna TPE) at the
-same budget (``--budget``: ``paper`` = LongRoPE2's 40 generations, 1,344 evaluations; ``quick``; or a
-number of generations), then the best factors and PI / NTK / YaRN / none scored on a held-out needle set
-(another seed, same length). Reported per scale: held-out needle NLL and accuracy, the NLL on the search
-needles, and the evaluations spent.
+For each scale (``--scales``, target = scale × the window) and each search (``--configs``, written
+``SPACE/OPTIMIZER[@BUDGET][/full]``: ``/full`` turns racing off), ``longsearch evolve`` runs on the testbed
+(or ``--model``) with ``--samples`` needle documents per evaluation and the budget ``--budget`` (default
+``200evals``: 200 full evaluations' worth of token-forwards; early-stopped evaluations count for what they
+ran). Its best factors, and the best it had after ¼ and ½ of its token-forwards, are then scored by this
+script itself on two held-out needle sets the search never saw (``--heldout-samples`` documents each):
 
-Each search is an ordinary run directory under ``--runs`` (default outputs/bench-search/), so an
-interrupted benchmark continues where it stopped: run the same command again.
+* ``project``: the project's pass-key template, another seed, uniform depths, held-out prose;
+* ``foreign``: a pass key in another framing (another preamble, a shorter needle sentence), Python
+  standard-library docstrings as the haystack, needles at 10 / 30 / 50 % depth — close to how an outside
+  user would check the result. (Framings far from the testbed's training are not solved even inside its
+  window: a "secret code" framing scored 0.35 at 256 tokens with plain RoPE, this one 0.85.)
 
-    python bench/search_quality.py                                  # paper budget (hours on a 2-core CPU)
-    python bench/search_quality.py --budget 4 --samples 4           # 4 generations: a smaller budget
-    python bench/search_quality.py --scales 8 --optimizers ga --budget quick
-    python bench/search_quality.py --spaces longrope2,longrope --optimizers ga --budget 1
+Rows for PI, NTK, YaRN, plain RoPE and the two hand-made vectors of issue 9 (YaRN with λ = 1 on the first
+6 frequencies; λ = 1 on the first 5 with m = 1.45) are scored on the same sets. Cost is counted in
+token-forwards (documents actually run × tokens per document), which do not depend on the machine.
 
-Prints a table and writes it to bench/results/search_quality.md.
+    python bench/search_quality.py                                    # the default configs, 4× 8× 16×
+    python bench/search_quality.py --scales 4 --configs hybrid/ga,hybrid/random --budget 100evals
+    python bench/search_quality.py --scales 4 --configs hybrid/ga@paper/full   # the paper budget, full scoring
+
+Each search is an ordinary run directory under ``--runs`` (an interrupted benchmark continues where it
+stopped); held-out scores are cached beside it. Prints a table and writes bench/results/search_quality.md,
+search_quality.json and search_quality.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import json
 import math
 import os
 import platform
 import shutil
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -37,97 +50,295 @@ from longsearch.lengths import format_length  # noqa: E402
 
 from _report import emit_table  # noqa: E402
 
+DEFAULT_CONFIGS = ("hybrid/ga,hybrid/random,longrope2/ga,longrope/ga,yarn/nevergrad:CMA,hybrid/nevergrad:CMA,"
+                   "hybrid/nevergrad:TwoPointsDE,hybrid/optuna:TPE")
+FOREIGN_TEMPLATE = "passkey-other-framing"
 
-def run_one(model: str | None, target: int, space: str, optimizer: str, budget: str, samples: int, seed: int,
-            workers: int | None, runs: Path):
-    from longsearch.evolve import EvolveOptions, default_out, run_evolve
 
-    out = runs / default_out(model, target, space, optimizer, seed).name / f"b{budget}-n{samples}"
-    opts = EvolveOptions(model=model, target=target, space=space, budget=budget, optimizer=optimizer,
-                         samples=samples, seed=seed, workers=workers, out=out)
+# ---------------------------------------------------------------- held-out needle sets
+
+
+def stdlib_docstrings(max_chars: int = 3_000_000) -> str:
+    """Docstrings of the Python standard library (modules, classes, functions), as paragraphs: a haystack
+    that is on every machine with Python and that the testbed never saw."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    parts: list[str] = []
+    total = 0
+    for path in sorted(root.glob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, OSError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and len(doc) > 80:
+                    text = " ".join(doc.split())
+                    if text.isascii():
+                        parts.append(text)
+                        total += len(text)
+        if total > max_chars:
+            break
+    return "\n\n".join(parts)
+
+
+def register_foreign_template() -> None:
+    from longsearch.needles import TEMPLATES, Template
+
+    TEMPLATES[FOREIGN_TEMPLATE] = Template(
+        FOREIGN_TEMPLATE,
+        preamble="Find the pass key in the text below.",
+        needle="The pass key is {value}.",
+        question="What is the pass key? The pass key is ",
+        value_digits=5,
+        keyed=False,
+        description="bench only: a pass key in another framing",
+    )
+
+
+def heldout_sets(tokenizer, length: int, n: int, cache: Path) -> dict:
+    from longsearch.needles import build_needle_set, load_needle_set
+
+    sets = {}
+    for name in ("project", "foreign"):
+        d = cache / f"{name}-{length}-{n}"
+        if (d / "manifest.json").is_file():
+            sets[name] = load_needle_set(d, tokenizer=tokenizer, length=length)
+            continue
+        if name == "project":
+            ns = build_needle_set(tokenizer, length, n, template="passkey", seed=4242, depths="uniform", haystack="heldout")
+        else:
+            hay = cache / "stdlib-docstrings.txt"
+            if not hay.is_file():
+                hay.parent.mkdir(parents=True, exist_ok=True)
+                hay.write_text(stdlib_docstrings())
+            ns = build_needle_set(tokenizer, length, n, template=FOREIGN_TEMPLATE, seed=777, depths=[0.1, 0.3, 0.5],
+                                  haystack=[str(hay)])
+        ns.save(d)
+        sets[name] = ns
+    return sets
+
+
+def hand_made(geometry, target: int) -> dict:
+    from longsearch.rope import Rescale, rescale
+
+    y = rescale("yarn", geometry, target)
+    a = y.lam.copy()
+    a[:6] = 1.0
+    b = y.lam.copy()
+    b[:5] = 1.0
+    return {"hand: YaRN, λ=1 on first 6": Rescale(a, y.m), "hand: λ=1 on first 5, m=1.45": Rescale(b, 1.45)}
+
+
+# ---------------------------------------------------------------- one search
+
+
+def parse_config(text: str, default_budget: str) -> tuple[str, str, str, bool]:
+    parts = text.strip().split("/")
+    if len(parts) < 2:
+        raise SystemExit(f"config {text!r}: write SPACE/OPTIMIZER[@BUDGET][/full]")
+    space, opt = parts[0], parts[1]
+    full = len(parts) > 2 and parts[2] == "full"
+    budget = default_budget
+    if "@" in opt:
+        opt, budget = opt.split("@", 1)
+    return space, opt, budget, full
+
+
+def run_search(model, target, space, opt, budget, full, samples, seed, workers, runs: Path):
+    from longsearch.evolve import EvolveOptions, run_evolve
+
+    name = f"{space}-{opt.replace(':', '-')}-{budget}{'-full' if full else ''}-n{samples}-s{seed}"
+    out = runs / f"{format_length(target)}" / name
+    if (out / "final-bench.json").is_file():
+        return out, json.loads((out / "final-bench.json").read_text())["minutes"]
+    opts = EvolveOptions(model=model, target=target, space=space, budget=budget, optimizer=opt, samples=samples,
+                         seed=seed, workers=workers, out=out, heldout=False, racing=not full, template="passkey",
+                         depths="uniform")
     if (out / "config.json").exists():
-        opts = EvolveOptions(resume=out, workers=workers)
+        opts = EvolveOptions(resume=out, workers=workers, heldout=False)
     t0 = time.perf_counter()
-    result = run_evolve(opts)
-    return result, time.perf_counter() - t0
+    run_evolve(opts)
+    minutes = (time.perf_counter() - t0) / 60
+    (out / "final-bench.json").write_text(json.dumps({"minutes": minutes}))
+    return out, minutes
+
+
+def trajectory(run: Path) -> tuple[list[dict], int, int]:
+    """Per generation: token-forwards of the search so far (candidates only) and the best candidate's record."""
+    from longsearch.runs import RunStore
+
+    store = RunStore(run)
+    records = store.read_journal().records
+    cands = {r.id: r for r in records if r.kind == "candidate"}
+    ckpts = store.checkpoints()
+    history = json.loads(ckpts[-1][1].read_text())["history"] if ckpts else []
+    out = []
+    tf = 0
+    by_gen: dict[int, int] = {}
+    for r in cands.values():
+        by_gen[r.generation] = by_gen.get(r.generation, 0) + (r.token_forwards or 0)
+    for h in history:
+        tf += by_gen.get(int(h["generation"]), 0)
+        if h.get("best_id") is not None:
+            out.append({"generation": int(h["generation"]), "token_forwards": tf, "best": cands[int(h["best_id"])]})
+    return out, tf, len(cands)
+
+
+# ---------------------------------------------------------------- main
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model directory or hub id (default: the testbed)")
-    ap.add_argument("--scales", default="8,16", help="comma-separated extension ratios (target = ratio × window)")
-    ap.add_argument("--optimizers", default="ga,nevergrad:TwoPointsDE,optuna:TPE")
-    ap.add_argument("--spaces", default="longrope2", help="comma-separated search spaces (presets or YAML files)")
-    ap.add_argument("--budget", default="paper", help="paper (default), quick, or a number of generations")
+    ap.add_argument("--scales", default="4,8,16")
+    ap.add_argument("--configs", default=DEFAULT_CONFIGS, help="SPACE/OPTIMIZER[@BUDGET][/full], comma-separated")
+    ap.add_argument("--budget", default="200evals")
     ap.add_argument("--samples", type=int, default=8, help="needle documents per evaluation")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workers", type=int, default=None)
-    ap.add_argument("--runs", default="outputs/bench-search", help="where the run directories go")
+    ap.add_argument("--heldout-samples", type=int, default=40)
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--runs", default="outputs/bench-search")
     ap.add_argument("--out", default=str(HERE / "results" / "search_quality.md"))
     args = ap.parse_args()
 
     import ray
+    import torch
     from rich.console import Console
 
-    from longsearch.evolve import load_model_info
+    from longsearch.models import load_model
+    from longsearch.rope import Rescale, rescale
+    from longsearch.scoring import score
 
     console = Console()
-    geometry, _ = load_model_info(args.model)
-    optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
+    register_foreign_template()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1)))
+    lm = load_model(args.model, device="cpu", dtype="float32")
+    g = lm.geometry
     scales = [int(s) for s in args.scales.split(",") if s.strip()]
-    spaces = [s.strip() for s in args.spaces.split(",") if s.strip()]
+    configs = [parse_config(c, args.budget) for c in args.configs.split(",") if c.strip()]
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     runs = Path(args.runs)
+    json_out = Path(args.out).with_suffix(".json")
+    results = json.loads(json_out.read_text()) if json_out.is_file() else {}
     temp = tempfile.mkdtemp(prefix="lsbench-", dir="/tmp")
     ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False, _temp_dir=temp,
-             object_store_memory=256 * 1024 * 1024, logging_level="ERROR")  # one Ray for every search
-    rows: list[list[str]] = []
+             object_store_memory=256 * 1024 * 1024, logging_level="ERROR")
+
+    def held(sets, r: Rescale, cache: dict, key: str) -> dict:
+        if key in cache:
+            return cache[key]
+        out = {}
+        for name, ns in sets.items():
+            s = score(lm, ns, r, target_length=ns.length)
+            out[name] = {"nll": s.nll, "accuracy": s.accuracy}
+        cache[key] = out
+        return out
+
     try:
         for scale in scales:
-            target = geometry.original_length * scale
-            baselines_done = False
-            for space, opt in [(sp, o) for sp in spaces for o in optimizers]:
-                console.print(f"{format_length(target)} ({scale}×): {space} space, {opt}, budget {args.budget} …")
-                result, seconds = run_one(args.model, target, space, opt, args.budget, args.samples, args.seed,
-                                          args.workers, runs)
-                for r in result.heldout:
-                    if r.name == "longsearch":
-                        name = f"longsearch {space} {opt}"
-                        evals = str(sum(1 for _ in _candidates(result.run_dir)))
-                    elif baselines_done:
-                        continue
-                    else:
-                        name, evals = r.name, "-"
-                    rows.append([f"{scale}× ({format_length(target)})", name, _f(r.nll), _pct(r.accuracy), _f(r.search_nll),
-                                 evals, f"{seconds / 60:.1f}" if r.name == "longsearch" else "-"])
-                baselines_done = True
+            target = g.original_length * scale
+            sets = heldout_sets(lm.tokenizer, target, args.heldout_samples, runs / "heldout")
+            res = results.setdefault(str(scale), {"baselines": {}, "searches": {}})
+            for name in ("none", "pi", "ntk", "yarn"):
+                held(sets, rescale(name, g, target), res["baselines"], name)
+            for name, r in hand_made(g, target).items():
+                held(sets, r, res["baselines"], name)
+            json_out.write_text(json.dumps(results, indent=1))
+            for space, opt, budget, full in configs:
+                for seed in seeds:
+                    label = f"{space}/{opt}@{budget}{'/full' if full else ''}"
+                    console.print(f"{format_length(target)} ({scale}×): {label}, seed {seed} …")
+                    run, minutes = run_search(args.model, target, space, opt, budget, full, args.samples, seed,
+                                              args.workers, runs)
+                    traj, tf, n_evals = trajectory(run)
+                    entry = res["searches"].setdefault(f"{label}#s{seed}", {})
+                    entry.update({"space": space, "optimizer": opt, "budget": budget, "racing": not full, "seed": seed,
+                                  "token_forwards": tf, "evaluations": n_evals, "minutes": minutes,
+                                  "evals_worth": tf / (args.samples * target), "run": str(run)})
+                    cache = entry.setdefault("heldout", {})
+                    points = []
+                    for frac in (0.25, 0.5, 1.0):
+                        upto = [t for t in traj if t["token_forwards"] <= frac * tf + 1e-9] or traj[:1]
+                        rec = upto[-1]["best"]
+                        h = held(sets, Rescale(np.asarray(rec.lam), rec.m), cache, f"c{rec.id}")
+                        points.append({"fraction": frac, "token_forwards": upto[-1]["token_forwards"], "id": rec.id,
+                                       "search_nll": rec.score, **{k: v for k, v in h.items()}})
+                    entry["curve"] = points
+                    best = traj[-1]["best"]
+                    entry["best"] = {"id": best.id, "search_nll": best.score, "m": best.m, "params": best.params,
+                                     "lam": best.lam}
+                    json_out.write_text(json.dumps(results, indent=1))
     finally:
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+    report(results, args, g, console)
 
-    headers = ["scale", "method", "held-out NLL", "held-out accuracy", "search NLL", "evaluations", "minutes"]
+
+def report(results: dict, args, g, console) -> None:
+    headers = ["scale", "method", "project acc · NLL", "foreign acc · NLL", "search NLL", "evals", "token-forwards",
+               "evals' worth", "min"]
+    rows = []
+    for scale, res in sorted(results.items(), key=lambda kv: int(kv[0])):
+        target = g.original_length * int(scale)
+        for name, h in res["baselines"].items():
+            rows.append([f"{scale}× ({format_length(target)})", name, _cell(h["project"]), _cell(h["foreign"]), "-", "-",
+                         "-", "-", "-"])
+        for label, e in res["searches"].items():
+            if "curve" not in e:
+                continue
+            last = e["curve"][-1]
+            rows.append([f"{scale}× ({format_length(target)})", label, _cell(last["project"]), _cell(last["foreign"]),
+                         f"{e['best']['search_nll']:.3f}", str(e["evaluations"]), f"{e['token_forwards'] / 1e6:.1f} M",
+                         f"{e['evals_worth']:.0f}", f"{e['minutes']:.1f}"])
     emit_table(
-        console, f"search quality: {args.model or 'testbed'}, budget {args.budget}, {args.samples} needles", headers, rows,
-        [f"Machine: {platform.machine()}, {os.cpu_count()} cores; model: {args.model or 'testbed'} (window "
-         f"{geometry.original_length}, rotary dim {geometry.rotary_dim}, base {geometry.base:g}); budget {args.budget}; "
-         f"{args.samples} needle documents per evaluation (search seed {args.seed}, held-out seed {args.seed + 1000})."],
-        ["held-out NLL / accuracy: mean answer-token NLL and exact-answer accuracy on a needle set built with another "
-         "seed; search NLL: the same on the search needles. Every optimizer gets the same number of evaluations."],
+        console, f"search quality per cost: {args.model or 'testbed'}", headers, rows,
+        [f"Machine: {platform.machine()}, {os.cpu_count()} cores, {args.workers} workers; model {args.model or 'testbed'} "
+         f"(window {g.original_length}, rotary dim {g.rotary_dim}, base {g.base:g}); {args.samples} needle documents per "
+         f"evaluation (pass key, uniform depths); held-out: {args.heldout_samples} documents per set."],
+        ["acc · NLL: exact-answer accuracy and answer-token NLL of the best factors on the held-out sets (project: pass key, "
+         "another seed, uniform depths; foreign: another pass-key framing, Python stdlib docstrings, depths 10/30/50 %; "
+         "plain RoPE solves it at 0.85 inside the window). "
+         "evals: evaluations journaled; token-forwards: documents run × tokens (candidates only); evals' worth = "
+         "token-forwards / (documents per evaluation × length)."],
         args.out, left=("method",),
     )
+    plot(results, Path(args.out).with_suffix(".png"))
 
 
-def _candidates(run_dir: Path):
-    from longsearch.runs import RunStore
-
-    return (r for r in RunStore(run_dir).read_journal().records if r.kind == "candidate")
+def _cell(h: dict) -> str:
+    return f"{h['accuracy']:.2f} · {h['nll']:.2f}"
 
 
-def _f(x) -> str:
-    return "-" if x is None or not math.isfinite(x) else f"{x:.4f}"
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
 
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-def _pct(x) -> str:
-    return "-" if x is None else f"{x:.0%}"
+    scales = sorted(results, key=int)
+    fig, axes = plt.subplots(1, len(scales), figsize=(5.2 * len(scales), 4.2), squeeze=False)
+    for ax, scale in zip(axes[0], scales):
+        res = results[scale]
+        for label, e in res["searches"].items():
+            if "curve" not in e:
+                continue
+            xs = [p["token_forwards"] / 1e6 for p in e["curve"]]
+            ys = [p["project"]["accuracy"] for p in e["curve"]]
+            ax.plot(xs, ys, marker="o", label=label.split("#")[0])
+        for name, h in res["baselines"].items():
+            if name in ("yarn",) or name.startswith("hand"):
+                ax.axhline(h["project"]["accuracy"], linestyle="--", linewidth=0.8, color="gray")
+                ax.text(0, h["project"]["accuracy"], " " + name, fontsize=7, va="bottom", color="gray")
+        ax.set_title(f"{scale}× the window")
+        ax.set_xlabel("token-forwards spent (millions)")
+        ax.set_ylabel("held-out accuracy (project set)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -80,6 +80,8 @@ class EvolveOptions:
     task_timeout: float | None = None
     heldout: bool = True
     racing: bool | None = None  # None: the default (on), or the run's own setting on resume
+    template: str | None = None  # needle template of the search (default passkey)
+    depths: str | None = None  # needle depths (default uniform)
 
 
 @dataclass
@@ -217,10 +219,11 @@ def _fingerprint_dir(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _build_needles(tokenizer: Any, length: int, samples: int, seed: int) -> Any:
+def _build_needles(tokenizer: Any, length: int, samples: int, seed: int, template: str = "passkey",
+                   depths: str | None = "uniform") -> Any:
     from .needles import build_needle_set
 
-    return build_needle_set(tokenizer, length, samples, seed=seed)
+    return build_needle_set(tokenizer, length, samples, template=template, seed=seed, depths=depths)
 
 
 def prepare(opts: EvolveOptions) -> PreparedRun:
@@ -256,7 +259,7 @@ def prepare(opts: EvolveOptions) -> PreparedRun:
             f"{out} already holds a run: continue it with `longsearch evolve --resume {out}`, choose another --out, "
             "or pass --force to start over"
         )
-    needles = _build_needles(tokenizer, target, samples, seed)
+    needles = _build_needles(tokenizer, target, samples, seed, opts.template or "passkey", opts.depths or "uniform")
     config = RunConfig(
         model=model,
         model_name=model_short_name(model),

@@ -91,6 +91,9 @@ ALLOWED_KEYS = {
 }
 # Seeds the spaces know: every static baseline of rope.py, plus LongRoPE2's NTK-shaped vectors.
 NTK_SHAPED = "ntk-shaped"
+# hybrid: YaRN's ramp (its high index, its m) with the head kept exact ¼, ½ and ¾ of the way from YaRN's
+# low index to its high index.
+YARN_RAMPS = "yarn-ramps"
 _EPS = 1e-9
 
 
@@ -355,13 +358,16 @@ class SearchSpace:
             seeds = [seeds]
         if not isinstance(seeds, list) or not seeds or not all(isinstance(x, str) for x in seeds):
             raise InputError(f"{where}seeds must be a non-empty list of names (pi, ntk, yarn, llama3, ntk-shaped)")
-        known = [b for b in baseline_names() if not get_method(b).dynamic] + [NTK_SHAPED]
+        known = [b for b in baseline_names() if not get_method(b).dynamic] + [NTK_SHAPED, YARN_RAMPS]
         seed_names: list[str] = []
         for x in seeds:
             key = x.strip().lower()
             if key == NTK_SHAPED:
                 if kind not in STRUCTURED_KINDS:
                     raise InputError(f"{where}seed 'ntk-shaped' needs kind longrope2 or hybrid (it is shaped by the critical index)")
+            elif key == YARN_RAMPS:
+                if kind != "hybrid":
+                    raise InputError(f"{where}seed 'yarn-ramps' needs kind hybrid (it keeps part of the head exact)")
             else:
                 try:
                     method = get_method(key)
@@ -673,6 +679,14 @@ class SearchSpace:
             return [("yarn", self.make_point(None, r.m, beta_fast=32.0, beta_slow=1.0))]
         longrope_m = attention_factor("longrope", self.scale, self.geometry.original_length)
         for name in self.seed_names:
+            if name == YARN_RAMPS:
+                y = self._fit_hybrid(rescale("yarn", self.geometry, self.target_length).lam, 1.0)
+                low, high = int(y.params["head_start"]), int(y.params["d_rcd"])
+                r = rescale("yarn", self.geometry, self.target_length)
+                for a in sorted({low + (high - low) * k // 4 for k in (1, 2, 3)} - {low}):
+                    p = self.make_point(y.lam, r.m, d_rcd=high, head_start=a, head_shape=0.0)
+                    out.append((f"{YARN_RAMPS}@{a}", p))
+                continue
             if name == NTK_SHAPED:
                 lo = critical_index_lower(self.geometry) if self.kind == "hybrid" else self.critical_range[0]  # type: ignore[index]
                 hi = theoretical_critical_index(self.geometry) if self.kind == "hybrid" else self.critical_range[1]  # type: ignore[index]
@@ -829,11 +843,14 @@ class SearchSpace:
             elif op == "segment":
                 i = int(rng.integers(start, self.n_freq))
                 j = int(rng.integers(i, self.n_freq))
+                before = float(lam[i])
                 if rng.random() < 0.5:
                     lam[i : j + 1] *= math.exp(rng.normal(0.0, 0.15))
                 else:
                     lam[i : j + 1] += rng.normal(0.0, 0.08) * (self.upper - self.lower)
                 lam = np.maximum(lam, 1e-6)
+                if self.monotone and lam[i] < before:  # lowered: pull the values before it down with it
+                    lam[start : j + 1] = np.minimum.accumulate(lam[start : j + 1][::-1])[::-1]
             elif op == "critical":
                 lo, hi = self.critical_range  # type: ignore[misc]
                 delta = int(rng.choice([-3, -2, -1, 1, 2, 3]))

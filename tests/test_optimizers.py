@@ -369,3 +369,95 @@ def test_n_mutated_seeds_caps_the_mutations_and_fills_with_random_points(tmp_pat
     n_seeds = len(sp.seeds())
     assert origins == list(sp.seeds()) + ["mutation"] * 3 + ["random"] * (SMALL.population - n_seeds - 3)
     assert all(sp.contains(c.lam) for c in batch)
+
+
+# ---------------------------------------------------------------- racing, budgets in evaluations, random search
+
+N_DOCS = 8
+
+
+def per_doc_objective(target: np.ndarray, m_target: float):
+    """A score that is a mean over N_DOCS non-negative per-document terms, as the needle NLL is."""
+    def docs(c) -> list[float]:
+        base = float(np.sum((np.log(c.lam) - np.log(target)) ** 2)) + (c.m - m_target) ** 2
+        return [base * (0.5 + k / N_DOCS) for k in range(N_DOCS)]
+    return docs
+
+
+def evaluate(c, docs, bar: float) -> Result:
+    """Score document by document in a fixed order; stop once the mean cannot end below ``bar`` (the scorer's rule)."""
+    values = docs(c)
+    done: list[float] = []
+    for v in values:
+        if done and math.fsum(done) / N_DOCS >= bar:
+            return Result(c, math.fsum(done) / N_DOCS, len(done) / N_DOCS, True)
+        done.append(v)
+    return Result(c, float(np.mean(values)), 1.0, False)
+
+
+def drive(opt, docs, racing: bool):
+    asked = []
+    while not opt.done:
+        batch = opt.ask()
+        bar = opt.race_bar() if racing else math.inf
+        asked.append([(c.id, c.lam.tolist(), c.m) for c in batch])
+        opt.tell([evaluate(c, docs, bar) for c in batch])
+    return asked
+
+
+@pytest.mark.parametrize("spec", ["ga", "random"])
+@pytest.mark.parametrize("space_name", ["hybrid", "longrope2"])
+def test_racing_gives_the_same_search_for_fewer_token_forwards(spec, space_name):
+    sp = SearchSpace.load(space_name, TESTBED, 2048)
+    target = sp.seed_points()["seed:yarn" if space_name == "hybrid" else "seed:ntk+yarn"].lam.copy()
+    target[:5] = 1.0
+    docs = per_doc_objective(target, 1.4)
+    full, raced = make_optimizer(spec, sp, SMALL, 3), make_optimizer(spec, sp, SMALL, 3)
+    asked_full = drive(full, docs, racing=False)
+    asked_raced = drive(raced, docs, racing=True)
+    assert asked_full == asked_raced  # every generation asks exactly the same candidates
+    assert full.best().candidate.id == raced.best().candidate.id and full.best().score == raced.best().score
+    assert full.spent == SMALL.evaluations
+    assert raced.spent < full.spent, (raced.spent, full.spent)
+
+
+def test_censored_results_never_survive_or_become_best(space):
+    opt = GeneticOptimizer(space, SMALL, seed=0)
+    opt.tell([Result(c, 1.0 + c.id) for c in opt.ask()])
+    bar = opt.race_bar()
+    assert bar == 1.0 + max(p.candidate.id for p in opt.parents)
+    batch = opt.ask()
+    opt.tell([Result(c, bar, 0.25, True) for c in batch])  # a lower bound exactly at the bar loses the tie
+    assert {p.candidate.id for p in opt.parents} == set(range(SMALL.parents))
+    assert opt.best().candidate.id == 0 and opt.spent == SMALL.population + 0.25 * len(batch)
+
+
+def test_budget_in_evaluations_counts_what_ran():
+    b = resolve_budget("200evals")
+    assert b.max_cost == 200 and b.population == 32
+    for bad in ("10evals", "xevals", "-5evals"):
+        with pytest.raises(InputError, match="budget"):
+            resolve_budget(bad)
+    sp = SearchSpace.load("hybrid", TESTBED, 2048)
+    target = sp.seed_points()["seed:yarn"].lam
+    docs = per_doc_objective(target, 1.2)
+    for racing in (False, True):
+        opt = GeneticOptimizer(sp, "200evals", seed=0)
+        asked = drive(opt, docs, racing)
+        assert opt.spent <= 200 + 1e-9 and opt.spent > 200 - b.per_generation - 1e-9  # stops before it could exceed
+        if racing:
+            assert sum(len(x) for x in asked) > 200  # the saving buys more candidates
+        else:
+            assert sum(len(x) for x in asked) == opt.spent
+
+
+def test_random_search_starts_from_the_seeds_then_samples_uniformly():
+    sp = SearchSpace.load("hybrid", TESTBED, 2048)
+    opt = make_optimizer("random", sp, SMALL, 0)
+    batch = opt.ask()
+    seeds = list(sp.seed_points())
+    assert [c.origin for c in batch[: len(seeds)]] == seeds and all(c.origin == "random" for c in batch[len(seeds):])
+    run(opt, lambda lam: float(np.sum(np.log(lam))))
+    again = make_optimizer("random", sp, SMALL, 0)
+    again.load_state_dict(json.loads(json.dumps(opt.state_dict())))
+    assert again.done and again.best().candidate.id == opt.best().candidate.id

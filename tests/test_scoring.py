@@ -203,3 +203,28 @@ def test_softcapped_logits_follow_the_model(tok):
     ref = _reference(gemma, ns)[0]
     assert score(gemma, ns, "yarn", target_length=300).per_sample != pytest.approx(ref, abs=TOL)  # λ applies
     assert score(gemma, ns, None).per_sample == pytest.approx(ref, abs=TOL)
+
+
+# ---------------------------------------------------------------- racing
+
+
+def test_racing_stops_once_the_mean_cannot_end_below_the_bar(model, tok):
+    ns = build_needle_set(tok, 600, 6, template="passkey", seed=3, depths="uniform")
+    lm = LoadedModel(model, tok, model_geometry(model.config), "tiny", torch.device("cpu"), torch.float32)
+    spec = rescale("pi", lm.geometry, 600)
+    full = score(lm, ns, spec)
+    assert not full.censored and full.n_scored == 6
+    # a bar above the full mean: nothing to stop, the same score as without racing
+    high = score(lm, ns, spec, stop_at=full.nll * 1.01)
+    assert not high.censored and high.n_scored == 6 and high.nll == pytest.approx(full.nll, rel=1e-5)
+    # a bar below the first document's share: stopped after the first chunk (600 tokens → 3 documents per chunk)
+    first = full.per_sample[0]
+    low = score(lm, ns, spec, stop_at=first / 6 / 2)
+    assert low.censored and low.n_scored == 3
+    assert low.nll == pytest.approx(sum(full.per_sample[:3]) / 6, rel=1e-5)  # the lower bound of the mean
+    assert low.nll <= full.nll and low.nll >= first / 6 / 2
+    # the bar between: it stops exactly where the running sum / n first reaches it
+    bar = sum(full.per_sample[:4]) / 6 * 0.999
+    mid = score(lm, ns, spec, stop_at=bar, batch_size=1)
+    k = next(i for i in range(1, 7) if sum(full.per_sample[:i]) / 6 >= bar)
+    assert mid.n_scored == k and mid.censored == (k < 6)

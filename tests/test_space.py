@@ -298,3 +298,107 @@ def test_user_yaml_overrides(tmp_path):
     for lam in sp.seeds().values():
         d = sp.critical_index(lam)
         assert 28 <= d <= 30 and np.all(lam[d:] >= 20) and np.all(lam[d:] <= 24) and on_grid(lam[d:], 0.1)
+
+
+# ---------------------------------------------------------------- hybrid and yarn spaces (points with m)
+
+
+@pytest.mark.parametrize("g,t", CASES + [(RopeGeometry(128, 10000.0, 4096), 32768)])
+def test_hybrid_holds_pi_ntk_and_yarn_exactly_as_transformers_computes_them(g, t):
+    # independent reference: transformers' own rotary embeddings (linear, default with the NTK base, yarn)
+    sp = SearchSpace.load("hybrid", g, t)
+    s = t / g.original_length
+    seeds = sp.seed_points()
+    theta = rope.inv_freq(g)
+    pi = theta / hf_inv_freq(g.rotary_dim, t, {"rope_type": "linear", "rope_theta": g.base, "factor": float(s)})
+    ntk_base = g.base * s ** (g.rotary_dim / (g.rotary_dim - 2))
+    ntk = theta / hf_inv_freq(g.rotary_dim, t, {"rope_type": "default", "rope_theta": ntk_base})
+    cfg = {"rope_type": "yarn", "rope_theta": g.base, "factor": float(s), "original_max_position_embeddings": g.original_length}
+    yarn = theta / hf_inv_freq(g.rotary_dim, t, cfg)
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    yarn_m = LlamaRotaryEmbedding(LlamaConfig(hidden_size=g.rotary_dim * 2, num_attention_heads=2, head_dim=g.rotary_dim,
+                                              max_position_embeddings=t, rope_parameters=cfg)).attention_scaling
+    for name, lam, m in (("seed:pi", pi, 1.0), ("seed:ntk", ntk, 1.0), ("seed:yarn", yarn, yarn_m)):
+        p = seeds[name]
+        np.testing.assert_allclose(p.lam, lam, rtol=2e-6)
+        assert p.m == pytest.approx(m, rel=1e-6)
+        assert sp.contains_point(p)
+    assert seeds["seed:pi"].params["d_rcd"] == 0 and seeds["seed:ntk"].params["d_rcd"] == g.n_freq - 1
+
+
+def test_hybrid_head_family_by_hand():
+    g, t = TESTBED  # s = 8
+    sp = SearchSpace.load("hybrid", g, t)
+    tail = np.full(g.n_freq, 8.0)
+    # exact head: λ = 1 up to a = 3, then the harmonic (YaRN) ramp from 1 at 3 to 8 at d = 7
+    p = sp.make_point(tail, 1.3, d_rcd=7, head_start=3, head_shape=0.0)
+    expect = [1, 1, 1, 1] + [1 / ((1 - t_) + t_ / 8) for t_ in (0.25, 0.5, 0.75)]
+    np.testing.assert_allclose(p.lam[:7], expect, rtol=1e-12)
+    assert np.all(p.lam[7:] == 8.0) and p.m == 1.3
+    # NTK shape from a = 0: 8^(i/7)
+    p = sp.make_point(tail, 1.0, d_rcd=7, head_start=0, head_shape=1.0)
+    np.testing.assert_allclose(p.lam[:7], 8.0 ** (np.arange(7) / 7), rtol=1e-12)
+    # a = d: the whole head exact, then the tail
+    p = sp.make_point(tail, 1.0, d_rcd=5, head_start=5, head_shape=0.5)
+    assert np.all(p.lam[:5] == 1.0) and np.all(p.lam[5:] == 8.0)
+    # m is clipped into [1, 1 + 0.4 ln s]
+    assert sp.make_point(tail, 9.0, d_rcd=5).m == pytest.approx(1 + 0.4 * math.log(8))
+    assert sp.make_point(tail, 0.5, d_rcd=5).m == 1.0
+
+
+def test_yarn_space_is_the_yarn_family():
+    g, t = TESTBED
+    sp = SearchSpace.load("yarn", g, t)
+    assert sp.n_params == 3 and sp.searches_m
+    seed = sp.seed_points()["seed:yarn"]
+    np.testing.assert_allclose(seed.lam, rope.rescale("yarn", g, t).lam, rtol=1e-12)
+    # β_fast ≈ 9.7 keeps frequencies 0…5 exact on the 256-token window (correction index 5.0)
+    p = sp.make_point(None, 1.4, beta_fast=9.6, beta_slow=1.0)
+    assert np.all(p.lam[:6] == 1.0) and p.lam[6] > 1.0 and p.m == 1.4
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        q = sp.sample_point(rng)
+        assert 2 <= q.params["beta_fast"] <= 128 and 0.125 <= q.params["beta_slow"] <= 4
+        assert q.params["beta_slow"] < q.params["beta_fast"] and sp.contains_point(q)
+        assert sp.point_key(sp.decode_point(sp.encode_point(q))) == sp.point_key(q)
+
+
+@pytest.mark.parametrize("name", ["hybrid", "longrope2", "longrope", "yarn"])
+def test_points_round_trip_and_operators_stay_in_the_space(name):
+    g, t = TESTBED
+    sp = SearchSpace.load(name, g, t)
+    rng = np.random.default_rng(1)
+    pts = list(sp.seed_points().values()) + [sp.sample_point(rng) for _ in range(20)]
+    for p in pts:
+        assert sp.contains_point(p)
+        assert sp.point_key(sp.decode_point(sp.encode_point(p))) == sp.point_key(p)
+        for _ in range(5):
+            c = sp.mutate(p, rng)
+            assert sp.contains_point(c) and np.all(np.diff(c.lam) >= -1e-12)
+            x = sp.crossover(p, c, rng)
+            assert sp.contains_point(x)
+
+
+@pytest.mark.parametrize("name,flat", [("hybrid", "lower"), ("hybrid", "upper"), ("longrope2", "lower"), ("longrope", "upper")])
+def test_mutation_moves_the_interior_of_a_plateau(name, flat):
+    # LongRoPE's gene-wise mutation redraws λ_i between its neighbours: on a run of equal values only the ends
+    # can move. The segment moves must change values strictly inside the run.
+    g, t = TESTBED
+    sp = SearchSpace.load(name, g, t)
+    value = sp.lower if flat == "lower" else sp.upper
+    params = {"d_rcd": sp.critical_range[0]} if sp.critical_range else {}
+    if name == "hybrid":
+        params = {"d_rcd": 4, "head_start": 0, "head_shape": 0.0}
+    p = sp.make_point(np.full(g.n_freq, value), None, **params)
+    start = params.get("d_rcd", 0)
+    interior = slice(start + 2, g.n_freq - 2)
+    rng = np.random.default_rng(0)
+    moved = 0
+    for _ in range(200):
+        c = sp.mutate(p, rng)
+        assert sp.contains_point(c)
+        if c.params.get("d_rcd", 0) == start and np.any(c.lam[interior] != value):
+            moved += 1
+    assert moved >= 20, moved
