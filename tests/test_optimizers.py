@@ -219,7 +219,7 @@ def roundtrip(opt, spec: str, space: SearchSpace, budget, seed: int):
 
 @pytest.mark.parametrize("spec,budget", [("ga", SMALL), ("nevergrad:CMA", Budget(8, 4, 2, 2, 3)),
                                          ("nevergrad:TwoPointsDE", Budget(8, 4, 2, 2, 3)),
-                                         ("optuna:TPE", Budget(8, 4, 2, 2, 3))])
+                                         ("optuna:TPE", Budget(8, 4, 2, 2, 3)), ("random", Budget(8, 4, 2, 2, 3))])
 def test_killed_mid_generation_and_resumed_equals_uninterrupted(space, spec, budget):
     f = log_distance(space.repair(np.linspace(8.0, 16.0, 32), 9))
     full = run(make_optimizer(spec, space, budget, 7), f)
@@ -251,10 +251,9 @@ def test_killed_mid_generation_and_resumed_equals_uninterrupted(space, spec, bud
     full_best = ref.best()
     assert resumed.best().candidate.id == full_best.candidate.id
     np.testing.assert_array_equal(resumed.best().candidate.lam, full_best.candidate.lam)
-    # the library's pickle holds object ids and uuids; everything else must be identical
+    # the state is data only (no pickle) and identical, event history included
     a, b = resumed.state_dict(), ref.state_dict()
-    a.pop("pickle", None), b.pop("pickle", None)
-    assert a == b
+    assert "pickle" not in a and a == b
 
 
 def test_state_dict_during_a_pending_ask_is_the_state_before_it(space):
@@ -279,10 +278,25 @@ def test_load_state_dict_refuses_mismatches(space):
         GeneticOptimizer(space, SMALL, seed=0).load_state_dict(broken)
     with pytest.raises(RunError, match="optimizer state"):
         make_optimizer("optuna:TPE", space, SMALL, 0).load_state_dict(state)
-    ng_state = make_optimizer("nevergrad:OnePlusOne", space, SMALL, 0).state_dict()
-    ng_state["pickle"] = "bm90IGEgcGlja2xl"  # "not a pickle"
+    ng = make_optimizer("nevergrad:OnePlusOne", space, SMALL, 0)
+    run(ng, log_distance(space.seeds()["seed:pi"]), stop_after=1)
+    ng_state = ng.state_dict()
+    # a checkpoint holding a pickle (what earlier versions wrote) is refused before anything is unpickled
+    import base64
+    import pickle
+
+    with_pickle = dict(ng_state, pickle=base64.b64encode(pickle.dumps({"x": 1})).decode())
+    with pytest.raises(RunError, match="not plain data"):
+        make_optimizer("nevergrad:OnePlusOne", space, SMALL, 0).load_state_dict(with_pickle)
+    # a history that does not replay to the same points (another library version, an edited file) is refused
+    edited = json.loads(json.dumps(ng_state))
+    first_ask = next(i for i, e in enumerate(edited["events"]) if "ask" in e)
+    edited["events"][first_ask]["ask"] = "0" * 16
+    with pytest.raises(RunError, match="another point"):
+        make_optimizer("nevergrad:OnePlusOne", space, SMALL, 0).load_state_dict(edited)
+    broken_events = dict(ng_state, events=[{"what": 1}])
     with pytest.raises(RunError, match="malformed"):
-        make_optimizer("nevergrad:OnePlusOne", space, SMALL, 0).load_state_dict(ng_state)
+        make_optimizer("nevergrad:OnePlusOne", space, SMALL, 0).load_state_dict(broken_events)
 
 
 # ---------------------------------------------------------------- nevergrad and optuna

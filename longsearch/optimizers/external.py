@@ -8,17 +8,19 @@ Generation 0 starts from the space's seeds, so every optimizer starts where the 
 library that keeps proposing only evaluated candidates (e.g. OnePlusOne once its step size is
 below the grid) gets a short batch, and a generation with no new candidate ends the search.
 
-The library's own object is pickled after every ``tell`` (base64 inside ``state_dict``), which
-makes ``ask()`` a pure function of the state: a resumed optimizer asks exactly what the
-uninterrupted one would have.
+The state holds data only, never a pickle: the library's history as a list of events — the points
+suggested (the seeds), each ask (a digest of the point it returned) and each tell (which ask, what
+loss). A resumed optimizer builds a fresh library object with the same seed and replays the events,
+checking that every ask returns the point it returned the first time, so it asks exactly what the
+uninterrupted one would have; a checkpoint that holds anything else (such as an older pickle) is
+refused, because unpickling a file someone sent you runs their code.
 """
 
 from __future__ import annotations
 
-import base64
+import hashlib
 import logging
 import math
-import pickle
 from typing import Any
 
 import numpy as np
@@ -64,9 +66,11 @@ class ExternalOptimizer:
         self._scores: dict[tuple[int, ...], float] = {}
         self._best: tuple[Candidate, float] | None = None
         self._pending: list[Candidate] | None = None
-        self._handles: dict[int, list[Any]] = {}
+        self._handles: dict[int, list[tuple[Any, int]]] = {}
+        self._events: list[dict[str, Any]] = []  # committed history: suggest / ask / tell
+        self._pending_events: list[dict[str, Any]] = []
+        self._asks: list[Any] = []  # the library's handle of every ask so far (index = ask number)
         self._impl = self._create()
-        self._committed = self._dump()
 
     # ------------------------------------------------------------ hooks for subclasses
 
@@ -84,11 +88,42 @@ class ExternalOptimizer:
         """Make the library's next ask return ``u`` (used for the seeds)."""
         raise NotImplementedError
 
-    def _dump(self) -> bytes:
-        return pickle.dumps(self._impl, protocol=pickle.HIGHEST_PROTOCOL)
+    # ------------------------------------------------------------ history: what the state holds instead of a pickle
 
-    def _load(self, blob: bytes) -> Any:
-        return pickle.loads(blob)
+    def _do_suggest(self, u: np.ndarray) -> None:
+        self._suggest(u)
+        self._pending_events.append({"suggest": [float(x) for x in u]})
+
+    def _do_ask(self) -> tuple[Any, np.ndarray, int]:
+        handle, u = self._ask_point()
+        self._asks.append(handle)
+        self._pending_events.append({"ask": _digest(u)})
+        return handle, u, len(self._asks) - 1
+
+    def _do_tell(self, index: int, loss: float) -> None:
+        self._tell_point(self._asks[index], loss)
+        self._pending_events.append({"tell": [int(index), float(loss)]})
+
+    def _replay(self, events: list[dict[str, Any]]) -> None:
+        """A fresh library object with the same seed, brought to the state the events describe."""
+        self._impl = self._create()
+        self._asks = []
+        for e in events:
+            if "suggest" in e:
+                self._suggest(np.asarray(e["suggest"], dtype=np.float64))
+            elif "ask" in e:
+                handle, u = self._ask_point()
+                if _digest(u) != e["ask"]:
+                    raise RunError(
+                        f"replaying the {self.spec} history gave another point at ask {len(self._asks)}: the checkpoint "
+                        "was written with another version of the library; resume with the version that wrote it"
+                    )
+                self._asks.append(handle)
+            elif "tell" in e:
+                index, loss = e["tell"]
+                self._tell_point(self._asks[int(index)], float(loss))
+            else:
+                raise ValueError(f"unknown event {sorted(e)}")
 
     # ------------------------------------------------------------ ask / tell
 
@@ -97,7 +132,6 @@ class ExternalOptimizer:
         if self.done:
             return []
         if self._pending is None:
-            self._impl = self._load(self._committed)  # ask from the committed state only
             self._pending, self._handles = self._make_batch()
         return [c.copy() for c in self._pending]
 
@@ -105,35 +139,35 @@ class ExternalOptimizer:
         """The ``parents``-th best score so far (+inf before that many): a candidate above it does not matter."""
         return math.inf if self.generation == 0 else kth_best(list(self._scores.values()), self.budget.parents)
 
-    def _make_batch(self) -> tuple[list[Candidate], dict[int, list[Any]]]:
+    def _make_batch(self) -> tuple[list[Candidate], dict[int, list[tuple[Any, int]]]]:
         size = self.budget.batch_size(self.generation)
         batch: list[Candidate] = []
-        handles: dict[int, list[Any]] = {}
+        handles: dict[int, list[tuple[Any, int]]] = {}
         by_key: dict[tuple[int, ...], int] = {}
         seed_names: dict[tuple[int, ...], str] = {}
         if self.generation == 0:
             seeds = list(self.space.seed_points().items())[:size]
             for name, point in reversed(seeds) if self.suggestions_lifo else seeds:
-                self._suggest(self.space.encode_point(point))
+                self._do_suggest(self.space.encode_point(point))
             seed_names = {self.space.point_key(point): name for name, point in seeds}
         tries = stale = 0
         while len(batch) < size and tries < size * ASK_TRIES_PER_CANDIDATE and stale < STALE_ASKS:
             tries += 1
             stale += 1
-            handle, u = self._ask_point()
+            handle, u, index = self._do_ask()
             point = self.space.decode_point(u)
             key = self.space.point_key(point)
             if key in self._scores:  # evaluated before: the library learns the known score
-                self._tell_point(handle, _loss(self._scores[key]))
+                self._do_tell(index, _loss(self._scores[key]))
                 continue
             if key in by_key:  # the same candidate twice in this batch: told together
-                handles[by_key[key]].append(handle)
+                handles[by_key[key]].append((handle, index))
                 continue
             origin = seed_names.get(key, self.spec)
             c = Candidate.from_point(self._next_id + len(batch), point, self.generation, origin)
             stale = 0
             batch.append(c)
-            handles[c.id] = [handle]
+            handles[c.id] = [(handle, index)]
             by_key[key] = c.id
         if len(batch) < size:
             log.warning("%s found only %d new candidates of %d in generation %d", self.spec, len(batch), size, self.generation)
@@ -148,13 +182,14 @@ class ExternalOptimizer:
             score = r.score
             self._scores[self.space.point_key(c.point())] = score
             self.spent += r.cost
-            for handle in self._handles[c.id]:
-                self._tell_point(handle, _loss(score))  # a censored score is a lower bound above the bar
+            for _, index in self._handles[c.id]:
+                self._do_tell(index, _loss(score))  # a censored score is a lower bound above the bar
             if math.isfinite(score) and not r.censored and (self._best is None or score < self._best[1]):
                 self._best = (c.copy(), score)
         self._next_id = max([self._next_id] + [c.id + 1 for c in self._pending])
         self._pending, self._handles = None, {}
-        self._committed = self._dump()
+        self._events.extend(self._pending_events)
+        self._pending_events = []
         self.generation += 1
         self.done = not self.budget.allows_next(self.generation, self.spent)
         if not pairs:  # the library only proposes evaluated candidates: it has converged
@@ -174,33 +209,42 @@ class ExternalOptimizer:
     # ------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-serializable state after the last tell; the library object is a base64 pickle."""
+        """JSON-serializable state after the last tell: data only (the library's history as events, no pickle)."""
         return {
             **state_header(self),
             "scores": [[list(k), score_to_json(v)] for k, v in sorted(self._scores.items())],
             "best": None if self._best is None else {"candidate": self._best[0].to_dict(), "score": self._best[1]},
-            "pickle": base64.b64encode(self._committed).decode("ascii"),
+            "events": [dict(e) for e in self._events],
         }
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output; refuses the state of another optimizer, budget or space."""
         try:
             seed, generation, done, next_id, spent = check_state_header(self, d)
+            if "pickle" in d or not isinstance(d.get("events"), list):
+                raise RunError("the optimizer checkpoint is not plain data (it holds a pickle or no event history): "
+                               "longsearch refuses to run code from a checkpoint; start a new run")
             scores = {tuple(int(x) for x in k): score_from_json(v) for k, v in d["scores"]}
             best = None
             if d["best"] is not None:
                 best = (Candidate.from_dict(d["best"]["candidate"]), float(d["best"]["score"]))
-            blob = base64.b64decode(d["pickle"].encode("ascii"), validate=True)
-            impl = self._load(blob)
+            events = [dict(e) for e in d["events"]]
+            self.seed = seed
+            self._replay(events)
         except RunError:
             raise
-        except Exception as e:  # a damaged pickle can raise nearly anything
+        except Exception as e:  # malformed events, wrong types
             raise RunError(f"the optimizer checkpoint is malformed ({type(e).__name__}: {e})") from None
         self.seed, self.generation, self.done, self._next_id, self.spent = seed, generation, done, next_id, spent
         self._scores, self._best = scores, best
-        self._impl, self._committed = impl, blob
+        self._events, self._pending_events = events, []
         self._pending, self._handles = None, {}
 
 
 def _loss(score: float) -> float:
     return score if math.isfinite(score) else FAILED_LOSS
+
+
+def _digest(u: np.ndarray) -> str:
+    """A short fingerprint of a point the library proposed (exact float64 bytes)."""
+    return hashlib.sha256(np.ascontiguousarray(u, dtype=np.float64).tobytes()).hexdigest()[:16]

@@ -3,7 +3,7 @@
 Each candidate is an optuna trial with one float parameter ``u{j}`` ∈ [0, 1] per unit-cube
 coordinate of the space (d_rcd first for longrope2), decoded and repaired by the space; see
 :mod:`longsearch.optimizers.external` for deduplication, seeds and state. The study (in-memory
-storage and its seeded sampler) is pickled after every tell. optuna's own logging is kept at
+storage and its seeded sampler) is rebuilt on resume by replaying its history (no pickle). optuna's own logging is kept at
 warnings.
 
 >>> from longsearch.rope import RopeGeometry
