@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 BASELINE_METHODS = ("none", "pi", "ntk", "yarn")
 DEFAULTS = {"space": "hybrid", "budget": "quick", "optimizer": "ga", "samples": 8, "seed": 0}
 HELDOUT_SEED_OFFSET = 1000
+#: A failed evaluation is retried when the run is resumed, until it has failed this many times in all.
+MAX_FAILED_ATTEMPTS = 3
 
 
 # ---------------------------------------------------------------- options and records
@@ -357,6 +359,7 @@ def _record(outcome: ScoreOutcome, length: int, **fields_: Any) -> JournalRecord
         attempts=outcome.attempts,
         error=outcome.error,
         censored=bool(outcome.censored),
+        failed=not math.isfinite(outcome.nll),
         docs=docs,
         token_forwards=None if docs is None else int(docs) * int(length),
         **fields_,
@@ -409,8 +412,10 @@ def search(run: PreparedRun, pool: WorkerPool, reporter: EvolveReporter) -> tupl
     """
     store, opt = run.store, run.optimizer
     journal = run.journal.candidates()
+    failures = run.journal.failures()
     baselines = baseline_factors(run.geometry, run.config.target_length)
-    baseline_scores = {n: r.score for n, r in run.journal.baselines().items() if n in baselines}
+    baseline_scores = {n: r.score for n, r in run.journal.baselines().items() if n in baselines
+                       and (not r.failed or failures.get(("baseline", n), 0) >= MAX_FAILED_ATTEMPTS)}
     history: list[dict[str, Any]] = list((run.checkpoint or {}).get("history", []))
     racing = run.config.racing
     n_docs = len(run.needles.samples)
@@ -422,7 +427,7 @@ def search(run: PreparedRun, pool: WorkerPool, reporter: EvolveReporter) -> tupl
         generation = opt.generation
         batch = opt.ask()
         bar = opt.race_bar() if racing else math.inf
-        results = _reuse_from_journal(batch, journal, store, n_docs)
+        results = _reuse_from_journal(batch, journal, failures, store, n_docs)
         by_key = {f"c{c.id}": c for c in batch if c.id not in results}
         tasks = [ScoreTask(key, c.lam, c.m, bar=bar) for key, c in by_key.items()]
         tasks += [ScoreTask(f"b:{name}", f.long_factor, f.attention_factor) for name, f in baselines.items()
@@ -464,12 +469,16 @@ def search(run: PreparedRun, pool: WorkerPool, reporter: EvolveReporter) -> tupl
     return baseline_scores, history
 
 
-def _reuse_from_journal(batch: list[Any], journal: dict[int, JournalRecord], store: RunStore, n_docs: int) -> dict[int, Any]:
-    """Results the journal already holds for this batch (a resumed run re-evaluates nothing)."""
+def _reuse_from_journal(batch: list[Any], journal: dict[int, JournalRecord], failures: dict, store: RunStore,
+                        n_docs: int) -> dict[int, Any]:
+    """Results the journal already holds for this batch (a resumed run re-evaluates nothing it scored).
+
+    A failed evaluation is a state, not a score: it is evaluated again, until it has failed
+    :data:`MAX_FAILED_ATTEMPTS` times; then its failure stands (it is never a parent nor the best)."""
     results: dict[int, Any] = {}
     for c in batch:
         rec = journal.get(c.id)
-        if rec is None:
+        if rec is None or (rec.failed and failures.get(("candidate", c.id), 0) < MAX_FAILED_ATTEMPTS):
             continue
         same = np.allclose(np.asarray(rec.lam), c.lam, rtol=0, atol=1e-9) and abs(float(rec.m) - float(c.m)) < 1e-9
         if not same:

@@ -126,6 +126,7 @@ class JournalRecord:
     error: str | None = None
     params: dict[str, Any] = field(default_factory=dict)  # the candidate's structure (d_rcd, head, β)
     censored: bool = False  # the race stopped it: score is a lower bound
+    failed: bool = False  # no score (a worker lost, an exception, a non-finite loss): a state, retried on resume
     docs: int | None = None  # needle documents run
     token_forwards: int | None = None  # documents run × tokens per document
 
@@ -180,10 +181,20 @@ class JournalContents:
     valid_length: int = 0
 
     def candidates(self) -> dict[int, JournalRecord]:
+        """The last record of each candidate (a failed one may be followed by its retry)."""
         return {r.id: r for r in self.records if r.kind == "candidate" and r.id is not None}
 
     def baselines(self) -> dict[str, JournalRecord]:
         return {r.name: r for r in self.records if r.kind == "baseline" and r.name}
+
+    def failures(self) -> dict[tuple[str, Any], int]:
+        """How many times each candidate (``("candidate", id)``) or baseline (``("baseline", name)``) failed."""
+        out: dict[tuple[str, Any], int] = {}
+        for r in self.records:
+            if r.failed:
+                k = (r.kind, r.id if r.kind == "candidate" else r.name)
+                out[k] = out.get(k, 0) + 1
+        return out
 
 
 # ---------------------------------------------------------------- the store

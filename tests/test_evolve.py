@@ -143,6 +143,39 @@ def test_resuming_a_finished_run_changes_nothing(finished_run, tmp_path, capsys)
         assert after[name] == before[name], name
 
 
+def test_a_failed_evaluation_is_retried_on_resume_not_reused(finished_run, tmp_path):
+    # a candidate of the last generation failed (a worker lost in an outage), and the run stopped before the
+    # checkpoint: on resume it is evaluated again, and the run ends as if it had never failed
+    run = tmp_path / "outage"
+    shutil.copytree(finished_run, run)
+    lines = (run / "journal.jsonl").read_text().splitlines()
+    last_gen = max(json.loads(x)["generation"] for x in lines)
+    idx = max(i for i, x in enumerate(lines) if json.loads(x)["kind"] == "candidate" and json.loads(x)["generation"] == last_gen)
+    rec = json.loads(lines[idx])
+    failed = dict(rec, score="inf", per_sample=[], accuracy=None, per_sample_correct=[], failed=True, censored=False,
+                  docs=None, token_forwards=None, error="worker died 3 times evaluating it (last: node lost)")
+    lines[idx] = json.dumps(failed)
+    (run / "journal.jsonl").write_text("\n".join(lines) + "\n")
+    (run / "checkpoints" / f"gen-{last_gen:04d}.json").unlink()
+    for name in ("final.json", "best.json"):
+        (run / name).unlink()
+    rc = _run_cli_subprocess(["evolve", "--resume", str(run)], tmp_path / "outage.log")
+    assert rc == 0, (tmp_path / "outage.log").read_text()[-3000:]
+    records = RunStore(run).read_journal().records
+    mine = [r for r in records if r.kind == "candidate" and r.id == rec["id"]]
+    assert [r.failed for r in mine] == [True, False]  # journaled with its reason, then retried once
+    assert len(records) == len(lines) + 1  # nothing else was evaluated again
+    assert _comparable_last(run) == _comparable_last(finished_run)
+    assert load_factors(run).provenance["candidate"] == load_factors(finished_run).provenance["candidate"]
+
+
+def _comparable_last(run: Path) -> list[dict]:
+    """The journal with only each candidate's last record (a retried failure leaves two)."""
+    contents = RunStore(run).read_journal()
+    last = list(contents.candidates().values()) + list(contents.baselines().values())
+    return sorted((r.comparable() for r in last), key=lambda d: (d["kind"], d["id"] if d["id"] is not None else -1, d["name"] or ""))
+
+
 # ---------------------------------------------------------------- SIGKILL in the middle of a generation
 
 

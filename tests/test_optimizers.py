@@ -475,3 +475,13 @@ def test_random_search_starts_from_the_seeds_then_samples_uniformly():
     again = make_optimizer("random", sp, SMALL, 0)
     again.load_state_dict(json.loads(json.dumps(opt.state_dict())))
     assert again.done and again.best().candidate.id == opt.best().candidate.id
+
+
+def test_failed_evaluations_are_never_parents_even_when_parents_are_few(space):
+    opt = GeneticOptimizer(space, SMALL, seed=0)
+    batch = opt.ask()
+    opt.tell([Result(c, 1.0 if c.id < 2 else math.inf) for c in batch])  # only two finite scores
+    assert [p.candidate.id for p in opt.parents] == [0, 1]
+    assert opt.race_bar() == math.inf  # fewer parents than the budget's: nothing is raced
+    children = opt.ask()
+    assert children and all(set(c.params.get("parents", [0])) <= {0, 1} for c in children if c.origin != "random")

@@ -153,6 +153,7 @@ class GeneticOptimizer:
             if math.isfinite(r.score) and not r.censored and (self._best is None or r.score < self._best.score):
                 self._best = ind
         pool = children if self.generation == 0 else self._parents + children
+        pool = [ind for ind in pool if math.isfinite(ind.score)]  # a failed evaluation is never a parent
         # a censored score is a lower bound at or above the bar: it sorts after every parent it could displace
         self._parents = sorted(pool, key=lambda ind: (ind.score, ind.censored, ind.id))[: self.budget.parents]
         self._next_id = max([self._next_id] + [c.id + 1 for c in self._pending])
