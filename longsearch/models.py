@@ -606,3 +606,94 @@ __all__ = [
     "resolve_dtype",
     "restore_rope",
 ]
+
+
+# ---------------------------------------------------------------- identity of a model (for resume)
+
+_FINGERPRINT_SAMPLE = 1 << 20  # bytes read at each sampled offset of a weight file
+_FINGERPRINT_OFFSETS = 16
+
+
+def _model_dir(name_or_path: str | os.PathLike | None) -> Path | None:
+    """The directory holding the model's files: a local dir, the testbed, or a hub id's cached snapshot."""
+    source = _resolve_source(name_or_path)
+    if Path(source).is_dir():
+        return Path(source)
+    try:
+        from transformers.utils import cached_file
+
+        config = cached_file(source, "config.json", local_files_only=True)
+    except Exception:
+        return None
+    return Path(config).parent if config else None
+
+
+def _fast_file_hash(path: Path) -> str:
+    """sha256 over the size and 1 MiB read at 16 evenly spaced offsets (and the end): seconds for a 16 GB file."""
+    import hashlib
+
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        if size <= _FINGERPRINT_SAMPLE * (_FINGERPRINT_OFFSETS + 1):
+            h.update(f.read())
+        else:
+            for k in range(_FINGERPRINT_OFFSETS + 1):
+                f.seek(min(k * (size // _FINGERPRINT_OFFSETS), size - _FINGERPRINT_SAMPLE))
+                h.update(f.read(_FINGERPRINT_SAMPLE))
+    return h.hexdigest()[:16]
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "merges.txt",
+                    "special_tokens_map.json", "vocab.txt")
+
+
+def model_fingerprint(name_or_path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """What identifies a model for a run: its config, each weight file's size and a fast hash, its tokenizer files.
+
+    ``{"config": hash, "weights": {file: "size:hash"}, "tokenizer": hash}``; a hub id that is not in the local
+    cache gives only what its config says (``"weights": None``).
+    """
+    import hashlib
+    import json
+
+    config = load_config(name_or_path)
+    cfg = config.to_dict()
+    for volatile in ("_name_or_path", "transformers_version", "_commit_hash"):
+        cfg.pop(volatile, None)
+    out: dict[str, Any] = {"config": hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]}
+    d = _model_dir(name_or_path)
+    if d is None:
+        return {**out, "weights": None, "tokenizer": None}
+    weights = {}
+    tok = hashlib.sha256()
+    for p in sorted(d.rglob("*")):
+        if not p.is_file():
+            continue
+        rel = p.relative_to(d).as_posix()
+        if p.name.endswith(_WEIGHT_SUFFIXES):
+            weights[rel] = f"{p.stat().st_size}:{_fast_file_hash(p)}"
+        elif p.name in _TOKENIZER_FILES:
+            tok.update(rel.encode())
+            tok.update(p.read_bytes())
+    return {**out, "weights": weights, "tokenizer": tok.hexdigest()[:16]}
+
+
+def fingerprint_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two fingerprints, in words (empty when they match)."""
+    changes = []
+    if old.get("config") != new.get("config"):
+        changes.append("its config.json")
+    ow, nw = old.get("weights"), new.get("weights")
+    if ow is not None and nw is not None:
+        for name in sorted(set(ow) | set(nw)):
+            if name not in nw:
+                changes.append(f"weight file {name} (missing)")
+            elif name not in ow:
+                changes.append(f"weight file {name} (new)")
+            elif ow[name] != nw[name]:
+                changes.append(f"weight file {name} (size or content)")
+    if old.get("tokenizer") and new.get("tokenizer") and old["tokenizer"] != new["tokenizer"]:
+        changes.append("its tokenizer files")
+    return changes
