@@ -236,6 +236,10 @@ def main() -> None:
         return out
 
     try:
+        # inside the window: what the model can do at all on these sets (the ceiling of any extension)
+        sets = heldout_sets(lm.tokenizer, g.original_length, args.heldout_samples, runs / "heldout")
+        inside = results.setdefault("1", {"baselines": {}, "searches": {}})
+        held(sets, rescale("none", g, g.original_length), inside["baselines"], "none")
         for scale in scales:
             target = g.original_length * scale
             sets = heldout_sets(lm.tokenizer, target, args.heldout_samples, runs / "heldout")
@@ -247,7 +251,7 @@ def main() -> None:
             json_out.write_text(json.dumps(results, indent=1))
             for space, opt, budget, full in configs:
                 for seed in seeds:
-                    label = f"{space}/{opt}@{budget}{'/full' if full else ''}"
+                    label = f"{space}/{opt}@{budget}{'/full' if full else ''}/n{args.samples}"
                     console.print(f"{format_length(target)} ({scale}×): {label}, seed {seed} …")
                     run, minutes = run_search(args.model, target, space, opt, budget, full, args.samples, seed,
                                               args.workers, runs)

@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from . import faults
+
 
 def current_umask() -> int:
     """The process umask, read without changing it where the OS allows (Linux: /proc/self/status)."""
@@ -36,6 +38,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        faults.point(path.name, "before")
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -51,6 +54,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.close(dfd)
     except OSError:
         pass
+    faults.point(path.name, "after")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -74,6 +78,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700
         yield tmp
+        faults.point("dir", "before")
         old = None
         if path.exists() or path.is_symlink():
             old = path.parent / f".{path.name}.old-{os.getpid()}"
@@ -84,6 +89,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 old.unlink()
+        faults.point("dir", "after")
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -20,6 +20,7 @@ Library code never prints: progress goes to an :class:`EvolveReporter` (the CLI 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import math
@@ -670,6 +671,12 @@ def run_evolve(opts: EvolveOptions, reporter: EvolveReporter | None = None) -> E
     except KeyboardInterrupt:
         reporter.interrupted(run.store.path)
         raise
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        where = Path(e.filename).name if e.filename else "a file of the run"
+        raise RunError(f"the disk is full (writing {where}): free some space, then continue with "
+                       f"`longsearch evolve --resume {run.store.path}`") from None
     finally:
         run.store.close()
 

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import __version__
+from . import __version__, faults
 from .atomic import atomic_write_json
 from .errors import RunError
 
@@ -287,6 +287,14 @@ class RunStore:
             os.close(fd)
             raise RunError(f"{self.path} is in use by another longsearch process: wait for it to finish or stop it") from None
         self._lock_fd = fd
+        self._remove_stale_temporaries()
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temporary files of atomic writes left by a process killed mid-write (only a lock holder writes here)."""
+        for p in self.path.rglob(".*.tmp"):
+            if p.is_file():
+                log.info("removing %s, left by an interrupted write", p)
+                p.unlink(missing_ok=True)
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
@@ -367,11 +375,17 @@ class RunStore:
         if self._journal_fd is None:
             self._journal_fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         data = (record.to_json() + "\n").encode("utf-8")
+        faults.point(JOURNAL, "before")
+        if faults.point(JOURNAL, "partial"):  # fault injection: half a line reaches the disk, then the fault
+            os.write(self._journal_fd, data[: len(data) // 2])
+            os.fsync(self._journal_fd)
+            faults.trigger(faults.partial_action(JOURNAL), JOURNAL)
         view = memoryview(data)
         while view:
             n = os.write(self._journal_fd, view)
             view = view[n:]
         os.fsync(self._journal_fd)
+        faults.point(JOURNAL, "after")
 
     # ------------------------------------------------------------ checkpoints
 
