@@ -175,6 +175,9 @@ def evolve(
     force: bool = typer.Option(False, "--force", help="Start over in an existing run directory (deletes it)."),
     gpus_per_worker: float = typer.Option(1.0, "--gpus-per-worker", help="GPUs per worker for models too large for one."),
     task_timeout: Optional[float] = typer.Option(None, "--task-timeout", help="Seconds before a silent worker is replaced."),
+    template: Optional[str] = typer.Option(None, "--template", help="Needle template(s) of the search: auto (default: every template the model solves inside its window), passkey, magic-number, multi-needle, or a comma list."),
+    depths: Optional[str] = typer.Option(None, "--depths", help="Needle depths: spread (default, one per slice of the document), uniform, start (LongRoPE2's: near the start), or a list such as 0.1,0.5."),
+    signal_check: bool = typer.Option(True, "--signal-check/--no-signal-check", help="Refuse templates the model does not solve inside its window (default on)."),
     racing: Optional[bool] = typer.Option(None, "--racing/--no-racing", help="Stop scoring a candidate once it cannot beat the optimizer's bar (default on; same decisions, fewer token-forwards)."),
 ) -> None:
     """Search per-dimension RoPE factors (LongRoPE2) with an evolutionary search on Ray workers; resumable."""
@@ -187,7 +190,7 @@ def evolve(
         model=model, target=parse_length(target) if target else None, space=space, budget=budget, optimizer=optimizer,
         samples=samples, seed=seed, workers=workers, address=address, out=Path(out) if out else None,
         resume=Path(resume) if resume else None, force=force, gpus_per_worker=gpus_per_worker, task_timeout=task_timeout,
-        racing=racing,
+        racing=racing, template=template, depths=depths, signal_check=signal_check,
     )
     import signal
 

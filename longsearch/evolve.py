@@ -53,7 +53,16 @@ log = logging.getLogger(__name__)
 
 #: Baselines scored beside the search (in generation 0, on the search needles) and on the held-out set.
 BASELINE_METHODS = ("none", "pi", "ntk", "yarn")
-DEFAULTS = {"space": "hybrid", "budget": "quick", "optimizer": "ga", "samples": 8, "seed": 0}
+DEFAULTS = {"space": "hybrid", "budget": "quick", "optimizer": "ga", "samples": 8, "seed": 0, "template": "auto",
+            "depths": "spread"}
+#: A needle template is a usable signal when plain RoPE answers at least this share of its documents inside the
+#: model's own window: a perplexity the model cannot lower in-window cannot guide a search beyond it.
+SIGNAL_THRESHOLD = 0.75
+SIGNAL_SAMPLES = 8
+SIGNAL_SEED_OFFSET = 2000
+#: Held-out scoring re-scores this many of the best distinct candidates, to measure how well the search's score
+#: ranks candidates the way the held-out score does.
+RANK_CANDIDATES = 8
 HELDOUT_SEED_OFFSET = 1000
 #: A failed evaluation is retried when the run is resumed, until it has failed this many times in all.
 MAX_FAILED_ATTEMPTS = 3
@@ -83,8 +92,9 @@ class EvolveOptions:
     task_timeout: float | None = None
     heldout: bool = True
     racing: bool | None = None  # None: the default (on), or the run's own setting on resume
-    template: str | None = None  # needle template of the search (default passkey)
-    depths: str | None = None  # needle depths (default uniform)
+    template: str | None = None  # needle template(s) of the search: auto (default), a name, or a comma list
+    depths: str | None = None  # needle depths: spread (default), uniform, start, or a list
+    signal_check: bool = True  # measure in-window which templates the model solves (before anything is written)
 
 
 @dataclass
@@ -133,6 +143,7 @@ class EvolveResult:
     evaluations: int
     resumed: bool
     paths: dict[str, Path] = field(default_factory=dict)
+    final: dict[str, Any] = field(default_factory=dict)  # final.json: rank agreement, failed evaluations
 
 
 class EvolveReporter:
@@ -141,6 +152,8 @@ class EvolveReporter:
     def run_started(self, run: "PreparedRun") -> None: ...
 
     def pool_started(self, workers: int, device: str, seconds: float) -> None: ...
+
+    def signal_checked(self, signal: dict[str, Any]) -> None: ...
 
     def generation_started(self, generation: int, generations: int, to_evaluate: int, reused: int) -> None: ...
 
@@ -222,20 +235,33 @@ def _fingerprint_dir(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _build_needles(tokenizer: Any, length: int, samples: int, seed: int, template: str = "passkey",
-                   depths: str | None = "uniform") -> Any:
+def _build_needles(tokenizer: Any, length: int, samples: int, seed: int, template: str, depths: str | None) -> Any:
     from .needles import build_needle_set
 
     return build_needle_set(tokenizer, length, samples, template=template, seed=seed, depths=depths)
 
 
-def prepare(opts: EvolveOptions) -> PreparedRun:
-    """Validate everything, then create (or reopen) the run directory. Nothing is written on bad input."""
+@dataclass
+class Plan:
+    """A new run, checked and resolved; nothing written yet (:func:`create_run` writes it)."""
+
+    config: RunConfig
+    geometry: RopeGeometry
+    space: Any
+    optimizer: Any
+    tokenizer: Any
+    out: Path
+    force: bool
+    templates: list[str] | None  # None: auto
+    depths: str
+
+
+def plan(opts: EvolveOptions) -> Plan:
+    """Check every option of a new run and resolve it, without writing anything."""
+    from .needles import template_names
     from .optimizers import make_optimizer, resolve_budget
     from .space import SearchSpace
 
-    if opts.resume is not None:
-        return _prepare_resume(opts)
     if opts.target is None:
         raise InputError("--target is required (e.g. --target 4k), or pass --resume RUN to continue a run")
     model = _normalize_model(opts.model)
@@ -246,6 +272,14 @@ def prepare(opts: EvolveOptions) -> PreparedRun:
     seed = int(opts.seed if opts.seed is not None else DEFAULTS["seed"])
     if samples < 1:
         raise InputError(f"--samples must be at least 1, got {samples}")
+    if opts.workers is not None and opts.workers < 1:
+        raise InputError(f"--workers must be at least 1, got {opts.workers}")
+    template = str(opts.template or DEFAULTS["template"]).strip().lower()
+    templates = None if template == "auto" else template_names(template)
+    depths = str(opts.depths or DEFAULTS["depths"])
+    from .needles import _resolve_depths
+
+    _resolve_depths(depths, 1, np.random.default_rng(0))  # refuse unreadable depths now
     resolve_budget(budget)
     geometry, tokenizer = load_model_info(model)
     target = int(opts.target)
@@ -257,12 +291,13 @@ def prepare(opts: EvolveOptions) -> PreparedRun:
     space = SearchSpace.load(space_name, geometry, target)
     optimizer = make_optimizer(optimizer_spec, space, budget, seed)
     out = Path(opts.out) if opts.out else default_out(model, target, space_name, optimizer_spec, seed)
-    if out.exists() and out.is_dir() and any(out.iterdir()) and not opts.force:
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out} exists and is not a directory: choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not opts.force:
         raise RunError(
             f"{out} already holds a run: continue it with `longsearch evolve --resume {out}`, choose another --out, "
             "or pass --force to start over"
         )
-    needles = _build_needles(tokenizer, target, samples, seed, opts.template or "passkey", opts.depths or "uniform")
     config = RunConfig(
         model=model,
         model_name=model_short_name(model),
@@ -276,17 +311,107 @@ def prepare(opts: EvolveOptions) -> PreparedRun:
         address=opts.address,
         heldout_seed=seed + HELDOUT_SEED_OFFSET,
         racing=True if opts.racing is None else bool(opts.racing),
+        depths=depths,
     )
-    store = RunStore.create(out, config, force=opts.force)
+    return Plan(config, geometry, space, optimizer, tokenizer, out, opts.force, templates, depths)
+
+
+def signal_needles(p: Plan, template: str) -> Any:
+    """In-window needle documents of one template: the model's window, or the shortest doubling that holds it."""
+    from .needles import build_needle_set
+
+    length = p.geometry.original_length
+    while True:
+        try:
+            return build_needle_set(p.tokenizer, length, SIGNAL_SAMPLES, template=template,
+                                    seed=p.config.seed + SIGNAL_SEED_OFFSET, depths=p.depths)
+        except NeedleError as e:
+            if "cannot hold" not in str(e) or length >= 64 * p.geometry.original_length:
+                raise
+            length *= 2
+
+
+def check_signal(p: Plan, pool: WorkerPool, reporter: EvolveReporter | None = None) -> tuple[str, dict[str, Any]]:
+    """Which needle templates the model solves inside its window with plain RoPE (λ = 1, m = 1).
+
+    Returns the templates to search with (``"a+b"``) and the measurements. ``auto`` keeps every solved template; a
+    named template the model does not solve, or no solved template at all, is refused (InputError) — before
+    anything is written.
+    """
+    from .needles import TEMPLATES
+
+    candidates = list(TEMPLATES)  # all of them (a few in-window documents each), to say which ones work
+    sets = {t: signal_needles(p, t) for t in candidates}
+    for t, ns in sets.items():
+        pool.set_needles(f"signal:{t}", ns)
+    ones = np.ones(p.geometry.n_freq)
+    tasks = [ScoreTask(f"signal:{t}", ones, 1.0, needles=f"signal:{t}") for t in candidates]
+    measured: dict[str, Any] = {}
+    for o in pool.map_unordered(tasks):
+        t = o.key.split(":", 1)[1]
+        measured[t] = {"accuracy": None if o.accuracy is None else float(o.accuracy), "nll": _json_float(o.nll),
+                       "length": sets[t].length, "samples": len(sets[t].samples), "error": o.error}
+    solved = [t for t in candidates if (measured[t]["accuracy"] or 0.0) >= SIGNAL_THRESHOLD]
+    signal = {"threshold": SIGNAL_THRESHOLD, "templates": measured, "solved": solved}
+    if reporter is not None:
+        reporter.signal_checked(signal)
+
+    def shown(t: str) -> str:
+        m = measured[t]
+        return f"{m['accuracy'] or 0:.2f} at {m['length']} tokens"
+
+    if p.templates is not None:
+        for t in p.templates:
+            if t not in solved:
+                others = ", ".join(solved) if solved else "none"
+                raise InputError(
+                    f"the model does not solve the {t!r} needle task inside its window (accuracy {shown(t)} with plain "
+                    f"RoPE, below {SIGNAL_THRESHOLD}), so its perplexity cannot guide a search beyond it: use --template "
+                    f"auto (solved: {others}) or pass --no-signal-check to search with it anyway"
+                )
+        return "+".join(p.templates), signal
+    if not solved:
+        raise InputError(
+            "the model solves none of the needle templates inside its window with plain RoPE ("
+            + "; ".join(f"{t} {shown(t)}" for t in candidates)
+            + f"; threshold {SIGNAL_THRESHOLD}): no needle perplexity can guide a search; pass --no-signal-check and "
+            "--template NAME to search anyway"
+        )
+    return "+".join(solved), signal
+
+
+def create_run(p: Plan, template: str, signal: dict[str, Any] | None) -> PreparedRun:
+    """Write a new run directory: config, space, the search needles (template(s) ``template``)."""
+    config = p.config
+    config.template = template
+    config.signal = signal
+    needles = _build_needles(p.tokenizer, config.target_length, config.samples, config.seed, template, p.depths)
+    store = RunStore.create(p.out, config, force=p.force)
     try:
-        store.write_json(SPACE, space.to_dict())
+        store.write_json(SPACE, p.space.to_dict())
         needles.save(store.needles_dir)
         config.needles_fingerprint = _fingerprint_dir(store.needles_dir)
         store.write_config(config)
     except BaseException:
         store.close()
         raise
-    return PreparedRun(store, config, geometry, space, optimizer, needles, tokenizer, JournalContents([]), None, False)
+    return PreparedRun(store, config, p.geometry, p.space, p.optimizer, needles, p.tokenizer, JournalContents([]), None, False)
+
+
+def prepare(opts: EvolveOptions, pool: WorkerPool | None = None, reporter: EvolveReporter | None = None) -> PreparedRun:
+    """Check everything, measure the signal (with ``pool``), then create the run directory — or reopen one
+    (``opts.resume``). Nothing is written on bad input or an unusable signal."""
+    if opts.resume is not None:
+        return _prepare_resume(opts)
+    p = plan(opts)
+    if opts.signal_check and pool is not None:
+        template, signal = check_signal(p, pool, reporter)
+    elif p.templates is None:
+        raise InputError("--template auto measures which templates the model solves on the workers: name a template "
+                         "(e.g. --template passkey) to prepare a run without them")
+    else:
+        template, signal = "+".join(p.templates), None
+    return create_run(p, template, signal)
 
 
 def _prepare_resume(opts: EvolveOptions) -> PreparedRun:
@@ -545,7 +670,9 @@ def _write_baselines(store: RunStore, baselines: dict[str, RopeFactors], scores:
 
 
 def heldout(run: PreparedRun, pool: WorkerPool, reporter: EvolveReporter, baseline_scores: dict[str, float]) -> list[HeldoutRow]:
-    """Score the best factors and PI / NTK / YaRN / none on a held-out needle set (seed + 1000); write final.json."""
+    """Score the best factors, PI / NTK / YaRN / none and the next best candidates on a held-out needle set (the
+    search's templates and depths, seed + 1000); write final.json with the table, how well the search score ranks
+    candidates as the held-out score does (Spearman), and the evaluations that failed for good."""
     from .needles import load_needle_set
 
     store, cfg = run.store, run.config
@@ -561,37 +688,96 @@ def heldout(run: PreparedRun, pool: WorkerPool, reporter: EvolveReporter, baseli
             pass  # rewritten below
     hseed = cfg.heldout_seed if cfg.heldout_seed is not None else cfg.seed + HELDOUT_SEED_OFFSET
     hdir = store.heldout_needles_dir
+    needles = None
     if hdir.is_dir():
         try:
             needles = load_needle_set(hdir, tokenizer=run.tokenizer, length=cfg.target_length)
         except NeedleError:
             needles = None
-    else:
-        needles = None
     if needles is None:
-        needles = _build_needles(run.tokenizer, cfg.target_length, cfg.samples, hseed)
+        needles = _build_needles(run.tokenizer, cfg.target_length, cfg.samples, hseed, cfg.template or "magic-number",
+                                 cfg.depths)
         needles.save(hdir)
     pool.set_needles("heldout", needles)
     entries: dict[str, tuple[np.ndarray, float, float | None]] = {"longsearch": (best.candidate.lam, best.candidate.m, best.score)}
     for name, f in baseline_factors(run.geometry, cfg.target_length).items():
         entries[name] = (f.long_factor, f.attention_factor, baseline_scores.get(name))
+    others = _next_best(run.store.read_journal(), best.candidate.id, RANK_CANDIDATES - 1)
+    for rec in others:
+        entries[f"c{rec.id}"] = (np.asarray(rec.lam), float(rec.m), rec.score)
     tasks = [ScoreTask(name, lam, m, needles="heldout") for name, (lam, m, _) in entries.items()]
     reporter.heldout_started(len(tasks))
     outcomes: dict[str, ScoreOutcome] = {}
     for o in pool.map_unordered(tasks):
         outcomes[o.key] = o
         reporter.heldout_evaluated(o.key, o)
-    rows = [
-        HeldoutRow(name, outcomes[name].nll, outcomes[name].accuracy, entries[name][2], outcomes[name].error)
-        for name in entries
-    ]
+    shown = ["longsearch", *baseline_factors(run.geometry, cfg.target_length)]
+    rows = [HeldoutRow(name, outcomes[name].nll, outcomes[name].accuracy, entries[name][2], outcomes[name].error) for name in shown]
+    pairs = [(name, entries[name][2], outcomes[name].nll) for name in entries if name != "none"]
+    pairs = [(n, a, b) for n, a, b in pairs if a is not None and math.isfinite(a) and math.isfinite(b)]
+    rho = spearman([a for _, a, _ in pairs], [b for _, _, b in pairs]) if len(pairs) >= 3 else None
+    journal = run.store.read_journal()
+    failures = journal.failures()
+    failed = [{"id": r.id, "error": r.error, "attempts": failures.get(("candidate", r.id), 1)}
+              for r in journal.candidates().values() if r.failed]
     store.write_json(FINAL, {
         "kind": "longsearch.final",
-        "needles": {"seed": hseed, "samples": cfg.samples, "length": cfg.target_length},
+        "needles": {"seed": hseed, "samples": cfg.samples, "length": cfg.target_length, "template": needles.template,
+                    "depths": cfg.depths},
         "best": {"candidate": int(best.candidate.id), "search_nll": _json_float(best.score)},
         "rows": [{k: _json_float(v) for k, v in asdict(r).items()} for r in rows],
+        "rank_agreement": {
+            "spearman": rho, "n": len(pairs), "names": [n for n, _, _ in pairs],
+            "search_nll": [a for _, a, _ in pairs], "heldout_nll": [b for _, _, b in pairs],
+        },
+        "failed": failed,
     })
     return rows
+
+
+def _next_best(journal: JournalContents, best_id: int, k: int) -> list[JournalRecord]:
+    """The k best fully-scored candidates after the best one (distinct λ and m)."""
+    seen: set[tuple] = set()
+    out: list[JournalRecord] = []
+    for r in sorted(journal.candidates().values(), key=lambda r: (r.score, r.id or 0)):
+        if r.id == best_id or r.censored or r.failed or not math.isfinite(r.score):
+            continue
+        key = (tuple(np.round(r.lam, 4)), round(float(r.m), 4))
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(r)
+        if len(out) == k:
+            break
+    return out
+
+
+def spearman(a: list[float], b: list[float]) -> float | None:
+    """Spearman's rank correlation (average ranks for ties); None when a side is constant or too short."""
+    if len(a) != len(b) or len(a) < 2:
+        return None
+    ra, rb = _ranks(a), _ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    va = sum((x - ma) ** 2 for x in ra)
+    vb = sum((y - mb) ** 2 for y in rb)
+    if va == 0 or vb == 0:
+        return None
+    return cov / math.sqrt(va * vb)
+
+
+def _ranks(values: list[float]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
 
 
 def write_plots(run: PreparedRun, history: list[dict[str, Any]], baseline_scores: dict[str, float]) -> dict[str, Path]:
@@ -624,26 +810,51 @@ def _title(run: PreparedRun) -> str:
 def run_evolve(opts: EvolveOptions, reporter: EvolveReporter | None = None) -> EvolveResult:
     """Start or resume a search and run it to the end. Ctrl-C leaves a resumable run (KeyboardInterrupt re-raised)."""
     reporter = reporter or EvolveReporter()
-    run = prepare(opts)
+    if opts.resume is not None:
+        run: PreparedRun | None = _prepare_resume(opts)
+        cfg = run.config
+    else:
+        run, p = None, plan(opts)  # every option checked; nothing written yet
+        cfg = p.config
     try:
-        reporter.run_started(run)
         pool = WorkerPool(
-            run.config.model,
-            run.config.target_length,
-            workers=run.config.workers,
-            address=run.config.address,
+            cfg.model,
+            cfg.target_length,
+            workers=cfg.workers,
+            address=cfg.address,
             gpus_per_worker=opts.gpus_per_worker,
             max_attempts=opts.max_attempts,
             task_timeout=opts.task_timeout,
         )
-        with pool:
-            pool.set_needles("search", run.needles)
-            if not run.optimizer.done:
-                t0 = time.perf_counter()
-                pool.start()
-                reporter.pool_started(pool.workers, pool.device, time.perf_counter() - t0)
-            baseline_scores, history = search(run, pool, reporter)
-            rows = heldout(run, pool, reporter, baseline_scores) if opts.heldout else []
+    except BaseException:
+        if run is not None:
+            run.store.close()
+        raise
+    with pool:
+        if run is None:  # a new run: measure the signal on the workers, then write the run directory
+            t0 = time.perf_counter()
+            pool.start()
+            reporter.pool_started(pool.workers, pool.device, time.perf_counter() - t0)
+            if opts.signal_check:
+                template, signal = check_signal(p, pool, reporter)
+            elif p.templates is None:
+                raise InputError("--no-signal-check needs a named --template (e.g. --template passkey)")
+            else:
+                template, signal = "+".join(p.templates), None
+            run = create_run(p, template, signal)
+        return _run(run, pool, opts, reporter)
+
+
+def _run(run: PreparedRun, pool: WorkerPool, opts: EvolveOptions, reporter: EvolveReporter) -> EvolveResult:
+    try:
+        reporter.run_started(run)
+        pool.set_needles("search", run.needles)
+        if not run.optimizer.done and not pool.workers:  # a resumed run starts its workers here
+            t0 = time.perf_counter()
+            pool.start()
+            reporter.pool_started(pool.workers, pool.device, time.perf_counter() - t0)
+        baseline_scores, history = search(run, pool, reporter)
+        rows = heldout(run, pool, reporter, baseline_scores) if opts.heldout else []
         paths = {"run": run.store.path, "journal": run.store.journal_path}
         best = run.optimizer.best()
         factors = None
@@ -665,6 +876,7 @@ def run_evolve(opts: EvolveOptions, reporter: EvolveReporter | None = None) -> E
             evaluations=len(run.store.read_journal().records),
             resumed=run.resumed,
             paths=paths,
+            final=run.store.read_json(FINAL) if rows else {},
         )
         reporter.finished(result)
         return result
@@ -750,12 +962,21 @@ class RichReporter(EvolveReporter):
         self._print(f"[bold]longsearch evolve[/] {c.model_name} → {format_length(c.target_length)}  ({state})")
         self._print(f"  run      {run.store.path}")
         self._print(f"  space    {run.space.describe()}")
+        self._print(f"  needles  {run.needles.template}, {len(run.needles.samples)} documents of {run.needles.length} tokens, "
+                    f"depths {c.depths or 'start'}")
         b = run.optimizer.budget
         self._print(f"  search   {c.optimizer}, budget {c.budget}: {b.generations + 1} generations, "
                     f"{b.evaluations} evaluations; {c.samples} needle samples; seed {c.seed}")
 
     def pool_started(self, workers: int, device: str, seconds: float) -> None:
         self._print(f"  workers  {workers} on {device}, ready in {seconds:.1f} s")
+
+    def signal_checked(self, signal: dict[str, Any]) -> None:
+        parts = []
+        for t, m in signal["templates"].items():
+            acc = "failed" if m["accuracy"] is None else f"{m['accuracy']:.2f}"
+            parts.append(f"{t} {acc} at {m['length']}" + (" ✓" if t in signal["solved"] else ""))
+        self._print(f"  signal   in-window accuracy with plain RoPE (needs ≥ {signal['threshold']}): " + ", ".join(parts))
 
     def generation_started(self, generation: int, generations: int, to_evaluate: int, reused: int) -> None:
         note = f" ({reused} from journal)" if reused else ""
@@ -802,6 +1023,12 @@ class RichReporter(EvolveReporter):
                 sn = "—" if r.search_nll is None or not math.isfinite(r.search_nll) else f"{r.search_nll:.4f}"
                 t.add_row(name, nll, acc, sn)
             self._print(t)
+        ra = result.final.get("rank_agreement") or {}
+        if ra.get("spearman") is not None:
+            self._print(f"  rank agreement of search and held-out NLL (Spearman over {ra['n']} candidates and "
+                        f"baselines): {ra['spearman']:.2f}")
+        for f in result.final.get("failed", []):
+            self._print(f"  [yellow]candidate {f['id']} failed {f['attempts']} time(s):[/] {f['error']}")
         for key, p in result.paths.items():
             self._print(f"  {key:<9}{p}")
 

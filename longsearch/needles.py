@@ -500,12 +500,15 @@ def _resolve_depths(depths, n: int, rng: np.random.Generator) -> tuple[list[floa
     if isinstance(depths, str):
         if depths.strip().lower() == "uniform":
             return [float(rng.uniform(0.0, 1.0)) for _ in range(n)], {"kind": "uniform"}
+        if depths.strip().lower() == "spread":  # stratified: one depth in each of n equal slices, in random order
+            order = rng.permutation(n)
+            return [float((int(order[k]) + rng.uniform(0.0, 1.0)) / n) for k in range(n)], {"kind": "spread"}
         if depths.strip().lower() in ("start", "default"):
             return _resolve_depths(None, n, rng)
         try:
             depths = [float(x) for x in depths.split(",") if x.strip()]
         except ValueError:
-            raise InputError(f"cannot read the needle depths {depths!r}: give numbers in [0, 1] such as 0,0.5,1, or \"uniform\"") from None
+            raise InputError(f"cannot read the needle depths {depths!r}: give numbers in [0, 1] such as 0,0.5,1, or spread, uniform, start") from None
     values = [float(x) for x in depths]
     if not values:
         raise InputError("an empty list of needle depths: give numbers in [0, 1] or \"uniform\"")
@@ -668,8 +671,11 @@ def build_needle_set(
 ) -> NeedleSet:
     """Build ``n_samples`` needle documents of exactly ``length`` tokens with ``tokenizer``.
 
+    ``template``: one name, or several (``"passkey,multi-needle"`` or a list) for a mixed set whose sample k uses
+    template k mod the number of templates.
     ``depths``: None = LongRoPE2's search setting (needle near the start, depth drawn in [0, 0.1]);
-    ``"uniform"`` = drawn in [0, 1]; a list of floats in [0, 1] = sample i at ``depths[i % len]``.
+    ``"uniform"`` = drawn in [0, 1]; ``"spread"`` = one depth drawn in each of n equal slices of [0, 1] (order
+    shuffled); a list of floats in [0, 1] = sample i at ``depths[i % len]``.
     ``haystack``: a split of the shipped prose (``"heldout"`` default, ``"train"``, ``"all"``) or text files.
     Every document takes a distinct passage from a random offset; the same arguments give the same set.
     ``tokenizer_name`` overrides the recorded name (the vocabulary hash is what compatibility checks use).
@@ -680,21 +686,39 @@ def build_needle_set(
         raise InputError(f"a needle set needs at least one sample, got {n_samples}")
     if length < 16:
         raise InputError(f"needle documents of {length} tokens are too short: use at least a few hundred tokens")
-    tpl = get_template(template)
+    tpls = [get_template(t) for t in template_names(template)]
     text, hay_meta = load_haystack(haystack)
     rng = np.random.default_rng(int(seed))
     depth_list, depth_meta = _resolve_depths(depths, n_samples, rng)
-    builder = _Builder(tokenizer, length, tpl, text)
-    samples = [builder.build(rng, d) for d in depth_list]
+    builders = [_Builder(tokenizer, length, tpl, text) for tpl in tpls]
+    # a mixed set interleaves its templates: sample k uses template k mod (number of templates)
+    samples = [builders[k % len(builders)].build(rng, d) for k, d in enumerate(depth_list)]
     name, vh = tokenizer_fingerprint(tokenizer)
     name = tokenizer_name or name
+    texts = [{"preamble": t.preamble, "needle": t.needle, "question": t.question} for t in tpls]
     meta = {
         "haystack": hay_meta,
         "depths": depth_meta,
-        "template_text": {"preamble": tpl.preamble, "needle": tpl.needle, "question": tpl.question},
-        "special_prefix": [int(i) for i in builder.enc.prefix],
+        "template_text": texts[0] if len(texts) == 1 else texts,
+        "special_prefix": [int(i) for i in builders[0].enc.prefix],
     }
-    return NeedleSet(samples, length, tpl.name, int(seed), name, vh, meta)
+    return NeedleSet(samples, length, "+".join(t.name for t in tpls), int(seed), name, vh, meta)
+
+
+def template_names(template: str | Sequence[str]) -> list[str]:
+    """``"passkey"``, ``"passkey,multi-needle"``, ``"passkey+multi-needle"`` or a list → checked, distinct names."""
+    parts = [template] if not isinstance(template, str) else re.split(r"[,+]", template)
+    names: list[str] = []
+    for part in parts:
+        key = str(part).strip().lower()
+        if not key:
+            continue
+        get_template(key)
+        if key not in names:
+            names.append(key)
+    if not names:
+        raise InputError(f"no needle template given in {template!r}: choose from {', '.join(TEMPLATES)}")
+    return names
 
 
 def default_set_name(template: str, length: int, seed: int, tokenizer_name: str) -> str:

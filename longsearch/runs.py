@@ -79,6 +79,10 @@ class RunConfig:
     heldout_seed: int | None = None
     needles_fingerprint: str | None = None
     racing: bool = False  # runs written before racing existed scored every document
+    template: str | None = None  # the search needles' template(s), "a+b"
+    depths: str | None = None
+    signal: dict[str, Any] | None = None  # the in-window check: accuracy per template with plain RoPE
+    model_fingerprint: dict[str, Any] | None = None
     longsearch_version: str = __version__
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 

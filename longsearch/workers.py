@@ -149,7 +149,8 @@ class Scorer:
                 rotary_dim=g.rotary_dim,
                 attention_factor=float(m),
             )
-            s = score(self.loaded, self.needles[needles], factors, target_length=self.target_length, stop_at=bar)
+            ns = self.needles[needles]  # the search's set, or an in-window set of the signal check
+            s = score(self.loaded, ns, factors, target_length=ns.length, stop_at=bar)
         except Exception as e:  # a bad candidate is a failed evaluation, not a dead worker
             return {"key": key, "nll": math.inf, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300],
                     "seconds": time.perf_counter() - t0, "worker": self.name}

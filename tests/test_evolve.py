@@ -35,8 +35,9 @@ def model_dir(tiny_byte_llama_dir):
 
 def evolve_args(model_dir: str, out: Path, *extra: str) -> list[str]:
     # 6 needle documents: each evaluation takes long enough for the SIGKILL below to land inside a generation
+    # the tiny random model solves no needle task: the signal check is switched off and the template named
     return ["evolve", "--model", model_dir, "--target", "1k", "--samples", "6", "--budget", "quick", "--seed", "0",
-            "--workers", "1", "--out", str(out), *extra]
+            "--workers", "1", "--template", "passkey", "--no-signal-check", "--out", str(out), *extra]
 
 
 def _popen(args: list[str], log: Path) -> subprocess.Popen:
@@ -128,6 +129,9 @@ def test_a_finished_run_has_every_file(finished_run):
     final = json.loads((run / "final.json").read_text())
     assert [r["name"] for r in final["rows"]] == ["longsearch", "none", "pi", "ntk", "yarn"]
     assert final["needles"]["seed"] == 1000 and all(r["nll"] is not None for r in final["rows"])
+    assert final["needles"]["template"] == "passkey" and final["needles"]["depths"] == "spread"
+    ra = final["rank_agreement"]  # the best, pi, ntk, yarn and the next best candidates, scored on both sets
+    assert ra["n"] >= 8 and len(ra["names"]) == ra["n"] and -1 <= ra["spearman"] <= 1 and final["failed"] == []
     baselines = json.loads((run / "baselines.json").read_text())
     assert {k: v["score"] for k, v in baselines.items()} == {r.name: r.score for r in bases}
 
@@ -267,7 +271,8 @@ def test_worker_killed_mid_run_the_search_finishes_with_every_candidate(model_di
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp,
              object_store_memory=128 * 1024 * 1024, logging_level="ERROR")
     try:
-        run = prepare(EvolveOptions(model=model_dir, target=1024, samples=2, budget="quick", workers=2, out=tmp_path / "run"))
+        run = prepare(EvolveOptions(model=model_dir, target=1024, samples=2, budget="quick", workers=2, out=tmp_path / "run",
+                                    template="passkey"))
         reporter = Killer()
         with WorkerPool(model_dir, 1024, workers=2) as pool:
             reporter.pool = pool
@@ -310,6 +315,35 @@ def test_bad_input_for_a_new_run(model_dir, tmp_path, capsys):
     assert not out.exists()  # nothing was created
     code, _, err = cli(["evolve", "--resume", str(tmp_path / "nowhere")], capsys)
     assert code == 2 and "no run directory" in err
+    for extra, needle in ((["--workers", "0"], "--workers"), (["--depths", "deep"], "depths"),
+                          (["--template", "limerick"], "unknown needle template")):
+        code, _, err = cli(evolve_args(model_dir, out, *extra), capsys)
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, (extra, err)
+        assert not out.exists()  # a rejected command leaves the file system as it found it
+
+
+def test_a_needle_task_the_model_cannot_do_is_refused_before_anything_is_written(tmp_path):
+    # the shipped testbed solves the pass key inside its 256-token window, not the magic number (which does not
+    # even fit it); the random tiny model solves nothing. Measured on real Ray workers.
+    out = tmp_path / "run"
+    log = tmp_path / "refused.log"
+    rc = _run_cli_subprocess(["evolve", "--target", "512", "--template", "magic-number", "--samples", "2", "--workers", "1",
+                              "--out", str(out)], log)
+    text = log.read_text()
+    last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
+    assert rc == 2 and "does not solve the 'magic-number' needle task" in last and "solved: passkey" in last, text[-2000:]
+    assert "passkey 1.00 at 256" in text  # the check's own line: the pass key at the window, solved
+    assert not out.exists()
+
+
+def test_spearman_against_hand_computed_values():
+    from longsearch.evolve import spearman
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ties take the average rank: a = 1, 2.5, 2.5, 4; b = 1, 2, 3, 4 → ρ = 4.5 / √(4.5 · 5)
+    assert spearman([0.1, 0.5, 0.5, 0.9], [1, 2, 3, 4]) == pytest.approx(4.5 / math.sqrt(4.5 * 5))
+    assert spearman([1, 1, 1], [1, 2, 3]) is None
 
 
 def test_refusals_leave_the_run_directory_untouched(finished_run, model_dir, tmp_path, capsys):

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow
 from longsearch.factors import load_factors  # noqa: E402
 from longsearch.runs import RunStore  # noqa: E402
 
-ARGS = ["--target", "1k", "--samples", "4", "--budget", "quick", "--seed", "0", "--workers", "1"]
+ARGS = ["--target", "1k", "--samples", "4", "--budget", "quick", "--seed", "0", "--workers", "1", "--template", "passkey",
+        "--no-signal-check"]
 
 # FILE:N:WHEN:ACTION (see longsearch/faults.py); N counts writes of that file in the killed process
 ALL_POINTS = [

@@ -291,3 +291,22 @@ def test_cli_main_turns_errors_into_one_line(tmp_path, model_dir):
     )
     assert r.returncode == 2 and "already exists" in r.stderr and "Traceback" not in r.stderr
     assert (tmp_path / "full" / "x").read_text() == "keep me"
+
+
+def test_mixed_templates_and_spread_depths(tmp_path):
+    from longsearch.needles import build_needle_set, load_needle_set
+    from longsearch.tiny.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()
+    ns = build_needle_set(tok, 1024, 6, template="passkey,multi-needle", seed=3, depths="spread")
+    assert ns.template == "passkey+multi-needle"
+    assert [s.meta["template"] for s in ns.samples] == ["passkey", "multi-needle"] * 3
+    # spread: one depth in each sixth of the document
+    assert sorted(int(s.meta["depth"] * 6) for s in ns.samples) == list(range(6))
+    again = build_needle_set(tok, 1024, 6, template=["passkey", "multi-needle"], seed=3, depths="spread")
+    assert again.samples == ns.samples  # the same seed gives the same documents
+    ns.save(tmp_path / "mixed")
+    back = load_needle_set(tmp_path / "mixed", tokenizer=tok, length=1024)
+    assert back.samples == ns.samples and back.template == ns.template
+    for s in ns.samples:
+        assert tok.decode(s.input_ids[s.answer_start:s.answer_end].tolist()) == s.meta["answer"]
