@@ -707,7 +707,7 @@ def build_needle_set(
 
 def template_names(template: str | Sequence[str]) -> list[str]:
     """``"passkey"``, ``"passkey,multi-needle"``, ``"passkey+multi-needle"`` or a list → checked, distinct names."""
-    parts = [template] if not isinstance(template, str) else re.split(r"[,+]", template)
+    parts = re.split(r"[,+]", template) if isinstance(template, str) else list(template)
     names: list[str] = []
     for part in parts:
         key = str(part).strip().lower()
