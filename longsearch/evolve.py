@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 #: Baselines scored beside the search (in generation 0, on the search needles) and on the held-out set.
 BASELINE_METHODS = ("none", "pi", "ntk", "yarn")
-DEFAULTS = {"space": "hybrid", "budget": "quick", "optimizer": "ga", "samples": 8, "seed": 0, "template": "auto",
+DEFAULTS = {"space": "hybrid", "budget": "quick", "optimizer": "ga", "samples": 16, "seed": 0, "template": "auto",
             "depths": "spread"}
 #: A needle template is a usable signal when plain RoPE answers at least this share of its documents inside the
 #: model's own window: a perplexity the model cannot lower in-window cannot guide a search beyond it.
