@@ -178,6 +178,7 @@ def evolve(
     template: Optional[str] = typer.Option(None, "--template", help="Needle template(s) of the search: auto (default: every template the model solves inside its window), passkey, magic-number, multi-needle, or a comma list."),
     depths: Optional[str] = typer.Option(None, "--depths", help="Needle depths: spread (default, one per slice of the document), uniform, start (LongRoPE2's: near the start), or a list such as 0.1,0.5."),
     signal_check: bool = typer.Option(True, "--signal-check/--no-signal-check", help="Refuse templates the model does not solve inside its window (default on)."),
+    accept_model_change: bool = typer.Option(False, "--accept-model-change", help="With --resume: continue although the model's config, weights or tokenizer changed since the run started (its journal then mixes two models)."),
     racing: Optional[bool] = typer.Option(None, "--racing/--no-racing", help="Stop scoring a candidate once it cannot beat the optimizer's bar (default on; same decisions, fewer token-forwards)."),
 ) -> None:
     """Search per-dimension RoPE factors (LongRoPE2) with an evolutionary search on Ray workers; resumable."""
@@ -190,7 +191,7 @@ def evolve(
         model=model, target=parse_length(target) if target else None, space=space, budget=budget, optimizer=optimizer,
         samples=samples, seed=seed, workers=workers, address=address, out=Path(out) if out else None,
         resume=Path(resume) if resume else None, force=force, gpus_per_worker=gpus_per_worker, task_timeout=task_timeout,
-        racing=racing, template=template, depths=depths, signal_check=signal_check,
+        racing=racing, template=template, depths=depths, signal_check=signal_check, accept_model_change=accept_model_change,
     )
     import signal
 

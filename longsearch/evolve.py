@@ -95,6 +95,7 @@ class EvolveOptions:
     template: str | None = None  # needle template(s) of the search: auto (default), a name, or a comma list
     depths: str | None = None  # needle depths: spread (default), uniform, start, or a list
     signal_check: bool = True  # measure in-window which templates the model solves (before anything is written)
+    accept_model_change: bool = False  # resume although the model's files changed since the run started
 
 
 @dataclass
@@ -382,9 +383,12 @@ def check_signal(p: Plan, pool: WorkerPool, reporter: EvolveReporter | None = No
 
 def create_run(p: Plan, template: str, signal: dict[str, Any] | None) -> PreparedRun:
     """Write a new run directory: config, space, the search needles (template(s) ``template``)."""
+    from .models import model_fingerprint
+
     config = p.config
     config.template = template
     config.signal = signal
+    config.model_fingerprint = model_fingerprint(config.model)
     needles = _build_needles(p.tokenizer, config.target_length, config.samples, config.seed, template, p.depths)
     store = RunStore.create(p.out, config, force=p.force)
     try:
@@ -414,6 +418,23 @@ def prepare(opts: EvolveOptions, pool: WorkerPool | None = None, reporter: Evolv
     return create_run(p, template, signal)
 
 
+def _check_same_model(config: RunConfig, path: Path, accept: bool) -> None:
+    """Refuse to resume with a model whose config, weights or tokenizer changed since the run started."""
+    from .models import fingerprint_changes, model_fingerprint
+
+    if not config.model_fingerprint:
+        return  # a run written before fingerprints existed
+    changes = fingerprint_changes(config.model_fingerprint, model_fingerprint(config.model))
+    if changes and not accept:
+        shown = "the testbed" if config.model is None else config.model
+        raise RunError(
+            f"the model {shown} changed since {path} started ({'; '.join(changes)}): resuming would mix two models' "
+            "scores in one journal; start a new run, or pass --accept-model-change to resume anyway"
+        )
+    if changes:
+        log.warning("resuming %s with a changed model (%s), as asked", path, "; ".join(changes))
+
+
 def _prepare_resume(opts: EvolveOptions) -> PreparedRun:
     from .needles import load_needle_set
     from .optimizers import make_optimizer
@@ -438,6 +459,7 @@ def _prepare_resume(opts: EvolveOptions) -> PreparedRun:
     store.lock()
     try:
         geometry, tokenizer = load_model_info(config.model)
+        _check_same_model(config, path, opts.accept_model_change)
         try:
             space = SearchSpace.from_dict(store.read_json(SPACE), geometry, config.target_length)
         except InputError as e:

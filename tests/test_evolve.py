@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow  # real Ray: seconds per worker start on a small machine
@@ -145,6 +146,32 @@ def test_resuming_a_finished_run_changes_nothing(finished_run, tmp_path, capsys)
     after = _tree_digest(run)
     for name in ("journal.jsonl", "final.json", "config.json") + tuple(k for k in before if k.startswith("checkpoints/")):
         assert after[name] == before[name], name
+
+
+def test_resume_refuses_a_model_that_changed(finished_run, model_dir, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    run = tmp_path / "copy"
+    shutil.copytree(finished_run, run)
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model_fingerprint"]["weights"]
+    cfg["model"] = str(model)
+    (run / "config.json").write_text(json.dumps(cfg))
+    code, _, err = cli(["evolve", "--resume", str(run)], capsys)
+    assert code == 0, err  # the same files at another path: the same model
+    net = AutoModelForCausalLM.from_pretrained(model)
+    with torch.no_grad():
+        next(net.parameters()).mul_(1.01)
+    net.save_pretrained(model)  # new weights at the same path
+    before = _tree_digest(run)
+    code, _, err = cli(["evolve", "--resume", str(run)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "changed since" in err and "model.safetensors (size or content)" in err and "--accept-model-change" in err
+    assert _tree_digest(run) == before
+    code, _, err = cli(["evolve", "--resume", str(run), "--accept-model-change"], capsys)
+    assert code == 0, err
 
 
 def test_a_failed_evaluation_is_retried_on_resume_not_reused(finished_run, tmp_path):
