@@ -165,6 +165,7 @@ def test_resume_refuses_a_model_that_changed(finished_run, model_dir, tmp_path, 
     with torch.no_grad():
         next(net.parameters()).mul_(1.01)
     net.save_pretrained(model)  # new weights at the same path
+    capsys.readouterr()  # transformers' own loading progress is not the CLI's output
     before = _tree_digest(run)
     code, _, err = cli(["evolve", "--resume", str(run)], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
