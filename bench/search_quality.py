@@ -259,7 +259,8 @@ def main() -> None:
                     entry = res["searches"].setdefault(f"{label}#s{seed}", {})
                     entry.update({"space": space, "optimizer": opt, "budget": budget, "racing": not full, "seed": seed,
                                   "token_forwards": tf, "evaluations": n_evals, "minutes": minutes,
-                                  "evals_worth": tf / (args.samples * target), "run": str(run)})
+                                  "evals_worth": tf / (args.samples * target), "run": str(run),
+                                  "command": "python bench/search_quality.py " + " ".join(sys.argv[1:])})
                     cache = entry.setdefault("heldout", {})
                     points = []
                     for frac in (0.25, 0.5, 1.0):
@@ -298,16 +299,33 @@ def report(results: dict, args, g, console) -> None:
     emit_table(
         console, f"search quality per cost: {args.model or 'testbed'}", headers, rows,
         [f"Machine: {platform.machine()}, {os.cpu_count()} cores, {args.workers} workers; model {args.model or 'testbed'} "
-         f"(window {g.original_length}, rotary dim {g.rotary_dim}, base {g.base:g}); {args.samples} needle documents per "
-         f"evaluation (pass key, uniform depths); held-out: {args.heldout_samples} documents per set."],
+         f"(window {g.original_length}, rotary dim {g.rotary_dim}, base {g.base:g}); searches score N needle documents per "
+         f"evaluation (/nN in the label; pass key, uniform depths); #sK is the seed; held-out: {args.heldout_samples} "
+         f"documents per set. The table gathers every run kept in {json_out_name(args)}; the commands that measured "
+         "its search rows are listed below it."],
         ["acc · NLL: exact-answer accuracy and answer-token NLL of the best factors on the held-out sets (project: pass key, "
          "another seed, uniform depths; foreign: another pass-key framing, Python stdlib docstrings, depths 10/30/50 %; "
          "plain RoPE solves it at 0.85 inside the window). "
          "evals: evaluations journaled; token-forwards: documents run × tokens (candidates only); evals' worth = "
-         "token-forwards / (documents per evaluation × length)."],
+         "token-forwards / (documents per evaluation × length).", "", "Search rows measured by:", "",
+         *[f"- `{c}`" for c in _commands(results)]],
         args.out, left=("method",),
     )
     plot(results, Path(args.out).with_suffix(".png"))
+
+
+def json_out_name(args) -> str:
+    return Path(args.out).with_suffix(".json").name
+
+
+def _commands(results: dict) -> list[str]:
+    seen: list[str] = []
+    for res in results.values():
+        for e in res["searches"].values():
+            c = e.get("command")
+            if c and c not in seen:
+                seen.append(c)
+    return seen
 
 
 def _cell(h: dict) -> str:

@@ -221,7 +221,12 @@ def export_command(
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP + " Used when there is no --model-dir."),
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Target length; needed for a .csv source."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),
-    copy: bool = typer.Option(False, "--copy", help="Copy weight files instead of hard-linking them."),
+    link: bool = typer.Option(
+        False, "--link",
+        help="Hard-link weight files instead of copying them (the default copies, as a reflink where the file system "
+             "offers one). Saves disk, but the export then shares those files with the original model: anything that "
+             "later writes into an exported weight file in place rewrites the original too.",
+    ),
 ) -> None:
     """Export searched factors to transformers, vLLM, llama.cpp (GGUF), LongRoPE CSV or JSON."""
     from .export import export
@@ -229,7 +234,7 @@ def export_command(
 
     result = export(
         source, fmt, out, model=model, model_dir=model_dir, gguf_file=gguf_file,
-        target_length=parse_length(target) if target else None, force=force, link=not copy,
+        target_length=parse_length(target) if target else None, force=force, link=link,
     )
     console.print(f"[bold green]exported[/] ({result.format}) → {result.out}", highlight=False)
     for path in result.paths[:8]:

@@ -34,7 +34,7 @@ import numpy as np
 from .atomic import atomic_dir, atomic_write_text, current_umask
 from .errors import ExportError, FactorsError
 from .factors import RopeFactors, load_factors, write_csv_factors
-from .rope import RopeGeometry, attention_factor
+from .rope import RopeGeometry
 
 log = logging.getLogger(__name__)
 
@@ -218,9 +218,32 @@ def _check_config_geometry(cfg_obj: Any, factors: RopeFactors, what: str) -> Non
     factors.check_geometry(model_geometry(cfg_obj), what)
 
 
-def _copy_tree(src: Path, dst: Path, link: bool, exclude: Sequence[Path] = ()) -> list[Path]:
-    """Copy ``src`` into ``dst`` except config.json: weights and large files hard-linked (``link``), the rest copied."""
+_FICLONE = 0x40049409  # Linux ioctl: share the source's blocks copy-on-write (btrfs, XFS, bcachefs, ...)
+
+
+def _clone_or_copy(src: Path, dst: Path) -> str:
+    """Copy ``src`` to ``dst`` as a reflink where the file system offers one (``"reflink"``), else byte for byte
+    (``"copy"``). Either way ``dst`` is a file of its own: writing into it never changes ``src``."""
+    try:
+        import fcntl
+
+        with open(src, "rb") as fi, open(dst, "wb") as fo:
+            fcntl.ioctl(fo.fileno(), _FICLONE, fi.fileno())
+        shutil.copystat(src, dst)
+        return "reflink"
+    except (OSError, ImportError):
+        shutil.copy2(src, dst)
+        return "copy"
+
+
+def _copy_tree(src: Path, dst: Path, link: bool, exclude: Sequence[Path] = ()) -> tuple[list[Path], dict[str, int]]:
+    """Copy ``src`` into ``dst`` except config.json, each file a copy of its own (a reflink where possible).
+
+    Only with ``link`` are weights and other large files hard-linked instead (copied where a link is
+    impossible): the export then shares those files with ``src``. Returns the files written and how many
+    were copied, reflinked and linked."""
     written = []
+    how = {"copy": 0, "reflink": 0, "link": 0}
     skip = [Path(e).resolve() for e in (*exclude, dst)]
     for p in sorted(src.rglob("*")):
         rel = p.relative_to(src)
@@ -235,15 +258,27 @@ def _copy_tree(src: Path, dst: Path, link: bool, exclude: Sequence[Path] = ()) -
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         real = p.resolve()
+        done = None
         if link and (real.stat().st_size >= _SMALL_FILE or p.name.endswith(_WEIGHT_SUFFIXES)):
             try:
                 os.link(real, target)
+                done = "link"
             except OSError:  # another file system, or links not allowed
-                shutil.copy2(real, target)
-        else:
-            shutil.copy2(real, target)
+                pass
+        if done is None:
+            done = _clone_or_copy(real, target)
+        how[done] += 1
         written.append(target)
-    return written
+    return written, how
+
+
+def _copy_note(n: int, src: Path, how: dict[str, int]) -> str:
+    parts = [f"{k} {how[k]}" for k in ("copy", "reflink", "link") if how[k]]
+    text = f"copied {n} file(s) from {src} ({', '.join(parts) or 'none'}); config.json patched"
+    if how["link"]:
+        text += ("; hard-linked files are the original model's own: anything that writes into one in place "
+                 "rewrites the original")
+    return text
 
 
 def export_hf(
@@ -252,12 +287,15 @@ def export_hf(
     model: str | None = None,
     model_dir: str | Path | None = None,
     force: bool = False,
-    link: bool = True,
+    link: bool = False,
+    *,
+    _vllm: bool = False,
 ) -> ExportResult:
-    """A transformers model directory (``model_dir`` copied, weights linked) or a lone config.json (from ``model``).
+    """A transformers model directory (``model_dir`` copied) or a lone config.json (from ``model``).
 
-    The exported directory also holds ``longsearch_factors.json``. Weights are never modified; with
-    ``link`` large files are hard-linked (copied where that is impossible), otherwise copied.
+    The exported directory also holds ``longsearch_factors.json``. Every file is a copy of its own (a
+    reflink where the file system offers it), so nothing written into the export can reach the original;
+    only with ``link`` are large files hard-linked to the originals (copied where that is impossible).
     """
     from .models import load_config
 
@@ -288,39 +326,64 @@ def export_hf(
         from .models import config_with_factors
 
         patched = config_with_factors(cfg_obj, factors).to_dict()
+    overrides = None
+    if _vllm:  # vLLM and SGLang read m from short_mscale / long_mscale, never from attention_factor
+        patched = add_mscale_keys(patched, factors)
+        overrides = vllm_overrides(factors, _longrope_params_of(patched))
     notes = [short_factor_note(factors)]
     paths: list[Path] = []
     with atomic_dir(out) as tmp:
         if model_dir is not None:
-            copied = _copy_tree(model_dir, tmp, link, exclude=[out])
+            copied, how = _copy_tree(model_dir, tmp, link, exclude=[out])
             paths += [out / p.relative_to(tmp) for p in copied]
-            notes.append(f"copied {len(copied)} file(s) from {model_dir} ({'large ones hard-linked' if link else 'all copied'}); config.json patched")
+            notes.append(_copy_note(len(copied), model_dir, how))
         atomic_write_text(tmp / "config.json", json.dumps(patched, indent=2) + "\n")
         factors.save(tmp / FACTORS_FILE)
-    paths = [out / "config.json", out / FACTORS_FILE] + paths
+        if overrides is not None:
+            atomic_write_text(tmp / VLLM_OVERRIDES, json.dumps(overrides, separators=(",", ":")) + "\n")
+    paths = [out / "config.json", out / FACTORS_FILE] + ([out / VLLM_OVERRIDES] if overrides is not None else []) + paths
     if model_dir is None:
         notes.append("config only: put config.json into a copy of the model directory (or pass --model-dir to copy it)")
     notes.append(
         f"rope_parameters: longrope, original window {factors.original_length}, max_position_embeddings {factors.target_length}, "
         f"attention_factor {factors.attention_factor:.6g}"
     )
-    return ExportResult("hf", out, paths, notes=notes)
+    return ExportResult("hf", out, paths, notes=notes, hf_overrides=overrides)
+
+
+VLLM_OVERRIDES = "hf_overrides.json"
+
+
+def add_mscale_keys(cfg: dict[str, Any], factors: RopeFactors) -> dict[str, Any]:
+    """A copy of a patched config dict whose longrope settings also carry ``short_mscale`` = ``long_mscale`` = m.
+
+    vLLM's and SGLang's longrope rotary embedding take the attention factor only from these two keys
+    (their default is √(1 + ln s / ln L)); transformers reads ``attention_factor`` and warns about the
+    two extra keys without using them. Both multiply cos/sin, as transformers does at every length."""
+    out = json.loads(json.dumps(cfg))
+    m = float(factors.attention_factor)
+    for key in ("rope_parameters", "rope_scaling"):
+        rp = out.get(key)
+        if not isinstance(rp, dict):
+            continue
+        targets = [rp] if rp.get("rope_type") == "longrope" else [v for v in rp.values() if isinstance(v, dict) and v.get("rope_type") == "longrope"]
+        for t in targets:
+            t["short_mscale"] = m
+            t["long_mscale"] = m
+    return out
+
+
+def _longrope_params_of(cfg: dict[str, Any]) -> dict[str, Any]:
+    return dict(cfg["rope_parameters"])
 
 
 def vllm_overrides(factors: RopeFactors, rope_parameters: dict[str, Any]) -> dict[str, Any]:
-    """The ``--hf-overrides`` JSON for ``vllm serve``: the longrope settings and the new window."""
-    return {"rope_parameters": dict(rope_parameters), "max_position_embeddings": int(factors.target_length)}
-
-
-def vllm_attention_warning(factors: RopeFactors) -> str | None:
-    """vLLM recomputes m = √(1 + ln s / ln L); say so when the factors carry another m."""
-    m_vllm = attention_factor("longrope", factors.scale, factors.original_length)
-    if math.isclose(m_vllm, factors.attention_factor, rel_tol=1e-6, abs_tol=1e-9):
-        return None
-    return (
-        f"vLLM ignores attention_factor {factors.attention_factor:.6g} and recomputes m = √(1 + ln s / ln L) = "
-        f"{m_vllm:.6g} from max_position_embeddings / original_max_position_embeddings: results will differ from longsearch's"
-    )
+    """The ``--hf-overrides`` JSON for ``vllm serve``: the longrope settings (m as short/long_mscale too) and the new window."""
+    params = dict(rope_parameters)
+    if params.get("rope_type") == "longrope":
+        params.setdefault("short_mscale", float(factors.attention_factor))
+        params.setdefault("long_mscale", float(factors.attention_factor))
+    return {"rope_parameters": params, "max_position_embeddings": int(factors.target_length)}
 
 
 def export_vllm(
@@ -329,29 +392,25 @@ def export_vllm(
     model: str | None = None,
     model_dir: str | Path | None = None,
     force: bool = False,
-    link: bool = True,
+    link: bool = False,
 ) -> ExportResult:
-    """The hf export plus the equivalent ``--hf-overrides`` (written to ``hf_overrides.json`` and returned)."""
-    result = export_hf(factors, out, model=model, model_dir=model_dir, force=force, link=link)
-    written = json.loads((result.out / "config.json").read_text())
-    overrides = vllm_overrides(factors, written["rope_parameters"])
-    text = json.dumps(overrides, separators=(",", ":"))
-    path = result.out / "hf_overrides.json"
-    atomic_write_text(path, text + "\n")
+    """The hf export with ``short_mscale`` / ``long_mscale`` = m in its longrope settings (what vLLM and SGLang
+    read), plus the equivalent ``--hf-overrides`` in ``hf_overrides.json``, written in the same atomic step."""
+    result = export_hf(factors, out, model=model, model_dir=model_dir, force=force, link=link, _vllm=True)
+    text = json.dumps(result.hf_overrides, separators=(",", ":"))
     if model_dir is not None:
-        served = str(model_dir)
+        served = str(result.out)  # a whole model directory with the longrope config: serve it as is
     else:
         from .models import TESTBED_DIR
 
         served = model or str(TESTBED_DIR)
     result.format = "vllm"
-    result.paths.append(path)
-    result.hf_overrides = overrides
     result.serve_command = f"vllm serve {served} --max-model-len {factors.target_length} --hf-overrides '{text}'"
+    result.notes.append(
+        f"short_mscale = long_mscale = {factors.attention_factor:.6g}: vLLM and SGLang take the attention factor from "
+        "these keys (transformers reads attention_factor and warns that it does not use them)"
+    )
     result.notes.append('vLLM releases built on transformers 4.x read "rope_scaling": rename the key in the overrides for those')
-    warning = vllm_attention_warning(factors)
-    if warning:
-        result.warnings.append(warning)
     if not np.all(factors.short_factor == 1.0):
         result.notes.append("vLLM uses the long factors at every position when max_model_len exceeds the original window")
     return result
@@ -581,7 +640,7 @@ def export(
     gguf_file: str | Path | None = None,
     target_length: int | None = None,
     force: bool = False,
-    link: bool = True,
+    link: bool = False,
 ) -> ExportResult:
     """Export a run directory, factors JSON or LongRoPE CSV to ``fmt`` (one of :data:`FORMATS`)."""
     fmt = fmt.strip().lower()
@@ -636,4 +695,5 @@ __all__ = [
     "resolve_factors",
     "short_factor_note",
     "vllm_overrides",
+    "add_mscale_keys",
 ]

@@ -94,7 +94,8 @@ def test_hf_model_dir_reloads_with_same_logits(llama_dir, tmp_path):
     assert (out / "config.json").is_file() and (out / "longsearch_factors.json").is_file()
     assert _sha(llama_dir / "config.json") == cfg_before  # never modified in place
     weights = next(llama_dir.glob("*.safetensors"))
-    assert (out / weights.name).stat().st_ino == weights.stat().st_ino  # linked, not rewritten
+    assert (out / weights.name).stat().st_ino != weights.stat().st_ino  # a file of its own, never the original's inode
+    assert _sha(out / weights.name) == _sha(weights)
     assert any("short factors: taken from the source" in n for n in result.notes)
 
     cfg = json.loads((out / "config.json").read_text())
@@ -177,22 +178,90 @@ def test_hf_refuses_existing_and_mismatched(llama_dir, tmp_path):
 # ---------------------------------------------------------------- vllm
 
 
-def test_vllm_overrides_and_attention_warning(llama_dir, tmp_path):
+def test_vllm_overrides_carry_m_as_mscale(llama_dir, tmp_path):
     g = model_geometry(load_config(str(llama_dir)))
-    default_m = _factors(g)
-    r = export_vllm(default_m, tmp_path / "v1", model=str(llama_dir))
+    custom = _factors(g, m=1.05)
+    r = export_vllm(custom, tmp_path / "v1", model_dir=llama_dir)
     assert r.warnings == []
     over = json.loads((tmp_path / "v1" / "hf_overrides.json").read_text())
-    assert over == r.hf_overrides
+    assert over == r.hf_overrides and (tmp_path / "v1" / "hf_overrides.json") in r.paths
     assert over["max_position_embeddings"] == TARGET
+    rp = over["rope_parameters"]
     for key in ("short_factor", "long_factor", "original_max_position_embeddings"):
-        assert key in over["rope_parameters"]
+        assert key in rp
+    assert rp["short_mscale"] == rp["long_mscale"] == pytest.approx(1.05)
+    cfg = json.loads((tmp_path / "v1" / "config.json").read_text())
+    assert cfg["rope_parameters"]["short_mscale"] == cfg["rope_parameters"]["long_mscale"] == pytest.approx(1.05)
+    assert cfg["rope_parameters"]["attention_factor"] == pytest.approx(1.05)
     assert "--hf-overrides '" in r.serve_command and f"--max-model-len {TARGET}" in r.serve_command
+    assert r.serve_command.startswith(f"vllm serve {tmp_path / 'v1'} ")
     assert json.loads(r.serve_command.split("--hf-overrides '")[1].rstrip("'")) == over
+    # the hf export stays free of keys transformers does not know
+    h = export_hf(custom, tmp_path / "h", model=str(llama_dir))
+    assert "short_mscale" not in json.loads((h.out / "config.json").read_text())["rope_parameters"]
 
-    custom = _factors(g, m=1.05)
-    r2 = export_vllm(custom, tmp_path / "v2", model=str(llama_dir))
-    assert len(r2.warnings) == 1 and "1.05" in r2.warnings[0] and "recomputes" in r2.warnings[0]
+
+def test_export_never_shares_files_with_the_model_unless_asked(llama_dir, tmp_path):
+    from longsearch.export import _clone_or_copy
+
+    g = model_geometry(load_config(str(llama_dir)))
+    f = _factors(g)
+    weights = next(llama_dir.glob("*.safetensors"))
+    before = _sha(weights)
+    out = tmp_path / "copied"
+    r = export_hf(f, out, model_dir=llama_dir)
+    assert any("copied" in n and "link" not in n.split("(")[1] for n in r.notes)
+    with open(out / weights.name, "r+b") as fh:  # something saving into the export in place
+        fh.write(b"\0" * 64)
+    assert _sha(weights) == before  # the original model is untouched
+    # a reflink or a copy, whichever the file system gives: a separate file with the same bytes
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(bytes(range(256)) * 100)
+    assert _clone_or_copy(a, b) in ("reflink", "copy") and b.read_bytes() == a.read_bytes()
+    assert a.stat().st_ino != b.stat().st_ino
+    linked = export_hf(f, tmp_path / "linked", model_dir=llama_dir, link=True)
+    assert (tmp_path / "linked" / weights.name).stat().st_ino == weights.stat().st_ino
+    assert any("rewrites the original" in n for n in linked.notes)
+
+
+def test_vllm_and_sglang_own_rope_code_match_transformers(llama_dir, tmp_path):
+    """The engines' longrope code, taken from their wheels, on the exported config, against transformers' own."""
+    from consumer_code import engines
+    from transformers import AutoModelForCausalLM
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    found = engines()
+    if not found:
+        pytest.skip("no vLLM / SGLang wheel in .cache/consumers: run bench/consumers.sh")
+    g = model_geometry(load_config(str(llama_dir)))
+    f = _factors(g, m=1.07)  # not the engines' default √(1 + ln s / ln L): it must arrive through the keys
+    out = tmp_path / "v"
+    export_vllm(f, out, model_dir=llama_dir)
+    cfg = json.loads((out / "config.json").read_text())
+    rp = cfg["rope_parameters"]
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    heads, head_dim = cfg["num_attention_heads"], cfg["hidden_size"] // cfg["num_attention_heads"]
+    gen = torch.Generator().manual_seed(3)
+    for engine in found:
+        missing = engine.keys - set(rp)
+        assert missing <= set(), f"{engine.name} {engine.version} reads {sorted(missing)}, which the export does not write"
+        assert {"short_mscale", "long_mscale"} <= engine.keys
+        # long: the engine serves with max_model_len = target; short: within the original window
+        for n, max_model_len in ((TARGET, TARGET), (WINDOW, WINDOW)):
+            rot = engine.build(dict(rp), head_dim, cfg["max_position_embeddings"], max_model_len)
+            q = torch.randn(n, heads * head_dim, generator=gen)
+            k = torch.randn(n, heads * head_dim, generator=gen)
+            pos = torch.arange(n)
+            q_e, k_e = rot(pos, q.clone(), k.clone())
+            x = torch.zeros(1, n, cfg["hidden_size"])
+            cos, sin = model.model.rotary_emb(x, pos[None])
+            qt = q.view(n, heads, head_dim).transpose(0, 1)[None]
+            kt = k.view(n, heads, head_dim).transpose(0, 1)[None]
+            q_t, k_t = apply_rotary_pos_emb(qt, kt, cos, sin)
+            q_t = q_t[0].transpose(0, 1).reshape(n, -1)
+            k_t = k_t[0].transpose(0, 1).reshape(n, -1)
+            err = max((q_e - q_t).abs().max().item(), (k_e - k_t).abs().max().item())
+            assert err < 1e-4, f"{engine.name} {engine.version} at {n} tokens: max |Δ| {err:.2e}"
 
 
 # ---------------------------------------------------------------- csv / json
