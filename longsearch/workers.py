@@ -211,6 +211,8 @@ class _Slot:
     actor: Any = None
     generation: int = 0  # how many times this slot's actor was replaced
     busy_since: float | None = None
+    starting: Any = None  # a replacement's ready() ref until its model is loaded: no task goes to it before
+    starting_since: float | None = None
 
     @property
     def label(self) -> str:
@@ -263,6 +265,7 @@ class WorkerPool:
         self._completed = 0
         self._failures = 0
         self._replacements = 0
+        self._retired = 0  # slots given up because the cluster lost the room for them
         self._t_start: float | None = None
         self._started = False
 
@@ -312,10 +315,13 @@ class WorkerPool:
         kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.ERROR)
         address = self.address or os.environ.get("RAY_ADDRESS")  # a cluster named the usual Ray way is joined too
         if address:
+            use_ray_token(address)
             try:
                 ray.init(address=address, **kwargs)
             except Exception as e:
-                raise RunError(f"cannot connect to the Ray cluster at {address} ({str(e).splitlines()[0][:160]}): check --address") from None
+                first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+                raise RunError(f"cannot connect to the Ray cluster at {address} ({first}): check --address"
+                               f"{ray_auth_hint()}") from None
         else:
             root = self.temp_root or "/tmp"
             _remove_stale_temp_dirs(root)
@@ -421,7 +427,9 @@ class WorkerPool:
             return
         ref = ray.put(needle_set)
         self._needle_refs[name] = ref
-        done = [s.actor.set_needles.remote(name, ref) for s in self._slots]
+        # a replacement still starting gets it too (its calls run in order once it is up), but is not waited for:
+        # it may never start (its node lost)
+        done = [r for s in self._slots for r in [s.actor.set_needles.remote(name, ref)] if s.starting is None]
         try:
             ray.get(done)
         except _death_errors():
@@ -435,12 +443,22 @@ class WorkerPool:
 
         queue: deque[tuple[ScoreTask, int]] = deque((t, 1) for t in tasks)
         inflight: dict[Any, tuple[_Slot, ScoreTask, int]] = {}
-        idle: deque[_Slot] = deque(self._slots)
+        idle: deque[_Slot] = deque(s for s in self._slots if s.starting is None)
         if queue and not self._started:
             self.start()
             idle.extend(self._slots)
         deaths = _death_errors()
         deaths_in_a_row = 0
+
+        def on_started(ref: Any) -> None:
+            slot = next(s for s in self._slots if s.starting is ref)
+            slot.starting = slot.starting_since = None
+            try:
+                ray.get(ref)
+                idle.append(slot)
+            except Exception as e:  # the replacement died loading the model: try another (or retire the slot)
+                log.warning("replacement worker %s did not start (%s)", slot.label, _root_message(e))
+                self._replace(slot)
 
         def dispatch() -> None:
             while idle and queue:
@@ -453,7 +471,13 @@ class WorkerPool:
         try:
             while queue or inflight:
                 dispatch()
-                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=self._poll_interval())
+                starting = [s.starting for s in self._slots if s.starting is not None]
+                if queue and not inflight and not idle:
+                    self._check_starting()  # every worker is a replacement still loading the model
+                ready, _ = ray.wait(list(inflight) + starting, num_returns=1, timeout=self._poll_interval())
+                for ref in [r for r in ready if r not in inflight]:
+                    on_started(ref)
+                ready = [r for r in ready if r in inflight]
                 outcomes: list[ScoreOutcome] = self._check_timeouts(inflight, queue, idle, set(ready))
                 for ref in ready:
                     slot, task, attempt = inflight.pop(ref)
@@ -468,7 +492,6 @@ class WorkerPool:
                             raise RunError(f"workers keep dying without finishing any evaluation (last: {reason}): check the "
                                            "model and the memory of the machines") from None
                         outcome = self._on_death(slot, task, attempt, queue, reason)
-                        idle.append(slot)
                         if outcome is not None:
                             outcomes.append(outcome)
                         continue
@@ -521,17 +544,56 @@ class WorkerPool:
             censored=bool(d.get("censored", False)),
         )
 
+    def _capacity(self) -> int:
+        """How many actors of this pool the cluster can hold now (its total resources: a lost node's are gone)."""
+        import ray
+
+        try:
+            total = ray.cluster_resources()
+        except Exception:
+            return len(self._slots)
+        if self.device == "cuda":
+            return int(float(total.get("GPU", 0)) // self.gpus_per_worker)
+        per = float(self._actor_options.get("num_cpus", 1)) or 1.0
+        return int(float(total.get("CPU", 0)) // per)
+
     def _replace(self, slot: _Slot) -> None:
+        """A new actor for a dead one's slot, or, when the cluster lost the room for it (a node gone), no slot:
+        the pool goes on with the workers it has, and fails only when none is left."""
         import ray
 
         try:
             ray.kill(slot.actor, no_restart=True)
         except Exception:
             pass
+        others = [s for s in self._slots if s is not slot]
+        if len(others) + 1 > self._capacity():
+            self._slots = others
+            slot.actor = None
+            self._retired += 1
+            log.warning("worker %s lost and the cluster has no room for a replacement: going on with %d worker(s)",
+                        slot.label, len(others))
+            if not others:
+                raise RunError("every worker was lost and the cluster has no room for a new one (a node gone?): "
+                               "add resources to the cluster, then resume the run with --resume")
+            return
         slot.generation += 1
         self._replacements += 1
         slot.actor = self._new_actor()
-        log.warning("worker %s died; replaced it", slot.label)
+        # it gets tasks once its model is loaded: a replacement the cluster cannot place (its node lost and the
+        # loss not yet known) must not hold a task while the other workers go on
+        slot.starting = slot.actor.ready.remote()
+        slot.starting_since = time.perf_counter()
+        log.warning("worker %s died; replacing it", slot.label)
+
+    def _check_starting(self) -> None:
+        """Every worker is a replacement still starting: fail once the oldest has waited past the startup timeout."""
+        since = [s.starting_since for s in self._slots if s.starting_since is not None]
+        if since and time.perf_counter() - min(since) > self.startup_timeout:
+            raise RunError(
+                f"every worker was lost and no replacement started within {self.startup_timeout:g} s (not enough free "
+                "CPUs/GPUs in the cluster?): add resources, then resume the run with --resume"
+            )
 
     def _on_death(self, slot: _Slot, task: ScoreTask, attempt: int, queue: deque, reason: str) -> ScoreOutcome | None:
         self._replace(slot)
@@ -564,10 +626,79 @@ class WorkerPool:
                 inflight.pop(ref)
                 self._abandon(ref, slot, now)
                 outcome = self._on_death(slot, task, attempt, queue, f"no result within {self.task_timeout:g} s")
-                idle.append(slot)
                 if outcome is not None:
                     failed.append(outcome)
         return failed
+
+
+RAY_TOKEN_FILE = "~/.ray/auth_token"
+
+
+def ray_token_source() -> str | None:
+    """Where Ray would read a cluster token from (its documented order), or None when there is none."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN"
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path and os.path.isfile(os.path.expanduser(path)):
+        return path
+    default = os.path.expanduser(RAY_TOKEN_FILE)
+    if os.path.isfile(default):
+        return default
+    return None
+
+
+def _address_host(address: str) -> str:
+    rest = address.split("://", 1)[-1]
+    if rest.startswith("["):  # [IPv6]:port
+        return rest[1:].split("]", 1)[0]
+    return rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest
+
+
+def is_this_machine(address: str) -> bool:
+    """Whether a cluster address names this machine (an address one of its interfaces holds)."""
+    import socket
+
+    host = _address_host(address)
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    for family, _, _, _, sockaddr in infos:
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as sock:
+                sock.bind((sockaddr[0], 0))  # only an address of this machine can be bound
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def use_ray_token(address: str) -> str | None:
+    """Joining a cluster: clusters started with ``ray start --head`` (Ray ≥ 2.59) require token authentication,
+    and a client sends a token only with ``RAY_AUTH_MODE=token``; Ray itself never turns that on for an
+    explicit address, so as not to send a token to a cluster it was not made for. longsearch turns it on only
+    for a cluster on this machine — whose token is this machine's own (``~/.ray/auth_token``, written by
+    ``ray start --head``) — when the mode is unset. Anywhere else, set ``RAY_AUTH_MODE=token`` yourself.
+    Returns the token's source when it is used."""
+    source = ray_token_source()
+    if source is None or os.environ.get("RAY_AUTH_MODE") or not is_this_machine(address):
+        return None
+    try:  # what Ray does for a local cluster it finds itself: the mode for this process and its children
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+        _enable_token_auth()
+    except Exception:  # another Ray: the environment variable is the documented switch
+        os.environ["RAY_AUTH_MODE"] = "token"
+    log.info("Ray: a cluster on this machine; using its token from %s (RAY_AUTH_MODE=token)", source)
+    return source
+
+
+def ray_auth_hint() -> str:
+    if (os.environ.get("RAY_AUTH_MODE") or "").lower() == "token":
+        return (f"; the token sent was from {ray_token_source() or 'nowhere'}: it must be the cluster's own "
+                f"(copy the head node's {RAY_TOKEN_FILE})")
+    return (f"; if the cluster uses token authentication (the default of `ray start` since Ray 2.59), set "
+            f"RAY_AUTH_MODE=token with its token in {RAY_TOKEN_FILE}, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH")
 
 
 _TEMP_PREFIX = "lsray-"

@@ -47,12 +47,12 @@ def needles(model_dir):
     return build_needle_set(lm.tokenizer, TARGET, 2, seed=0)
 
 
-def _tasks(geometry_n: int, k: int) -> list[ScoreTask]:
+def _tasks(geometry_n: int, k: int, prefix: str = "t") -> list[ScoreTask]:
     rng = np.random.default_rng(0)
     out = []
     for i in range(k):
         lam = np.sort(rng.uniform(1.0, 8.0, size=geometry_n))
-        out.append(ScoreTask(f"t{i}", lam, 1.0 + 0.01 * i))
+        out.append(ScoreTask(f"{prefix}{i}", lam, 1.0 + 0.01 * i))
     return out
 
 
@@ -101,7 +101,12 @@ def test_killed_worker_is_replaced_and_its_task_rerun(pool):
     assert all(math.isfinite(o.nll) and o.error is None for o in seen)
     assert stats.replacements == 1 and stats.failures == 0
     assert any(o.attempts == 2 for o in seen)
-    assert any(o.worker == "w0.1" for o in seen)  # the replacement got the needles and did work
+    # the replacement takes tasks once its model is loaded (the other worker goes on meanwhile): once loaded,
+    # it works, with the needles it was given
+    ray.wait([s.starting for s in pool._slots if s.starting is not None], timeout=120)
+    more = list(pool.map_unordered(_tasks(8, 6, prefix="u")))
+    assert all(math.isfinite(o.nll) and o.error is None for o in more)
+    assert any(o.worker == "w0.1" for o in seen + more)
 
 
 def test_task_that_exhausts_its_attempts_is_reported_inf(pool):
