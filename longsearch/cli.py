@@ -156,6 +156,21 @@ def testbed_card(
         console.print(f"wrote {write_card(card_file, model_dir, table)}")
 
 
+@testbed_app.command("gguf")
+def testbed_gguf_command(
+    out: str = typer.Option(..., "--out", "-o", help="The .gguf file to write."),
+    arch: str = typer.Option("llama", "--arch", help="llama.cpp architecture: llama, or phi3 (the same network, fused projections)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="A small Llama model directory (default: the shipped testbed)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing file."),
+) -> None:
+    """Write the testbed as a float32 llama.cpp GGUF file (byte vocabulary), to check exports in llama.cpp itself."""
+    from .tiny.gguf import testbed_gguf
+
+    path = testbed_gguf(out, model=model, arch=arch, force=force)
+    console.print(f"wrote {path} ({arch}, {path.stat().st_size / 1e6:.1f} MB); export factors into it with "
+                  f"`longsearch export RUN --format gguf --gguf {path} --out OUT.gguf`", highlight=False)
+
+
 # ---------------------------------------------------------------- evolve (evolve.py)
 
 

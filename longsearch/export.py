@@ -512,7 +512,11 @@ def export_gguf(factors: RopeFactors, gguf_file: str | Path, out: str | Path, fo
 
     Writes float32 ``rope_factors_long.weight`` / ``rope_factors_short.weight`` (replacing any there,
     and a Llama-3.1 ``rope_freqs.weight``), ``{arch}.context_length`` = target,
-    ``{arch}.rope.scaling.original_context_length``, ``{arch}.rope.scaling.attn_factor``.
+    ``{arch}.rope.scaling.type`` = ``longrope``, ``{arch}.rope.scaling.original_context_length`` and
+    ``{arch}.rope.scaling.attn_factor`` = m (llama.cpp multiplies cos and sin by it, as transformers does), and
+    drops ``{arch}.rope.scaling.factor`` (llama.cpp would scale positions by it on top). llama.cpp chooses the
+    long or short factors once, from the context size it is given: long when ``n_ctx`` exceeds the original
+    window.
     """
     import gguf
 
@@ -540,10 +544,13 @@ def export_gguf(factors: RopeFactors, gguf_file: str | Path, out: str | Path, fo
         f"{arch}.rope.scaling.attn_factor": (float(factors.attention_factor), gguf.GGUFValueType.FLOAT32),
     }
     drop_kv = set()
+    # llama.cpp's llama-family architectures (llama, mistral3, granite, ...) create rope_factors_long/short only
+    # when the scaling type is longrope; without it they read rope_freqs or nothing, and refuse the extra tensors
     old_type = _field(reader, f"{arch}.rope.scaling.type")
-    if old_type is not None and old_type not in ("none", "longrope"):
-        new_kv[f"{arch}.rope.scaling.type"] = ("longrope", gguf.GGUFValueType.STRING)
-        notes.append(f"rope.scaling.type was {old_type!r}; set to 'longrope'")
+    new_kv[f"{arch}.rope.scaling.type"] = ("longrope", gguf.GGUFValueType.STRING)
+    if old_type != "longrope":
+        notes.append(f"rope.scaling.type set to 'longrope' (was {old_type or 'absent'!s}): llama.cpp reads the factor "
+                     "tensors only with it")
     if _field(reader, f"{arch}.rope.scaling.factor") is not None:
         drop_kv.add(f"{arch}.rope.scaling.factor")
         notes.append("removed rope.scaling.factor (it would scale positions on top of the factors)")

@@ -166,3 +166,101 @@ def sglang() -> Engine | None:
 
 def engines() -> list[Engine]:
     return [e for e in (vllm(), sglang()) if e is not None]
+
+
+# ---------------------------------------------------------------- llama.cpp (llama-cpp-python)
+
+
+def llama_cpp_available() -> bool:
+    try:
+        import llama_cpp  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def llama_cpp_logits(gguf_path: str | Path, ids: list[int], n_ctx: int, threads: int = 2):
+    """llama.cpp's logits for every position of ``ids``, with a context of ``n_ctx`` tokens (which is what makes
+    llama.cpp choose the long or the short factors)."""
+    import llama_cpp
+    import numpy as np
+
+    llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
+                          verbose=False, n_threads=threads, n_threads_batch=threads)
+    try:
+        llm.eval(ids)
+        return np.array(llm.scores[: len(ids)], dtype=np.float64)
+    finally:
+        llm.close()
+
+
+def compare_logits(ours, ref) -> dict:
+    """Max absolute and relative (to the largest reference logit) difference, and argmax agreement."""
+    import numpy as np
+
+    diff = float(np.abs(ours - ref).max())
+    return {"max_abs": diff, "max_rel": diff / float(np.abs(ref).max()),
+            "argmax_agreement": float((ours.argmax(-1) == ref.argmax(-1)).mean())}
+
+
+def haystack_ids(n: int) -> list[int]:
+    """``n`` token ids of the testbed's byte vocabulary: <s> and the bytes of a shipped haystack text."""
+    import gzip
+
+    text = gzip.decompress((ROOT / "longsearch" / "data" / "haystacks" / "devils-dictionary.txt.gz").read_bytes())
+    return [256] + list(text[10_000: 10_000 + n - 1])
+
+
+def searched_like_factors(window: int = 256, scale: int = 4):
+    """Factors of the shape searches find on the testbed: exact head, YaRN beyond, m ≠ YaRN's; short ≠ 1."""
+    import numpy as np
+
+    from longsearch.factors import RopeFactors
+    from longsearch.models import load_config, model_geometry
+    from longsearch.rope import rescale
+
+    g = model_geometry(load_config(None))
+    lam = rescale("yarn", g, window * scale).lam.copy()
+    lam[:5] = 1.0
+    return RopeFactors(long_factor=lam, short_factor=np.linspace(1.0, 1.25, g.n_freq), original_length=window,
+                       target_length=window * scale, base=g.base, rotary_dim=g.rotary_dim, attention_factor=1.31,
+                       provenance={"method": "searched-like test factors"})
+
+
+def transformers_logits(model_dir, ids):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].double().numpy()
+
+
+def llama_cpp_check(arch: str, work: Path, cli, window: int = 256, scale: int = 4) -> dict:
+    """The whole user path for one architecture, through ``cli(*args)`` (the longsearch command line):
+    ``testbed gguf``, ``export --format gguf`` and ``export --format hf`` of the same factors, then llama.cpp
+    against transformers at ``scale``× the window (long factors), within it (short), and the file without factors."""
+    from longsearch.models import load_model
+    from longsearch.tiny.gguf import phi3_from_llama
+
+    factors = searched_like_factors(window, scale)
+    fjson = work / "factors.json"
+    factors.save(fjson)
+    plain = work / f"testbed-{arch}.gguf"
+    cli("testbed", "gguf", "--arch", arch, "--out", str(plain))
+    exported = work / f"testbed-{arch}-{scale}x.gguf"
+    cli("export", str(fjson), "--format", "gguf", "--gguf", str(plain), "--out", str(exported))
+    source = work / f"hf-{arch}"
+    model = load_model(None, device="cpu", dtype="float32").model
+    (model if arch == "llama" else phi3_from_llama(model)).save_pretrained(source)
+    hf = work / f"hf-{arch}-{scale}x"
+    cli("export", str(fjson), "--format", "hf", "--model-dir", str(source), "--out", str(hf))
+    n = window * scale
+    ids = haystack_ids(n)
+    short_ids = ids[:window]
+    return {
+        "long": compare_logits(llama_cpp_logits(exported, ids, n_ctx=n), transformers_logits(hf, ids)),
+        "short": compare_logits(llama_cpp_logits(exported, short_ids, n_ctx=window), transformers_logits(hf, short_ids)),
+        "without_factors": compare_logits(llama_cpp_logits(plain, ids, n_ctx=n), transformers_logits(hf, ids)),
+        "hf_rope_type": __import__("json").loads((hf / "config.json").read_text())["rope_parameters"]["rope_type"],
+    }

@@ -347,6 +347,7 @@ def test_gguf_round_trip(tmp_path):
     assert meta["phi3.rope.scaling.original_context_length"] == WINDOW
     assert meta["phi3.rope.scaling.attn_factor"] == pytest.approx(1.2345, rel=1e-6)
     assert meta["phi3.rope.dimension_count"] == 16
+    assert meta["phi3.rope.scaling.type"] == "longrope"  # llama-family architectures read the factors only with it
 
     a, b = gguf.GGUFReader(src), gguf.GGUFReader(out)
     assert b.get_field("phi3.rope.scaling.attn_factor").types[0] == gguf.GGUFValueType.FLOAT32
@@ -488,3 +489,45 @@ def test_hf_out_inside_model_dir(tmp_path):
     )
     with pytest.raises(ExportError, match="model directory itself"):
         export_hf(_factors(g), src, model_dir=src, force=True)
+
+
+# ---------------------------------------------------------------- the testbed as GGUF (tests/test_llama_cpp.py runs it)
+
+
+def test_phi3_from_llama_is_the_same_function(tiny_byte_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    from longsearch.tiny.gguf import phi3_from_llama
+
+    llama = AutoModelForCausalLM.from_pretrained(tiny_byte_llama_dir).eval()
+    phi = phi3_from_llama(llama)
+    assert phi.config.model_type == "phi3"
+    ids = torch.randint(0, 256, (1, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(phi(ids).logits, llama(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi3"])
+def test_testbed_gguf_is_a_model_file_export_accepts(arch, run_cli, capsys, tmp_path):
+    import gguf
+
+    from longsearch.models import load_config, model_geometry
+
+    out = tmp_path / f"tb-{arch}.gguf"
+    assert run_cli("testbed", "gguf", "--arch", arch, "--out", str(out)) == 0, capsys.readouterr().err
+    r = gguf.GGUFReader(out)
+    assert r.get_field("general.architecture").contents() == arch
+    assert r.get_field(f"{arch}.rope.scaling.type") is None  # a plain model file, as converters write them
+    tokens = r.get_field("tokenizer.ggml.tokens").contents()
+    assert tokens[65] == "<0x41>" and tokens[256] == "<s>" and len(tokens) == 260
+    names = {t.name for t in r.tensors}
+    assert ("blk.0.attn_qkv.weight" in names) == (arch == "phi3") and ("blk.0.attn_q.weight" in names) == (arch == "llama")
+    g = model_geometry(load_config(None))
+    from longsearch.export import gguf_geometry
+
+    assert gguf_geometry(out) == g
+    capsys.readouterr()
+    assert run_cli("testbed", "gguf", "--arch", arch, "--out", str(out)) == 2  # exists: refused, untouched
+    assert "already exists" in capsys.readouterr().err
+    assert run_cli("testbed", "gguf", "--arch", "gpt2", "--out", str(tmp_path / "x.gguf")) == 2
+    assert not (tmp_path / "x.gguf").exists()
