@@ -181,7 +181,12 @@ def evolve(
     space: Optional[str] = typer.Option(None, "--space", help="Search space: hybrid (default), yarn, longrope2, longrope, or a YAML file."),
     budget: Optional[str] = typer.Option(None, "--budget", "-b", help="quick (default), paper (40 generations), a number of generations, or Nevals (e.g. 500evals: N full evaluations' worth of scoring)."),
     workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Ray workers (default: one per GPU, else 1)."),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (ray://HOST:PORT); default: a local Ray."),
+    address: Optional[str] = typer.Option(
+        None, "--address",
+        help="Ray cluster to run the workers on (HOST:PORT of its head, or ray://HOST:PORT); default: a local Ray. "
+             "A cluster on this machine (`ray start --head`) is joined with its token (~/.ray/auth_token); for "
+             "another machine's, set RAY_AUTH_MODE=token with that cluster's token in ~/.ray/auth_token, "
+             "RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH."),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="ga (default), random, nevergrad:NAME or optuna:NAME."),
     samples: Optional[int] = typer.Option(None, "--samples", "-n", help="Needle documents per evaluation (default 8)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the search and its needle set (default 0)."),

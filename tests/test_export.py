@@ -261,6 +261,7 @@ def test_vllm_and_sglang_own_rope_code_match_transformers(llama_dir, tmp_path):
             q_t = q_t[0].transpose(0, 1).reshape(n, -1)
             k_t = k_t[0].transpose(0, 1).reshape(n, -1)
             err = max((q_e - q_t).abs().max().item(), (k_e - k_t).abs().max().item())
+            print(f"{engine.name} {engine.version} {n} tokens: max abs diff {err:.2e}")
             assert err < 1e-4, f"{engine.name} {engine.version} at {n} tokens: max |Δ| {err:.2e}"
 
 
