@@ -6,8 +6,16 @@ import sys
 from pathlib import Path
 
 
-def emit_table(console, title: str, headers: list[str], rows: list[list[str]], preamble: list[str],
-               notes: list[str], out: str | Path, left: tuple[str, ...] = ()) -> None:
+def emit_table(
+    console,
+    title: str,
+    headers: list[str],
+    rows: list[list[str]],
+    preamble: list[str],
+    notes: list[str],
+    out: str | Path,
+    left: tuple[str, ...] = (),
+) -> None:
     """Print ``rows`` as a rich table and write ``out``: a heading, the command line, ``preamble``, the table, ``notes``."""
     from rich.table import Table
 
@@ -19,7 +27,7 @@ def emit_table(console, title: str, headers: list[str], rows: list[list[str]], p
     console.print(table)
 
     script = Path(sys.argv[0]).as_posix()
-    script = script[script.index("bench/"):] if "bench/" in script else script
+    script = script[script.index("bench/") :] if "bench/" in script else script
     md = [
         f"# {title.split(':')[0].capitalize()} ({script})",
         "",

@@ -21,8 +21,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from _report import emit_table  # noqa: E402
-from consumer_code import llama_cpp_check  # noqa: E402
+from _report import emit_table
+from consumer_code import llama_cpp_check
 
 
 def cli(*args: str) -> None:
@@ -59,9 +59,8 @@ def without_scaling_type(work: Path) -> str:
 
 
 def main() -> None:
-    from rich.console import Console
-
     import llama_cpp
+    from rich.console import Console
 
     console = Console()
     rows = []
@@ -71,22 +70,31 @@ def main() -> None:
             work = Path(tmp) / arch
             work.mkdir()
             r = llama_cpp_check(arch, work, cli)
-            for case, label in (("long", "4× (1024 tokens, n_ctx 1024): long factors"),
-                                ("short", "1× (256 tokens, n_ctx 256): short factors"),
-                                ("without_factors", "4×, the GGUF without factors (control)")):
+            for case, label in (
+                ("long", "4× (1024 tokens, n_ctx 1024): long factors"),
+                ("short", "1× (256 tokens, n_ctx 256): short factors"),
+                ("without_factors", "4×, the GGUF without factors (control)"),
+            ):
                 c = r[case]
                 rows.append([arch, label, f"{c['max_abs']:.2e}", f"{c['max_rel']:.2e}", f"{c['argmax_agreement']:.3f}"])
             if arch == "llama":
                 refused = without_scaling_type(work)
     emit_table(
-        console, "llama.cpp against transformers", ["architecture", "case", "max abs Δ logit", "max rel", "argmax agreement"],
+        console,
+        "llama.cpp against transformers",
+        ["architecture", "case", "max abs Δ logit", "max rel", "argmax agreement"],
         rows,
-        [f"llama-cpp-python {llama_cpp.__version__} (llama.cpp built from its source on this machine), float32 GGUF "
-         "of the testbed; transformers' own longrope model from `longsearch export --format hf` of the same factors; "
-         "1024 token ids of a shipped haystack."],
-        ["max rel = max abs Δ logit ÷ largest abs transformers logit; the test's tolerance is 2e-3 with argmax agreement ≥ 0.99. "
-         f"A llama GGUF with the factor tensors but without rope.scaling.type = longrope: {refused} by llama.cpp."],
-        HERE / "results" / "llama_cpp.md", left=("architecture", "case"),
+        [
+            f"llama-cpp-python {llama_cpp.__version__} (llama.cpp built from its source on this machine), float32 GGUF "
+            "of the testbed; transformers' own longrope model from `longsearch export --format hf` of the same factors; "
+            "1024 token ids of a shipped haystack."
+        ],
+        [
+            "max rel = max abs Δ logit ÷ largest abs transformers logit; the test's tolerance is 2e-3 with argmax agreement ≥ 0.99. "
+            f"A llama GGUF with the factor tensors but without rope.scaling.type = longrope: {refused} by llama.cpp."
+        ],
+        HERE / "results" / "llama_cpp.md",
+        left=("architecture", "case"),
     )
 
 

@@ -40,12 +40,28 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from longsearch.lengths import format_length, parse_length  # noqa: E402
+from longsearch.lengths import format_length, parse_length
 
-CPU_SHAPE = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
-                 num_key_value_heads=4, vocab_size=32000, rope_theta=10000.0, max_position_embeddings=2048)
-GPU_SHAPE = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                 num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192)
+CPU_SHAPE = dict(
+    hidden_size=256,
+    intermediate_size=688,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    vocab_size=32000,
+    rope_theta=10000.0,
+    max_position_embeddings=2048,
+)
+GPU_SHAPE = dict(
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    vocab_size=128256,
+    rope_theta=500000.0,
+    max_position_embeddings=8192,
+)
 
 
 def build_model(shape: dict, device: str, dtype: torch.dtype):
@@ -110,6 +126,7 @@ def time_both(model, ns, device: str, repeats: int) -> tuple[float, float]:
     run_score(model, ns, 99)  # warm-up (kernels, allocator, caches)
     run_forward(model, ids)
     t_score, t_fwd = [], []
+
     def timed(fn) -> float:
         _sync(device)
         t0 = time.perf_counter()
@@ -119,11 +136,11 @@ def time_both(model, ns, device: str, repeats: int) -> tuple[float, float]:
 
     for r in range(repeats):  # interleaved, alternating which goes first, so drift in load hits both alike
         if r % 2 == 0:
-            t_score.append(timed(lambda: run_score(model, ns, r)))
+            t_score.append(timed(lambda r=r: run_score(model, ns, r)))
             t_fwd.append(timed(lambda: run_forward(model, ids)))
         else:
             t_fwd.append(timed(lambda: run_forward(model, ids)))
-            t_score.append(timed(lambda: run_score(model, ns, r)))
+            t_score.append(timed(lambda r=r: run_score(model, ns, r)))
     return statistics.median(t_score), statistics.median(t_fwd)
 
 
@@ -168,7 +185,10 @@ def cpu_peak(mode: str, length: int, threads: int, runs: int = 3) -> float:
     for _ in range(runs):
         out = subprocess.run(
             [sys.executable, __file__, "--_child", mode, "--lengths", str(length), "--threads", str(threads)],
-            capture_output=True, text=True, check=True, env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
         )
         peaks.append(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"])
     return statistics.median(peaks)
@@ -202,23 +222,37 @@ def measure(device: str, lengths: list[int], repeats: int, threads: int) -> list
             m_score, m_fwd = cpu_peak("score", n, threads), cpu_peak("forward", n, threads)
         else:
             ids = torch.from_numpy(ns.samples[0].input_ids)[None].to(device)
-            m_score = gpu_peak(lambda: run_score(model, ns, 0))
-            m_fwd = gpu_peak(lambda: run_forward(model, ids))
-        rows.append(dict(device=device, length=n, score_s=t_score, forward_s=t_fwd, time_ratio=t_score / t_fwd,
-                         score_mb=m_score, forward_mb=m_fwd, mem_ratio=m_score / m_fwd if m_fwd > 0 else float("nan")))
+            m_score = gpu_peak(lambda m=model, s=ns: run_score(m, s, 0))
+            m_fwd = gpu_peak(lambda m=model, x=ids: run_forward(m, x))
+        rows.append(
+            dict(
+                device=device,
+                length=n,
+                score_s=t_score,
+                forward_s=t_fwd,
+                time_ratio=t_score / t_fwd,
+                score_mb=m_score,
+                forward_mb=m_fwd,
+                mem_ratio=m_score / m_fwd if m_fwd > 0 else float("nan"),
+            )
+        )
         print(_row(rows[-1]), flush=True)
     del model
     gc.collect()
     return rows
 
 
-HEADER = ("| device | length | score one candidate (s) | bare forward (s) | time ratio | score peak (MiB) | "
-          "forward peak (MiB) | memory ratio |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
+HEADER = (
+    "| device | length | score one candidate (s) | bare forward (s) | time ratio | score peak (MiB) | "
+    "forward peak (MiB) | memory ratio |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
+)
 
 
 def _row(r: dict) -> str:
-    return (f"| {r['device']} | {format_length(r['length'])} | {r['score_s']:.3f} | {r['forward_s']:.3f} | "
-            f"{r['time_ratio']:.3f} | {r['score_mb']:.0f} | {r['forward_mb']:.0f} | {r['mem_ratio']:.3f} |")
+    return (
+        f"| {r['device']} | {format_length(r['length'])} | {r['score_s']:.3f} | {r['forward_s']:.3f} | "
+        f"{r['time_ratio']:.3f} | {r['score_mb']:.0f} | {r['forward_mb']:.0f} | {r['mem_ratio']:.3f} |"
+    )
 
 
 def main() -> None:
@@ -245,7 +279,8 @@ def main() -> None:
         "# Scoring cost vs a bare forward",
         "",
         f"`python bench/scoring.py --repeats {args.repeats} --threads {args.threads}` on {platform.processor() or platform.machine()}"
-        f" ({os.cpu_count()} CPUs; torch {torch.__version__}, {args.threads} thread(s))" + (f" and {gpu_name}" if gpu_name else "; no GPU here")
+        f" ({os.cpu_count()} CPUs; torch {torch.__version__}, {args.threads} thread(s))"
+        + (f" and {gpu_name}" if gpu_name else "; no GPU here")
         + ". Median of the repeats (interleaved); one needle document per call; peak memory is what each call adds to the"
         " loaded model (CPU: peak RSS increase, median of 3 fresh processes; GPU: peak allocated increase).",
         "CPU model: Llama, hidden 256, 4 layers, vocab 32000, float32. GPU model: Llama-3-8B shape, random bf16 weights.",

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import math
 import os
 import platform
 import shutil
@@ -46,12 +45,14 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from longsearch.lengths import format_length  # noqa: E402
+from _report import emit_table
 
-from _report import emit_table  # noqa: E402
+from longsearch.lengths import format_length
 
-DEFAULT_CONFIGS = ("hybrid/ga,hybrid/random,longrope2/ga,longrope/ga,yarn/nevergrad:CMA,hybrid/nevergrad:CMA,"
-                   "hybrid/nevergrad:TwoPointsDE,hybrid/optuna:TPE")
+DEFAULT_CONFIGS = (
+    "hybrid/ga,hybrid/random,longrope2/ga,longrope/ga,yarn/nevergrad:CMA,hybrid/nevergrad:CMA,"
+    "hybrid/nevergrad:TwoPointsDE,hybrid/optuna:TPE"
+)
 FOREIGN_TEMPLATE = "passkey-other-framing"
 
 
@@ -112,8 +113,7 @@ def heldout_sets(tokenizer, length: int, n: int, cache: Path) -> dict:
             if not hay.is_file():
                 hay.parent.mkdir(parents=True, exist_ok=True)
                 hay.write_text(stdlib_docstrings())
-            ns = build_needle_set(tokenizer, length, n, template=FOREIGN_TEMPLATE, seed=777, depths=[0.1, 0.3, 0.5],
-                                  haystack=[str(hay)])
+            ns = build_needle_set(tokenizer, length, n, template=FOREIGN_TEMPLATE, seed=777, depths=[0.1, 0.3, 0.5], haystack=[str(hay)])
         ns.save(d)
         sets[name] = ns
     return sets
@@ -152,9 +152,21 @@ def run_search(model, target, space, opt, budget, full, samples, seed, workers, 
     out = runs / f"{format_length(target)}" / name
     if (out / "final-bench.json").is_file():
         return out, json.loads((out / "final-bench.json").read_text())["minutes"]
-    opts = EvolveOptions(model=model, target=target, space=space, budget=budget, optimizer=opt, samples=samples,
-                         seed=seed, workers=workers, out=out, heldout=False, racing=not full, template="passkey",
-                         depths="uniform")
+    opts = EvolveOptions(
+        model=model,
+        target=target,
+        space=space,
+        budget=budget,
+        optimizer=opt,
+        samples=samples,
+        seed=seed,
+        workers=workers,
+        out=out,
+        heldout=False,
+        racing=not full,
+        template="passkey",
+        depths="uniform",
+    )
     if (out / "config.json").exists():
         opts = EvolveOptions(resume=out, workers=workers, heldout=False)
     t0 = time.perf_counter()
@@ -222,8 +234,14 @@ def main() -> None:
     json_out = Path(args.out).with_suffix(".json")
     results = json.loads(json_out.read_text()) if json_out.is_file() else {}
     temp = tempfile.mkdtemp(prefix="lsbench-", dir="/tmp")
-    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False, _temp_dir=temp,
-             object_store_memory=256 * 1024 * 1024, logging_level="ERROR")
+    ray.init(
+        num_cpus=os.cpu_count() or 1,
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=temp,
+        object_store_memory=256 * 1024 * 1024,
+        logging_level="ERROR",
+    )
 
     def held(sets, r: Rescale, cache: dict, key: str) -> dict:
         if key in cache:
@@ -253,26 +271,42 @@ def main() -> None:
                 for seed in seeds:
                     label = f"{space}/{opt}@{budget}{'/full' if full else ''}/n{args.samples}"
                     console.print(f"{format_length(target)} ({scale}×): {label}, seed {seed} …")
-                    run, minutes = run_search(args.model, target, space, opt, budget, full, args.samples, seed,
-                                              args.workers, runs)
+                    run, minutes = run_search(args.model, target, space, opt, budget, full, args.samples, seed, args.workers, runs)
                     traj, tf, n_evals = trajectory(run)
                     entry = res["searches"].setdefault(f"{label}#s{seed}", {})
-                    entry.update({"space": space, "optimizer": opt, "budget": budget, "racing": not full, "seed": seed,
-                                  "token_forwards": tf, "evaluations": n_evals, "minutes": minutes,
-                                  "evals_worth": tf / (args.samples * target), "run": str(run),
-                                  "command": "python bench/search_quality.py " + " ".join(sys.argv[1:])})
+                    entry.update(
+                        {
+                            "space": space,
+                            "optimizer": opt,
+                            "budget": budget,
+                            "racing": not full,
+                            "seed": seed,
+                            "token_forwards": tf,
+                            "evaluations": n_evals,
+                            "minutes": minutes,
+                            "evals_worth": tf / (args.samples * target),
+                            "run": str(run),
+                            "command": "python bench/search_quality.py " + " ".join(sys.argv[1:]),
+                        }
+                    )
                     cache = entry.setdefault("heldout", {})
                     points = []
                     for frac in (0.25, 0.5, 1.0):
                         upto = [t for t in traj if t["token_forwards"] <= frac * tf + 1e-9] or traj[:1]
                         rec = upto[-1]["best"]
                         h = held(sets, Rescale(np.asarray(rec.lam), rec.m), cache, f"c{rec.id}")
-                        points.append({"fraction": frac, "token_forwards": upto[-1]["token_forwards"], "id": rec.id,
-                                       "search_nll": rec.score, **{k: v for k, v in h.items()}})
+                        points.append(
+                            {
+                                "fraction": frac,
+                                "token_forwards": upto[-1]["token_forwards"],
+                                "id": rec.id,
+                                "search_nll": rec.score,
+                                **{k: v for k, v in h.items()},
+                            }
+                        )
                     entry["curve"] = points
                     best = traj[-1]["best"]
-                    entry["best"] = {"id": best.id, "search_nll": best.score, "m": best.m, "params": best.params,
-                                     "lam": best.lam}
+                    entry["best"] = {"id": best.id, "search_nll": best.score, "m": best.m, "params": best.params, "lam": best.lam}
                     json_out.write_text(json.dumps(results, indent=1))
     finally:
         ray.shutdown()
@@ -281,35 +315,54 @@ def main() -> None:
 
 
 def report(results: dict, args, g, console) -> None:
-    headers = ["scale", "method", "project acc · NLL", "foreign acc · NLL", "search NLL", "evals", "token-forwards",
-               "evals' worth", "min"]
+    headers = ["scale", "method", "project acc · NLL", "foreign acc · NLL", "search NLL", "evals", "token-forwards", "evals' worth", "min"]
     rows = []
     for scale, res in sorted(results.items(), key=lambda kv: int(kv[0])):
         target = g.original_length * int(scale)
         for name, h in res["baselines"].items():
-            rows.append([f"{scale}× ({format_length(target)})", name, _cell(h["project"]), _cell(h["foreign"]), "-", "-",
-                         "-", "-", "-"])
+            rows.append([f"{scale}× ({format_length(target)})", name, _cell(h["project"]), _cell(h["foreign"]), "-", "-", "-", "-", "-"])
         for label, e in res["searches"].items():
             if "curve" not in e:
                 continue
             last = e["curve"][-1]
-            rows.append([f"{scale}× ({format_length(target)})", label, _cell(last["project"]), _cell(last["foreign"]),
-                         f"{e['best']['search_nll']:.3f}", str(e["evaluations"]), f"{e['token_forwards'] / 1e6:.1f} M",
-                         f"{e['evals_worth']:.0f}", f"{e['minutes']:.1f}"])
+            rows.append(
+                [
+                    f"{scale}× ({format_length(target)})",
+                    label,
+                    _cell(last["project"]),
+                    _cell(last["foreign"]),
+                    f"{e['best']['search_nll']:.3f}",
+                    str(e["evaluations"]),
+                    f"{e['token_forwards'] / 1e6:.1f} M",
+                    f"{e['evals_worth']:.0f}",
+                    f"{e['minutes']:.1f}",
+                ]
+            )
     emit_table(
-        console, f"search quality per cost: {args.model or 'testbed'}", headers, rows,
-        [f"Machine: {platform.machine()}, {os.cpu_count()} cores, {args.workers} workers; model {args.model or 'testbed'} "
-         f"(window {g.original_length}, rotary dim {g.rotary_dim}, base {g.base:g}); searches score N needle documents per "
-         f"evaluation (/nN in the label; pass key, uniform depths); #sK is the seed; held-out: {args.heldout_samples} "
-         f"documents per set. The table gathers every run kept in {json_out_name(args)}; the commands that measured "
-         "its search rows are listed below it."],
-        ["acc · NLL: exact-answer accuracy and answer-token NLL of the best factors on the held-out sets (project: pass key, "
-         "another seed, uniform depths; foreign: another pass-key framing, Python stdlib docstrings, depths 10/30/50 %; "
-         "plain RoPE solves it at 0.85 inside the window). "
-         "evals: evaluations journaled; token-forwards: documents run × tokens (candidates only); evals' worth = "
-         "token-forwards / (documents per evaluation × length).", "", "Search rows measured by:", "",
-         *[f"- `{c}`" for c in _commands(results)]],
-        args.out, left=("method",),
+        console,
+        f"search quality per cost: {args.model or 'testbed'}",
+        headers,
+        rows,
+        [
+            f"Machine: {platform.machine()}, {os.cpu_count()} cores, {args.workers} workers; model {args.model or 'testbed'} "
+            f"(window {g.original_length}, rotary dim {g.rotary_dim}, base {g.base:g}); searches score N needle documents per "
+            f"evaluation (/nN in the label; pass key, uniform depths); #sK is the seed; held-out: {args.heldout_samples} "
+            f"documents per set. The table gathers every run kept in {json_out_name(args)}; the commands that measured "
+            "its search rows are listed below it."
+        ],
+        [
+            "acc · NLL: exact-answer accuracy and answer-token NLL of the best factors on the held-out sets (project: pass key, "
+            "another seed, uniform depths; foreign: another pass-key framing, Python stdlib docstrings, depths 10/30/50 %; "
+            "plain RoPE solves it at 0.85 inside the window). "
+            "evals: evaluations journaled; token-forwards: documents run × tokens (candidates only); evals' worth = "
+            "token-forwards / (documents per evaluation × length).",
+            "",
+            "Search rows measured by:",
+            "",
+            *[f"- `{c}`" for c in _commands(results)],
+        ],
+        args.out,
+        left=("method",),
     )
     plot(results, Path(args.out).with_suffix(".png"))
 
@@ -340,7 +393,7 @@ def plot(results: dict, path: Path) -> None:
 
     scales = sorted(results, key=int)
     fig, axes = plt.subplots(1, len(scales), figsize=(5.2 * len(scales), 4.2), squeeze=False)
-    for ax, scale in zip(axes[0], scales):
+    for ax, scale in zip(axes[0], scales, strict=True):
         res = results[scale]
         for label, e in res["searches"].items():
             if "curve" not in e:

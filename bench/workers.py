@@ -36,18 +36,18 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from longsearch.lengths import format_length, parse_length  # noqa: E402
+from _report import emit_table
 
-from _report import emit_table  # noqa: E402
+from longsearch.lengths import format_length, parse_length
 
 
 def measure(model: str | None, target: int, samples: int, tasks: int, workers: int, seed: int) -> dict:
     import ray
 
+    from longsearch.evolve import load_model_info  # geometry + tokenizer, no weights
     from longsearch.needles import build_needle_set
     from longsearch.space import SearchSpace
     from longsearch.workers import ScoreTask, WorkerPool
-    from longsearch.evolve import load_model_info  # geometry + tokenizer, no weights
 
     geometry, tokenizer = load_model_info(model)
     space = SearchSpace.load("longrope2", geometry, target)
@@ -58,8 +58,14 @@ def measure(model: str | None, target: int, samples: int, tasks: int, workers: i
     batch = [ScoreTask(f"t{i}", lam, space.attention) for i, lam in enumerate(lams[workers:])]
     temp = tempfile.mkdtemp(prefix="lsbench-", dir="/tmp")
     cores = os.cpu_count() or 1
-    ray.init(num_cpus=max(cores, workers), include_dashboard=False, log_to_driver=False, _temp_dir=temp,
-             object_store_memory=256 * 1024 * 1024, logging_level="ERROR")
+    ray.init(
+        num_cpus=max(cores, workers),
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=temp,
+        object_store_memory=256 * 1024 * 1024,
+        logging_level="ERROR",
+    )
     try:
         t0 = time.perf_counter()
         with WorkerPool(model, target, workers=workers) as pool:
@@ -113,18 +119,33 @@ def main() -> None:
 
     headers = ["workers", "device", "threads/worker", "tasks", "evals/s", "utilization", "compute share", "median eval s", "startup s"]
     cells = [
-        [str(r["workers"]), r["device"], str(r["threads"] or "-"), str(r["tasks"]), f"{r['evals_per_s']:.2f}",
-         f"{r['utilization']:.3f}", f"{r['compute_share']:.3f}", f"{r['median_eval_s']:.3f}", f"{r['startup_s']:.1f}"]
+        [
+            str(r["workers"]),
+            r["device"],
+            str(r["threads"] or "-"),
+            str(r["tasks"]),
+            f"{r['evals_per_s']:.2f}",
+            f"{r['utilization']:.3f}",
+            f"{r['compute_share']:.3f}",
+            f"{r['median_eval_s']:.3f}",
+            f"{r['startup_s']:.1f}",
+        ]
         for r in rows
     ]
     emit_table(
-        console, f"worker pool: {args.model or 'testbed'}, {format_length(target)} tokens × {args.samples} documents",
-        headers, cells,
-        [f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared with other jobs while measured), "
-         f"Python {platform.python_version()}; model: {args.model or 'testbed'}; {format_length(target)} tokens × "
-         f"{args.samples} needle documents per evaluation; {args.tasks} evaluations after one warm-up per worker."],
-        ["utilization = busy time (dispatch → result seen by the driver) / (workers × wall time); compute share = time "
-         "inside `score` in the workers / (workers × wall time). Target: utilization ≥ 0.9."],
+        console,
+        f"worker pool: {args.model or 'testbed'}, {format_length(target)} tokens × {args.samples} documents",
+        headers,
+        cells,
+        [
+            f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared with other jobs while measured), "
+            f"Python {platform.python_version()}; model: {args.model or 'testbed'}; {format_length(target)} tokens × "
+            f"{args.samples} needle documents per evaluation; {args.tasks} evaluations after one warm-up per worker."
+        ],
+        [
+            "utilization = busy time (dispatch → result seen by the driver) / (workers × wall time); compute share = time "
+            "inside `score` in the workers / (workers × wall time). Target: utilization ≥ 0.9."
+        ],
         args.out,
     )
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Optional
+from typing import Any, cast
 
 import typer
 from rich.console import Console
@@ -36,7 +36,7 @@ MODEL_HELP = "Hub id or local directory of a transformers model (default: the em
 
 @app.command()
 def info(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     target: str = typer.Option(..., "--target", "-t", help="Target context length, e.g. 32k, 128k, 1m."),
 ) -> None:
     """Show a model's RoPE geometry and what PI, NTK, YaRN and Llama-3 do to each frequency."""
@@ -51,13 +51,17 @@ def info(
 @needles_app.command("build")
 def needles_build(
     length: str = typer.Option(..., "--length", "-l", help="Tokens per document, e.g. 4k, 128k."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP + " Its tokenizer is used."),
+    model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP + " Its tokenizer is used."),
     samples: int = typer.Option(8, "--samples", "-n", help="Number of documents."),
     template: str = typer.Option("magic-number", "--template", help="passkey, magic-number or multi-needle."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives the same bytes."),
-    depth: Optional[str] = typer.Option(None, "--depth", help="Needle depths in [0,1], e.g. 0,0.5,1, or 'uniform' (default: near the start, as LongRoPE2)."),
-    haystack: Optional[list[str]] = typer.Option(None, "--haystack", help="Prose: a .txt or .jsonl (\"text\" field) file, repeatable; or heldout, train, all (default heldout)."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output directory (default needle_data/built/<name>)."),
+    depth: str | None = typer.Option(
+        None, "--depth", help="Needle depths in [0,1], e.g. 0,0.5,1, or 'uniform' (default: near the start, as LongRoPE2)."
+    ),
+    haystack: list[str] | None = typer.Option(
+        None, "--haystack", help='Prose: a .txt or .jsonl ("text" field) file, repeatable; or heldout, train, all (default heldout).'
+    ),
+    out: str | None = typer.Option(None, "--out", "-o", help="Output directory (default needle_data/built/<name>)."),
     force: bool = typer.Option(False, "--force", help="Replace the needle set in an existing non-empty --out."),
 ) -> None:
     """Build a needle set: documents of exactly --length tokens with the model's tokenizer, and a manifest."""
@@ -81,7 +85,9 @@ def needles_build(
 def needles_show(
     needle_set: str = typer.Argument(..., metavar="SET", help="A needle-set directory (from needles build)."),
     sample: int = typer.Option(0, "--sample", "-s", help="Which sample to show."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model whose tokenizer decodes the set (default: the one it was built with)."),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Model whose tokenizer decodes the set (default: the one it was built with)."
+    ),
     full: bool = typer.Option(False, "--full", help="Print the whole document instead of the parts around the needles."),
 ) -> None:
     """Print a needle set's manifest and one sample with the needle, question and answer marked."""
@@ -100,7 +106,7 @@ def needles_show(
 def testbed_train(
     out: str = typer.Option(..., "--out", "-o", help="Directory to write the trained model into (must not exist or be empty)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the run (the shipped model: 0)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (default: the recipe's)."),
+    steps: int | None = typer.Option(None, "--steps", help="Training steps (default: the recipe's)."),
     quick: bool = typer.Option(False, "--quick", help="A reduced model and a few steps: a smoke test in seconds."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model directory at --out."),
 ) -> None:
@@ -117,8 +123,14 @@ def testbed_train(
         if steps < 1:
             raise InputError(f"--steps must be at least 1, got {steps}")
         cfg = dataclasses.replace(cfg, steps=steps, curriculum_steps=min(cfg.curriculum_steps, steps))
-    columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-               TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console) as bar:
         task = bar.add_task("train", total=cfg.steps, status="")
 
@@ -128,13 +140,12 @@ def testbed_train(
             bar.update(task, completed=step, status=status)
 
         result = train(cfg, out, progress=on_step, overwrite=overwrite)
-    console.print(f"wrote {result.out_dir} ({result.n_params:,} parameters, {result.seconds / 60:.1f} min); "
-                  f"loss curve {result.curve_png}")
+    console.print(f"wrote {result.out_dir} ({result.n_params:,} parameters, {result.seconds / 60:.1f} min); loss curve {result.curve_png}")
 
 
 @testbed_app.command("card")
 def testbed_card(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Local model directory (default: the shipped testbed)."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Local model directory (default: the shipped testbed)."),
     samples: int = typer.Option(40, "--samples", "-n", help="Needle samples per length."),
     seed: int = typer.Option(1234, "--seed", help="Needle-set seed (never used in training)."),
     template: str = typer.Option("passkey", "--template", help="Needle template of the project's needle sets."),
@@ -149,8 +160,13 @@ def testbed_card(
     card_file, model_dir = card_paths(model)
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("scoring", total=20)
-        table = measure_card(model, n_samples=samples, seed=seed, template=template,
-                             progress=lambda done, total, what: bar.update(task, completed=done, total=total, description=what))
+        table = measure_card(
+            model,
+            n_samples=samples,
+            seed=seed,
+            template=template,
+            progress=lambda done, total, what: bar.update(task, completed=done, total=total, description=what),
+        )
     console.print(Markdown(render_table(table)))
     if write:
         console.print(f"wrote {write_card(card_file, model_dir, table)}")
@@ -160,15 +176,18 @@ def testbed_card(
 def testbed_gguf_command(
     out: str = typer.Option(..., "--out", "-o", help="The .gguf file to write."),
     arch: str = typer.Option("llama", "--arch", help="llama.cpp architecture: llama, or phi3 (the same network, fused projections)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="A small Llama model directory (default: the shipped testbed)."),
+    model: str | None = typer.Option(None, "--model", "-m", help="A small Llama model directory (default: the shipped testbed)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing file."),
 ) -> None:
     """Write the testbed as a float32 llama.cpp GGUF file (byte vocabulary), to check exports in llama.cpp itself."""
     from .tiny.gguf import testbed_gguf
 
     path = testbed_gguf(out, model=model, arch=arch, force=force)
-    console.print(f"wrote {path} ({arch}, {path.stat().st_size / 1e6:.1f} MB); export factors into it with "
-                  f"`longsearch export RUN --format gguf --gguf {path} --out OUT.gguf`", highlight=False)
+    console.print(
+        f"wrote {path} ({arch}, {path.stat().st_size / 1e6:.1f} MB); export factors into it with "
+        f"`longsearch export RUN --format gguf --gguf {path} --out OUT.gguf`",
+        highlight=False,
+    )
 
 
 # ---------------------------------------------------------------- evolve (evolve.py)
@@ -176,30 +195,55 @@ def testbed_gguf_command(
 
 @app.command()
 def evolve(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    target: Optional[str] = typer.Option(None, "--target", "-t", help="Target context length, e.g. 4k, 128k."),
-    space: Optional[str] = typer.Option(None, "--space", help="Search space: hybrid (default), yarn, longrope2, longrope, or a YAML file."),
-    budget: Optional[str] = typer.Option(None, "--budget", "-b", help="quick (default), paper (40 generations), a number of generations, or Nevals (e.g. 500evals: N full evaluations' worth of scoring)."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Ray workers (default: one per GPU, else 1)."),
-    address: Optional[str] = typer.Option(
-        None, "--address",
+    model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    target: str | None = typer.Option(None, "--target", "-t", help="Target context length, e.g. 4k, 128k."),
+    space: str | None = typer.Option(None, "--space", help="Search space: hybrid (default), yarn, longrope2, longrope, or a YAML file."),
+    budget: str | None = typer.Option(
+        None,
+        "--budget",
+        "-b",
+        help="quick (default), paper (40 generations), a number of generations, or Nevals (e.g. 500evals: N full evaluations' worth of scoring).",
+    ),
+    workers: int | None = typer.Option(None, "--workers", "-w", help="Ray workers (default: one per GPU, else 1)."),
+    address: str | None = typer.Option(
+        None,
+        "--address",
         help="Ray cluster to run the workers on (HOST:PORT of its head, or ray://HOST:PORT); default: a local Ray. "
-             "A cluster on this machine (`ray start --head`) is joined with its token (~/.ray/auth_token); for "
-             "another machine's, set RAY_AUTH_MODE=token with that cluster's token in ~/.ray/auth_token, "
-             "RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH."),
-    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="ga (default), random, nevergrad:NAME or optuna:NAME."),
-    samples: Optional[int] = typer.Option(None, "--samples", "-n", help="Needle documents per evaluation (default 8)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the search and its needle set (default 0)."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (default outputs/<model>-<target>-<space>-s<seed>)."),
-    resume: Optional[str] = typer.Option(None, "--resume", help="Continue the run in this directory."),
+        "A cluster on this machine (`ray start --head`) is joined with its token (~/.ray/auth_token); for "
+        "another machine's, set RAY_AUTH_MODE=token with that cluster's token in ~/.ray/auth_token, "
+        "RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH.",
+    ),
+    optimizer: str | None = typer.Option(None, "--optimizer", help="ga (default), random, nevergrad:NAME or optuna:NAME."),
+    samples: int | None = typer.Option(None, "--samples", "-n", help="Needle documents per evaluation (default 8)."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of the search and its needle set (default 0)."),
+    out: str | None = typer.Option(None, "--out", "-o", help="Run directory (default outputs/<model>-<target>-<space>-s<seed>)."),
+    resume: str | None = typer.Option(None, "--resume", help="Continue the run in this directory."),
     force: bool = typer.Option(False, "--force", help="Start over in an existing run directory (deletes it)."),
     gpus_per_worker: float = typer.Option(1.0, "--gpus-per-worker", help="GPUs per worker for models too large for one."),
-    task_timeout: Optional[float] = typer.Option(None, "--task-timeout", help="Seconds before a silent worker is replaced."),
-    template: Optional[str] = typer.Option(None, "--template", help="Needle template(s) of the search: auto (default: every template the model solves inside its window), passkey, magic-number, multi-needle, or a comma list."),
-    depths: Optional[str] = typer.Option(None, "--depths", help="Needle depths: spread (default, one per slice of the document), uniform, start (LongRoPE2's: near the start), or a list such as 0.1,0.5."),
-    signal_check: bool = typer.Option(True, "--signal-check/--no-signal-check", help="Refuse templates the model does not solve inside its window (default on)."),
-    accept_model_change: bool = typer.Option(False, "--accept-model-change", help="With --resume: continue although the model's config, weights or tokenizer changed since the run started (its journal then mixes two models)."),
-    racing: Optional[bool] = typer.Option(None, "--racing/--no-racing", help="Stop scoring a candidate once it cannot beat the optimizer's bar (default on; same decisions, fewer token-forwards)."),
+    task_timeout: float | None = typer.Option(None, "--task-timeout", help="Seconds before a silent worker is replaced."),
+    template: str | None = typer.Option(
+        None,
+        "--template",
+        help="Needle template(s) of the search: auto (default: every template the model solves inside its window), passkey, magic-number, multi-needle, or a comma list.",
+    ),
+    depths: str | None = typer.Option(
+        None,
+        "--depths",
+        help="Needle depths: spread (default, one per slice of the document), uniform, start (LongRoPE2's: near the start), or a list such as 0.1,0.5.",
+    ),
+    signal_check: bool = typer.Option(
+        True, "--signal-check/--no-signal-check", help="Refuse templates the model does not solve inside its window (default on)."
+    ),
+    accept_model_change: bool = typer.Option(
+        False,
+        "--accept-model-change",
+        help="With --resume: continue although the model's config, weights or tokenizer changed since the run started (its journal then mixes two models).",
+    ),
+    racing: bool | None = typer.Option(
+        None,
+        "--racing/--no-racing",
+        help="Stop scoring a candidate once it cannot beat the optimizer's bar (default on; same decisions, fewer token-forwards).",
+    ),
 ) -> None:
     """Search per-dimension RoPE factors (LongRoPE2) with an evolutionary search on Ray workers; resumable."""
     from pathlib import Path
@@ -208,10 +252,25 @@ def evolve(
     from .lengths import parse_length
 
     opts = EvolveOptions(
-        model=model, target=parse_length(target) if target else None, space=space, budget=budget, optimizer=optimizer,
-        samples=samples, seed=seed, workers=workers, address=address, out=Path(out) if out else None,
-        resume=Path(resume) if resume else None, force=force, gpus_per_worker=gpus_per_worker, task_timeout=task_timeout,
-        racing=racing, template=template, depths=depths, signal_check=signal_check, accept_model_change=accept_model_change,
+        model=model,
+        target=parse_length(target) if target else None,
+        space=space,
+        budget=budget,
+        optimizer=optimizer,
+        samples=samples,
+        seed=seed,
+        workers=workers,
+        address=address,
+        out=Path(out) if out else None,
+        resume=Path(resume) if resume else None,
+        force=force,
+        gpus_per_worker=gpus_per_worker,
+        task_timeout=task_timeout,
+        racing=racing,
+        template=template,
+        depths=depths,
+        signal_check=signal_check,
+        accept_model_change=accept_model_change,
     )
     import signal
 
@@ -235,17 +294,20 @@ def evolve(
 def export_command(
     source: str = typer.Argument(..., help="A run directory, a factors .json or a LongRoPE .csv."),
     fmt: str = typer.Option(..., "--format", "-f", help="hf, vllm, gguf, longrope-csv or json."),
-    model_dir: Optional[str] = typer.Option(None, "--model-dir", help="Model directory to copy with its config patched (hf, vllm)."),
-    gguf_file: Optional[str] = typer.Option(None, "--gguf", help="The llama.cpp .gguf file to copy with the factors (gguf)."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output path (default: inside the run directory or next to the factors file)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP + " Used when there is no --model-dir."),
-    target: Optional[str] = typer.Option(None, "--target", "-t", help="Target length; needed for a .csv source."),
+    model_dir: str | None = typer.Option(None, "--model-dir", help="Model directory to copy with its config patched (hf, vllm)."),
+    gguf_file: str | None = typer.Option(None, "--gguf", help="The llama.cpp .gguf file to copy with the factors (gguf)."),
+    out: str | None = typer.Option(
+        None, "--out", "-o", help="Output path (default: inside the run directory or next to the factors file)."
+    ),
+    model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP + " Used when there is no --model-dir."),
+    target: str | None = typer.Option(None, "--target", "-t", help="Target length; needed for a .csv source."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),
     link: bool = typer.Option(
-        False, "--link",
+        False,
+        "--link",
         help="Hard-link weight files instead of copying them (the default copies, as a reflink where the file system "
-             "offers one). Saves disk, but the export then shares those files with the original model: anything that "
-             "later writes into an exported weight file in place rewrites the original too.",
+        "offers one). Saves disk, but the export then shares those files with the original model: anything that "
+        "later writes into an exported weight file in place rewrites the original too.",
     ),
 ) -> None:
     """Export searched factors to transformers, vLLM, llama.cpp (GGUF), LongRoPE CSV or JSON."""
@@ -253,8 +315,15 @@ def export_command(
     from .lengths import parse_length
 
     result = export(
-        source, fmt, out, model=model, model_dir=model_dir, gguf_file=gguf_file,
-        target_length=parse_length(target) if target else None, force=force, link=link,
+        source,
+        fmt,
+        out,
+        model=model,
+        model_dir=model_dir,
+        gguf_file=gguf_file,
+        target_length=parse_length(target) if target else None,
+        force=force,
+        link=link,
     )
     console.print(f"[bold green]exported[/] ({result.format}) → {result.out}", highlight=False)
     for path in result.paths[:8]:
@@ -272,18 +341,20 @@ def export_command(
 
 @app.command("eval")
 def eval_command(
-    more_factors: Optional[list[str]] = typer.Argument(None, help="Factors files (also after --factors: --factors A.json B.json)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    factors: Optional[list[str]] = typer.Option(None, "--factors", help="Factors .json, run directory or .csv (repeatable)."),
-    baselines: Optional[str] = typer.Option(None, "--baselines", "-b", help="Comma-separated: pi,ntk,yarn,dynamic-ntk,llama3."),
+    more_factors: list[str] | None = typer.Argument(None, help="Factors files (also after --factors: --factors A.json B.json)."),
+    model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    factors: list[str] | None = typer.Option(None, "--factors", help="Factors .json, run directory or .csv (repeatable)."),
+    baselines: str | None = typer.Option(None, "--baselines", "-b", help="Comma-separated: pi,ntk,yarn,dynamic-ntk,llama3."),
     lengths: str = typer.Option(..., "--lengths", "-l", help="Comma-separated lengths, e.g. 1k,2k,4k."),
-    target: Optional[str] = typer.Option(None, "--target", "-t", help="Target length of the baselines (and of .csv factors); default: the largest length."),
-    depths: Optional[str] = typer.Option(None, "--depths", help="Needle depths: a count (5) or fractions such as 0.1,0.5,0.9."),
+    target: str | None = typer.Option(
+        None, "--target", "-t", help="Target length of the baselines (and of .csv factors); default: the largest length."
+    ),
+    depths: str | None = typer.Option(None, "--depths", help="Needle depths: a count (5) or fractions such as 0.1,0.5,0.9."),
     samples: int = typer.Option(4, "--samples", help="Needle documents per depth × length cell."),
     seed: int = typer.Option(777, "--seed", help="Seed of the held-out needle sets (keep it apart from search seeds)."),
     template: str = typer.Option("magic-number", "--template", help="Needle template: magic-number, passkey, multi-needle."),
     segment: int = typer.Option(256, "--segment", help="Tokens of the fixed final segment scored at every length."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output directory (default: outputs/eval-<time>)."),
+    out: str | None = typer.Option(None, "--out", "-o", help="Output directory (default: outputs/eval-<time>)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16."),
@@ -313,7 +384,14 @@ def eval_command(
     with Progress(*columns, console=err_console, transient=False) as bar:
         task = bar.add_task("eval", total=None)
         result = ev.run_eval(
-            lm, methods, ns, depths=depth_list, samples=samples, seed=seed, template=template, segment=segment,
+            lm,
+            methods,
+            ns,
+            depths=depth_list,
+            samples=samples,
+            seed=seed,
+            template=template,
+            segment=segment,
             progress=lambda done, total, what: bar.update(task, completed=done, total=total, description=what),
             command="longsearch " + shlex.join(sys.argv[1:]),
         )
@@ -365,7 +443,7 @@ def main() -> None:
         except ImportError:
             pass
         if isinstance(e, usage_errors):
-            e.show()
+            cast(Any, e).show()
             sys.exit(2)
         raise
 

@@ -27,10 +27,11 @@ import logging
 import math
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,8 @@ from .atomic import atomic_dir, atomic_write_json, atomic_write_text
 from .errors import InputError, ModelError, NeedleError, RunError
 from .factors import RopeFactors, load_factors
 from .lengths import format_length
-from .rope import RopeGeometry, baseline_names, get_method, schedule as method_schedule
+from .rope import RopeGeometry, baseline_names, get_method
+from .rope import schedule as method_schedule
 
 log = logging.getLogger(__name__)
 
@@ -145,17 +147,18 @@ def build_methods(
     for name in names:
         if name == "none":
             continue
-        sched = method_schedule(name, geometry, int(target_length))
+        assert target_length is not None  # refused above
+        sched = method_schedule(name, geometry, target_length)
         dynamic = get_method(name).dynamic
-        m = sched(int(target_length)).m
-        methods.append(EvalMethod(name, "baseline", sched, dynamic, f"rope.{name} for {format_length(int(target_length))}", m, int(target_length)))
+        m_base = sched(target_length).m
+        methods.append(
+            EvalMethod(name, "baseline", sched, dynamic, f"rope.{name} for {format_length(target_length)}", m_base, target_length)
+        )
     for f in factor_files:
         path = Path(f)
         factors = load_factors(path, geometry=geometry, target_length=target_length)
         label = _factor_label(path, factors)
-        methods.append(
-            EvalMethod(label, "factors", factors, True, str(path), factors.attention_factor, factors.target_length)
-        )
+        methods.append(EvalMethod(label, "factors", factors, True, str(path), factors.attention_factor, factors.target_length))
     seen: dict[str, int] = {}
     for m in methods:  # unique labels (they name files and columns)
         n = seen.get(m.label, 0)
@@ -307,8 +310,7 @@ def segment_document(tokenizer, n_tokens: int, haystack: str = "heldout") -> np.
         chars *= 2
     if len(ids) < need:
         raise NeedleError(
-            f"the held-out haystack has only {len(ids)} tokens, fewer than the {n_tokens} the longest length needs: "
-            "give shorter --lengths"
+            f"the held-out haystack has only {len(ids)} tokens, fewer than the {n_tokens} the longest length needs: give shorter --lengths"
         )
     return np.asarray(prefix + ids[:need], dtype=np.int64)
 
@@ -389,7 +391,9 @@ def run_eval(
             except _OOM_ERRORS as e:  # a length too long for this device: record it, go on with the rest
                 nll, err = float("nan"), f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
                 _empty_cache()
-            segments.append(SegmentCell(m.label, n, nll, math.exp(nll) if math.isfinite(nll) else float("nan"), seg, time.perf_counter() - t0, err))
+            segments.append(
+                SegmentCell(m.label, n, nll, math.exp(nll) if math.isfinite(nll) else float("nan"), seg, time.perf_counter() - t0, err)
+            )
             tick(f"{m.label} · {format_length(n)} · segment")
     g = lm.geometry
     settings = {
@@ -398,7 +402,7 @@ def run_eval(
         "template": template,
         "haystack": haystack,
         "segment_tokens": seg,
-        "segment_document_tokens": int(len(document)),
+        "segment_document_tokens": len(document),
         "device": str(getattr(lm, "device", "")),
         "dtype": str(getattr(lm, "dtype", "")),
     }
@@ -456,7 +460,7 @@ def segment_nll(model, document: np.ndarray, prefix: int, length: int, tokens: i
 
     if not 0 < tokens < length - prefix or length > len(document):
         raise InputError(f"a final segment of {tokens} tokens does not fit a context of {length} tokens")
-    ids = np.concatenate([document[:prefix], document[len(document) - (length - prefix):]])
+    ids = np.concatenate([document[:prefix], document[len(document) - (length - prefix) :]])
     device = next(model.parameters()).device
     x = torch.as_tensor(ids, dtype=torch.long, device=device)[None]
     with torch.inference_mode():
@@ -492,7 +496,7 @@ def write_eval(result: EvalResult, out: str | Path, force: bool = False) -> list
         atomic_write_text(tmp / "eval.csv", render_csv(result))
         plots = write_plots(result, tmp)
         atomic_write_text(tmp / "report.md", render_report(result, plots))
-        names = ["eval.json", "eval.csv", "report.md"] + plots
+        names = ["eval.json", "eval.csv", "report.md", *plots]
     return [out / n for n in names]
 
 
@@ -502,11 +506,26 @@ def render_csv(result: EvalResult) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["kind", "method", "length", "depth", "nll", "ppl", "accuracy", "n", "seconds", "error"])
     for c in result.needles:
-        w.writerow(["needle", c.method, c.length, c.depth, _f(c.nll), _f(c.ppl), _f(c.accuracy), c.n_samples, f"{c.seconds:.3f}", c.error or ""])
+        w.writerow(
+            ["needle", c.method, c.length, c.depth, _f(c.nll), _f(c.ppl), _f(c.accuracy), c.n_samples, f"{c.seconds:.3f}", c.error or ""]
+        )
     for label in result.labels:
         for n in result.lengths:
             nll, acc = result.needle_mean(label, n)
-            w.writerow(["needle-mean", label, n, "", _f(nll), _f(math.exp(nll) if math.isfinite(nll) else nll), _f(acc), len(result.depths), "", ""])
+            w.writerow(
+                [
+                    "needle-mean",
+                    label,
+                    n,
+                    "",
+                    _f(nll),
+                    _f(math.exp(nll) if math.isfinite(nll) else nll),
+                    _f(acc),
+                    len(result.depths),
+                    "",
+                    "",
+                ]
+            )
     for s in result.segments:
         w.writerow(["segment", s.method, s.length, "", _f(s.nll), _f(s.ppl), "", s.tokens, f"{s.seconds:.3f}", s.error or ""])
     return buf.getvalue()
@@ -577,10 +596,24 @@ def render_report(result: EvalResult, plots: Sequence[str] = ()) -> str:
 def write_plots(result: EvalResult, out_dir: Path) -> list[str]:
     """nll_vs_length.png, segment_ppl_vs_length.png and accuracy_<method>.png; returns their file names."""
     names = []
-    names.append(_line_plot(result, out_dir / "nll_vs_length.png", lambda m, n: result.needle_mean(m, n)[0],
-                            "needle answer NLL (mean over depths)", log_y=False))
-    names.append(_line_plot(result, out_dir / "segment_ppl_vs_length.png", lambda m, n: result.segment(m, n).ppl,
-                            f"final-segment perplexity (last {result.settings['segment_tokens']} tokens)", log_y=True))
+    names.append(
+        _line_plot(
+            result,
+            out_dir / "nll_vs_length.png",
+            lambda m, n: result.needle_mean(m, n)[0],
+            "needle answer NLL (mean over depths)",
+            log_y=False,
+        )
+    )
+    names.append(
+        _line_plot(
+            result,
+            out_dir / "segment_ppl_vs_length.png",
+            lambda m, n: result.segment(m, n).ppl,
+            f"final-segment perplexity (last {result.settings['segment_tokens']} tokens)",
+            log_y=True,
+        )
+    )
     for label in result.labels:
         names.append(_heatmap(result, label, out_dir / f"accuracy_{safe_name(label)}.png"))
     return names

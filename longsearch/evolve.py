@@ -53,8 +53,7 @@ log = logging.getLogger(__name__)
 
 #: Baselines scored beside the search (in generation 0, on the search needles) and on the held-out set.
 BASELINE_METHODS = ("none", "pi", "ntk", "yarn")
-DEFAULTS = {"space": "hybrid", "budget": "quick", "optimizer": "ga", "samples": 16, "seed": 0, "template": "auto",
-            "depths": "spread"}
+DEFAULTS: dict[str, Any] = {"space": "hybrid", "budget": "quick", "optimizer": "ga", "samples": 16, "seed": 0, "template": "auto", "depths": "spread"}
 #: A needle template is a usable signal when plain RoPE answers at least this share of its documents inside the
 #: model's own window: a perplexity the model cannot lower in-window cannot guide a search beyond it.
 SIGNAL_THRESHOLD = 0.75
@@ -150,7 +149,7 @@ class EvolveResult:
 class EvolveReporter:
     """Receives progress; every method is optional. The CLI's :class:`RichReporter` renders it."""
 
-    def run_started(self, run: "PreparedRun") -> None: ...
+    def run_started(self, run: PreparedRun) -> None: ...
 
     def pool_started(self, workers: int, device: str, seconds: float) -> None: ...
 
@@ -215,7 +214,9 @@ def load_model_info(model: str | None) -> tuple[RopeGeometry, Any]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except Exception as e:
-        raise ModelError(f"cannot load a tokenizer for {source!r} ({str(e).splitlines()[0][:160]}): the model needs its tokenizer files") from None
+        raise ModelError(
+            f"cannot load a tokenizer for {source!r} ({str(e).splitlines()[0][:160]}): the model needs its tokenizer files"
+        ) from None
     return geometry, tokenizer
 
 
@@ -286,8 +287,7 @@ def plan(opts: EvolveOptions) -> Plan:
     target = int(opts.target)
     if target <= geometry.original_length:
         raise InputError(
-            f"target {format_length(target)} is not above the model's window of {geometry.original_length} tokens: "
-            "choose a longer --target"
+            f"target {format_length(target)} is not above the model's window of {geometry.original_length} tokens: choose a longer --target"
         )
     space = SearchSpace.load(space_name, geometry, target)
     optimizer = make_optimizer(optimizer_spec, space, budget, seed)
@@ -324,8 +324,9 @@ def signal_needles(p: Plan, template: str) -> Any:
     length = p.geometry.original_length
     while True:
         try:
-            return build_needle_set(p.tokenizer, length, SIGNAL_SAMPLES, template=template,
-                                    seed=p.config.seed + SIGNAL_SEED_OFFSET, depths=p.depths)
+            return build_needle_set(
+                p.tokenizer, length, SIGNAL_SAMPLES, template=template, seed=p.config.seed + SIGNAL_SEED_OFFSET, depths=p.depths
+            )
         except NeedleError as e:
             if "cannot hold" not in str(e) or length >= 64 * p.geometry.original_length:
                 raise
@@ -350,8 +351,13 @@ def check_signal(p: Plan, pool: WorkerPool, reporter: EvolveReporter | None = No
     measured: dict[str, Any] = {}
     for o in pool.map_unordered(tasks):
         t = o.key.split(":", 1)[1]
-        measured[t] = {"accuracy": None if o.accuracy is None else float(o.accuracy), "nll": _json_float(o.nll),
-                       "length": sets[t].length, "samples": len(sets[t].samples), "error": o.error}
+        measured[t] = {
+            "accuracy": None if o.accuracy is None else float(o.accuracy),
+            "nll": _json_float(o.nll),
+            "length": sets[t].length,
+            "samples": len(sets[t].samples),
+            "error": o.error,
+        }
     solved = [t for t in candidates if (measured[t]["accuracy"] or 0.0) >= SIGNAL_THRESHOLD]
     signal = {"threshold": SIGNAL_THRESHOLD, "templates": measured, "solved": solved}
     if reporter is not None:
@@ -411,8 +417,10 @@ def prepare(opts: EvolveOptions, pool: WorkerPool | None = None, reporter: Evolv
     if opts.signal_check and pool is not None:
         template, signal = check_signal(p, pool, reporter)
     elif p.templates is None:
-        raise InputError("--template auto measures which templates the model solves on the workers: name a template "
-                         "(e.g. --template passkey) to prepare a run without them")
+        raise InputError(
+            "--template auto measures which templates the model solves on the workers: name a template "
+            "(e.g. --template passkey) to prepare a run without them"
+        )
     else:
         template, signal = "+".join(p.templates), None
     return create_run(p, template, signal)
@@ -466,7 +474,9 @@ def _prepare_resume(opts: EvolveOptions) -> PreparedRun:
             raise RunError(f"{store.file(SPACE)} does not fit the model {config.model_name}: {e}") from None
         fp = _fingerprint_dir(store.needles_dir) if store.needles_dir.is_dir() else None
         if fp is None or (config.needles_fingerprint and fp != config.needles_fingerprint):
-            raise RunError(f"{store.needles_dir} is missing or was changed since the run started: the run cannot be resumed; start a new run")
+            raise RunError(
+                f"{store.needles_dir} is missing or was changed since the run started: the run cannot be resumed; start a new run"
+            )
         try:
             needles = load_needle_set(store.needles_dir, tokenizer=tokenizer, length=config.target_length)
         except NeedleError as e:
@@ -527,7 +537,7 @@ def _best_baseline(scores: dict[str, float]) -> tuple[str | None, float]:
 
 
 def best_factors(run: PreparedRun, result: Any, generation: int | None) -> RopeFactors:
-    g, space, cfg = run.geometry, run.space, run.config
+    g, cfg = run.geometry, run.config
     return RopeFactors(
         long_factor=np.asarray(result.candidate.lam, dtype=np.float64),
         short_factor=np.ones(g.n_freq),
@@ -562,8 +572,11 @@ def search(run: PreparedRun, pool: WorkerPool, reporter: EvolveReporter) -> tupl
     journal = run.journal.candidates()
     failures = run.journal.failures()
     baselines = baseline_factors(run.geometry, run.config.target_length)
-    baseline_scores = {n: r.score for n, r in run.journal.baselines().items() if n in baselines
-                       and (not r.failed or failures.get(("baseline", n), 0) >= MAX_FAILED_ATTEMPTS)}
+    baseline_scores = {
+        n: r.score
+        for n, r in run.journal.baselines().items()
+        if n in baselines and (not r.failed or failures.get(("baseline", n), 0) >= MAX_FAILED_ATTEMPTS)
+    }
     history: list[dict[str, Any]] = list((run.checkpoint or {}).get("history", []))
     racing = run.config.racing
     n_docs = len(run.needles.samples)
@@ -578,21 +591,37 @@ def search(run: PreparedRun, pool: WorkerPool, reporter: EvolveReporter) -> tupl
         results = _reuse_from_journal(batch, journal, failures, store, n_docs)
         by_key = {f"c{c.id}": c for c in batch if c.id not in results}
         tasks = [ScoreTask(key, c.lam, c.m, bar=bar) for key, c in by_key.items()]
-        tasks += [ScoreTask(f"b:{name}", f.long_factor, f.attention_factor) for name, f in baselines.items()
-                  if name not in baseline_scores]
+        tasks += [ScoreTask(f"b:{name}", f.long_factor, f.attention_factor) for name, f in baselines.items() if name not in baseline_scores]
         reporter.generation_started(generation, opt.budget.generations + 1, len(tasks), len(results))
         for outcome in pool.map_unordered(tasks):
             if outcome.key.startswith("b:"):
                 name = outcome.key[2:]
                 f = baselines[name]
-                rec = _record(outcome, length, kind="baseline", name=name, generation=generation, origin=f"baseline:{name}",
-                              lam=[float(x) for x in f.long_factor], m=f.attention_factor)
+                rec = _record(
+                    outcome,
+                    length,
+                    kind="baseline",
+                    name=name,
+                    generation=generation,
+                    origin=f"baseline:{name}",
+                    lam=[float(x) for x in f.long_factor],
+                    m=f.attention_factor,
+                )
                 baseline_scores[name] = rec.score
             else:
                 c = by_key[outcome.key]
-                rec = _record(outcome, length, kind="candidate", id=int(c.id), generation=int(c.generation), origin=c.origin,
-                              lam=[float(x) for x in c.lam], m=float(c.m), d_rcd=c.params.get("d_rcd"),
-                              params={k: v for k, v in c.params.items() if k != "parents"})
+                rec = _record(
+                    outcome,
+                    length,
+                    kind="candidate",
+                    id=int(c.id),
+                    generation=int(c.generation),
+                    origin=c.origin,
+                    lam=[float(x) for x in c.lam],
+                    m=float(c.m),
+                    d_rcd=c.params.get("d_rcd"),
+                    params={k: v for k, v in c.params.items() if k != "parents"},
+                )
                 results[c.id] = _result_of(c, rec, n_docs)
             store.append(rec)
             evaluations += 1
@@ -601,15 +630,19 @@ def search(run: PreparedRun, pool: WorkerPool, reporter: EvolveReporter) -> tupl
         if not store.file(BASELINES).exists() and len(baseline_scores) == len(baselines):
             _write_baselines(store, baselines, baseline_scores)
         opt.tell([results[c.id] for c in batch])
-        summary = _summary(opt, generation, baseline_scores, len(tasks), len(batch) - len(by_key), bar, token_forwards,
-                           time.perf_counter() - t0)
+        summary = _summary(
+            opt, generation, baseline_scores, len(tasks), len(batch) - len(by_key), bar, token_forwards, time.perf_counter() - t0
+        )
         history.append({k: _json_float(v) for k, v in asdict(summary).items() if k not in ("seconds",)})
-        store.save_checkpoint(generation, {
-            "optimizer": opt.state_dict(),
-            "history": history,
-            "baselines": {k: _json_float(v) for k, v in baseline_scores.items()},
-            "evaluations": evaluations,
-        })
+        store.save_checkpoint(
+            generation,
+            {
+                "optimizer": opt.state_dict(),
+                "history": history,
+                "baselines": {k: _json_float(v) for k, v in baseline_scores.items()},
+                "evaluations": evaluations,
+            },
+        )
         best = opt.best()
         if best is not None:
             best_factors(run, best, _generation_of(best, history)).save(store.file(BEST))
@@ -617,8 +650,9 @@ def search(run: PreparedRun, pool: WorkerPool, reporter: EvolveReporter) -> tupl
     return baseline_scores, history
 
 
-def _reuse_from_journal(batch: list[Any], journal: dict[int, JournalRecord], failures: dict, store: RunStore,
-                        n_docs: int) -> dict[int, Any]:
+def _reuse_from_journal(
+    batch: list[Any], journal: dict[int, JournalRecord], failures: dict, store: RunStore, n_docs: int
+) -> dict[int, Any]:
     """Results the journal already holds for this batch (a resumed run re-evaluates nothing it scored).
 
     A failed evaluation is a state, not a score: it is evaluated again, until it has failed
@@ -645,8 +679,16 @@ def _result_of(c: Any, rec: JournalRecord, n_docs: int) -> Any:
     return Result(c, rec.score, cost, bool(rec.censored))
 
 
-def _summary(opt: Any, generation: int, baseline_scores: dict[str, float], evaluated: int, reused: int, bar: float,
-             token_forwards: int, seconds: float) -> "GenerationSummary":
+def _summary(
+    opt: Any,
+    generation: int,
+    baseline_scores: dict[str, float],
+    evaluated: int,
+    reused: int,
+    bar: float,
+    token_forwards: int,
+    seconds: float,
+) -> GenerationSummary:
     best = opt.best()
     bname, bscore = _best_baseline(baseline_scores)
     return GenerationSummary(
@@ -682,10 +724,13 @@ def _json_float(v: Any) -> Any:
 
 
 def _write_baselines(store: RunStore, baselines: dict[str, RopeFactors], scores: dict[str, float]) -> None:
-    store.write_json(BASELINES, {
-        name: {"score": _json_float(scores[name]), "lam": [float(x) for x in f.long_factor], "m": f.attention_factor}
-        for name, f in baselines.items()
-    })
+    store.write_json(
+        BASELINES,
+        {
+            name: {"score": _json_float(scores[name]), "lam": [float(x) for x in f.long_factor], "m": f.attention_factor}
+            for name, f in baselines.items()
+        },
+    )
 
 
 # ---------------------------------------------------------------- held-out comparison and plots
@@ -705,7 +750,11 @@ def heldout(run: PreparedRun, pool: WorkerPool, reporter: EvolveReporter, baseli
         try:
             final = store.read_json(FINAL)
             if final.get("best", {}).get("candidate") == int(best.candidate.id):
-                return [HeldoutRow(**{k: (math.inf if k == "nll" and v is None else v) for k, v in r.items()}) for r in final["rows"]]
+                return [
+                    HeldoutRow(r["name"], math.inf if r.get("nll") is None else float(r["nll"]), r.get("accuracy"),
+                               r.get("search_nll"), r.get("error"))
+                    for r in final["rows"]
+                ]
         except (RunError, KeyError, TypeError, AttributeError):
             pass  # rewritten below
     hseed = cfg.heldout_seed if cfg.heldout_seed is not None else cfg.seed + HELDOUT_SEED_OFFSET
@@ -717,8 +766,7 @@ def heldout(run: PreparedRun, pool: WorkerPool, reporter: EvolveReporter, baseli
         except NeedleError:
             needles = None
     if needles is None:
-        needles = _build_needles(run.tokenizer, cfg.target_length, cfg.samples, hseed, cfg.template or "magic-number",
-                                 cfg.depths)
+        needles = _build_needles(run.tokenizer, cfg.target_length, cfg.samples, hseed, cfg.template or "magic-number", cfg.depths)
         needles.save(hdir)
     pool.set_needles("heldout", needles)
     entries: dict[str, tuple[np.ndarray, float, float | None]] = {"longsearch": (best.candidate.lam, best.candidate.m, best.score)}
@@ -735,25 +783,40 @@ def heldout(run: PreparedRun, pool: WorkerPool, reporter: EvolveReporter, baseli
         reporter.heldout_evaluated(o.key, o)
     shown = ["longsearch", *baseline_factors(run.geometry, cfg.target_length)]
     rows = [HeldoutRow(name, outcomes[name].nll, outcomes[name].accuracy, entries[name][2], outcomes[name].error) for name in shown]
-    pairs = [(name, entries[name][2], outcomes[name].nll) for name in entries if name != "none"]
-    pairs = [(n, a, b) for n, a, b in pairs if a is not None and math.isfinite(a) and math.isfinite(b)]
+    pairs: list[tuple[str, float, float]] = []
+    for name in entries:
+        a, b = entries[name][2], outcomes[name].nll
+        if name != "none" and a is not None and math.isfinite(a) and math.isfinite(b):
+            pairs.append((name, float(a), float(b)))
     rho = spearman([a for _, a, _ in pairs], [b for _, _, b in pairs]) if len(pairs) >= 3 else None
     journal = run.store.read_journal()
     failures = journal.failures()
-    failed = [{"id": r.id, "error": r.error, "attempts": failures.get(("candidate", r.id), 1)}
-              for r in journal.candidates().values() if r.failed]
-    store.write_json(FINAL, {
-        "kind": "longsearch.final",
-        "needles": {"seed": hseed, "samples": cfg.samples, "length": cfg.target_length, "template": needles.template,
-                    "depths": cfg.depths},
-        "best": {"candidate": int(best.candidate.id), "search_nll": _json_float(best.score)},
-        "rows": [{k: _json_float(v) for k, v in asdict(r).items()} for r in rows],
-        "rank_agreement": {
-            "spearman": rho, "n": len(pairs), "names": [n for n, _, _ in pairs],
-            "search_nll": [a for _, a, _ in pairs], "heldout_nll": [b for _, _, b in pairs],
+    failed = [
+        {"id": r.id, "error": r.error, "attempts": failures.get(("candidate", r.id), 1)} for r in journal.candidates().values() if r.failed
+    ]
+    store.write_json(
+        FINAL,
+        {
+            "kind": "longsearch.final",
+            "needles": {
+                "seed": hseed,
+                "samples": cfg.samples,
+                "length": cfg.target_length,
+                "template": needles.template,
+                "depths": cfg.depths,
+            },
+            "best": {"candidate": int(best.candidate.id), "search_nll": _json_float(best.score)},
+            "rows": [{k: _json_float(v) for k, v in asdict(r).items()} for r in rows],
+            "rank_agreement": {
+                "spearman": rho,
+                "n": len(pairs),
+                "names": [n for n, _, _ in pairs],
+                "search_nll": [a for _, a, _ in pairs],
+                "heldout_nll": [b for _, _, b in pairs],
+            },
+            "failed": failed,
         },
-        "failed": failed,
-    })
+    )
     return rows
 
 
@@ -780,7 +843,7 @@ def spearman(a: list[float], b: list[float]) -> float | None:
         return None
     ra, rb = _ranks(a), _ranks(b)
     ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
     va = sum((x - ma) ** 2 for x in ra)
     vb = sum((y - mb) ** 2 for y in rb)
     if va == 0 or vb == 0:
@@ -815,8 +878,14 @@ def write_plots(run: PreparedRun, history: list[dict[str, Any]], baseline_scores
     if best is not None:
         base = {n: f.long_factor for n, f in baseline_factors(run.geometry, run.config.target_length).items() if n != "none"}
         p = run.store.file("factors.png")
-        factors_plot(p, np.asarray(best.candidate.lam), base, d_tcd=critical_index(run.geometry),
-                     d_rcd=best.candidate.params.get("d_rcd"), title=_title(run))
+        factors_plot(
+            p,
+            np.asarray(best.candidate.lam),
+            base,
+            d_tcd=critical_index(run.geometry),
+            d_rcd=best.candidate.params.get("d_rcd"),
+            title=_title(run),
+        )
         paths["factors"] = p
     return paths
 
@@ -832,11 +901,12 @@ def _title(run: PreparedRun) -> str:
 def run_evolve(opts: EvolveOptions, reporter: EvolveReporter | None = None) -> EvolveResult:
     """Start or resume a search and run it to the end. Ctrl-C leaves a resumable run (KeyboardInterrupt re-raised)."""
     reporter = reporter or EvolveReporter()
+    run: PreparedRun | None = None
     if opts.resume is not None:
-        run: PreparedRun | None = _prepare_resume(opts)
+        run = _prepare_resume(opts)
         cfg = run.config
     else:
-        run, p = None, plan(opts)  # every option checked; nothing written yet
+        p = plan(opts)  # every option checked; nothing written yet
         cfg = p.config
     try:
         pool = WorkerPool(
@@ -909,8 +979,9 @@ def _run(run: PreparedRun, pool: WorkerPool, opts: EvolveOptions, reporter: Evol
         if e.errno != errno.ENOSPC:
             raise
         where = Path(e.filename).name if e.filename else "a file of the run"
-        raise RunError(f"the disk is full (writing {where}): free some space, then continue with "
-                       f"`longsearch evolve --resume {run.store.path}`") from None
+        raise RunError(
+            f"the disk is full (writing {where}): free some space, then continue with `longsearch evolve --resume {run.store.path}`"
+        ) from None
     finally:
         run.store.close()
 
@@ -925,9 +996,9 @@ __all__ = [
     "PreparedRun",
     "RichReporter",
     "baseline_factors",
-    "load_model_info",
     "default_out",
     "heldout",
+    "load_model_info",
     "prepare",
     "run_evolve",
     "search",
@@ -953,12 +1024,17 @@ class RichReporter(EvolveReporter):
 
         self.console = console
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(), TimeRemainingColumn(),
-            console=console, transient=True,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            _Rate(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
         )
         self._task: Any = None
 
-    def __enter__(self) -> "RichReporter":
+    def __enter__(self) -> RichReporter:
         self.progress.start()
         return self
 
@@ -984,11 +1060,15 @@ class RichReporter(EvolveReporter):
         self._print(f"[bold]longsearch evolve[/] {c.model_name} → {format_length(c.target_length)}  ({state})")
         self._print(f"  run      {run.store.path}")
         self._print(f"  space    {run.space.describe()}")
-        self._print(f"  needles  {run.needles.template}, {len(run.needles.samples)} documents of {run.needles.length} tokens, "
-                    f"depths {c.depths or 'start'}")
+        self._print(
+            f"  needles  {run.needles.template}, {len(run.needles.samples)} documents of {run.needles.length} tokens, "
+            f"depths {c.depths or 'start'}"
+        )
         b = run.optimizer.budget
-        self._print(f"  search   {c.optimizer}, budget {c.budget}: {b.generations + 1} generations, "
-                    f"{b.evaluations} evaluations; {c.samples} needle samples; seed {c.seed}")
+        self._print(
+            f"  search   {c.optimizer}, budget {c.budget}: {b.generations + 1} generations, "
+            f"{b.evaluations} evaluations; {c.samples} needle samples; seed {c.seed}"
+        )
 
     def pool_started(self, workers: int, device: str, seconds: float) -> None:
         self._print(f"  workers  {workers} on {device}, ready in {seconds:.1f} s")
@@ -1016,8 +1096,10 @@ class RichReporter(EvolveReporter):
         d = "" if s.best_d_rcd is None else f", d_rcd {s.best_d_rcd}"
         base = "—" if s.baseline_name is None else f"{s.baseline_name} {s.baseline_score:.4f}"
         rate = f"{s.evaluated} evals in {s.seconds:.1f} s" + (f" ({s.evals_per_second:.2f}/s)" if s.evaluated else "")
-        self._print(f"gen {s.generation:>3}/{s.generations - 1}  best [bold]{best}[/] (#{s.best_id} {s.best_origin}{d})"
-                    f"  best baseline {base}  {rate}")
+        self._print(
+            f"gen {s.generation:>3}/{s.generations - 1}  best [bold]{best}[/] (#{s.best_id} {s.best_origin}{d})"
+            f"  best baseline {base}  {rate}"
+        )
 
     def heldout_started(self, to_evaluate: int) -> None:
         self._new_task("held-out needles", to_evaluate)
@@ -1047,8 +1129,9 @@ class RichReporter(EvolveReporter):
             self._print(t)
         ra = result.final.get("rank_agreement") or {}
         if ra.get("spearman") is not None:
-            self._print(f"  rank agreement of search and held-out NLL (Spearman over {ra['n']} candidates and "
-                        f"baselines): {ra['spearman']:.2f}")
+            self._print(
+                f"  rank agreement of search and held-out NLL (Spearman over {ra['n']} candidates and baselines): {ra['spearman']:.2f}"
+            )
         for f in result.final.get("failed", []):
             self._print(f"  [yellow]candidate {f['id']} failed {f['attempts']} time(s):[/] {f['error']}")
         for key, p in result.paths.items():

@@ -25,9 +25,10 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -197,7 +198,9 @@ def patch_config_dict(cfg: dict[str, Any], factors: RopeFactors, rope_parameters
     if nested:  # per-layer-type RoPE (Gemma3): only full attention is extended, local layers keep theirs
         key = "full_attention" if "full_attention" in current else (next(iter(current)) if len(current) == 1 else None)
         if key is None:
-            raise ExportError(f"this model has RoPE layer types {', '.join(current)} and none is full_attention: cannot tell which to extend")
+            raise ExportError(
+                f"this model has RoPE layer types {', '.join(current)} and none is full_attention: cannot tell which to extend"
+            )
         params = {**current, key: params}
     out["rope_parameters"] = params
     if out.get("rope_scaling"):
@@ -276,8 +279,7 @@ def _copy_note(n: int, src: Path, how: dict[str, int]) -> str:
     parts = [f"{k} {how[k]}" for k in ("copy", "reflink", "link") if how[k]]
     text = f"copied {n} file(s) from {src} ({', '.join(parts) or 'none'}); config.json patched"
     if how["link"]:
-        text += ("; hard-linked files are the original model's own: anything that writes into one in place "
-                 "rewrites the original")
+        text += "; hard-linked files are the original model's own: anything that writes into one in place rewrites the original"
     return text
 
 
@@ -366,7 +368,11 @@ def add_mscale_keys(cfg: dict[str, Any], factors: RopeFactors) -> dict[str, Any]
         rp = out.get(key)
         if not isinstance(rp, dict):
             continue
-        targets = [rp] if rp.get("rope_type") == "longrope" else [v for v in rp.values() if isinstance(v, dict) and v.get("rope_type") == "longrope"]
+        targets = (
+            [rp]
+            if rp.get("rope_type") == "longrope"
+            else [v for v in rp.values() if isinstance(v, dict) and v.get("rope_type") == "longrope"]
+        )
         for t in targets:
             t["short_mscale"] = m
             t["long_mscale"] = m
@@ -549,8 +555,7 @@ def export_gguf(factors: RopeFactors, gguf_file: str | Path, out: str | Path, fo
     old_type = _field(reader, f"{arch}.rope.scaling.type")
     new_kv[f"{arch}.rope.scaling.type"] = ("longrope", gguf.GGUFValueType.STRING)
     if old_type != "longrope":
-        notes.append(f"rope.scaling.type set to 'longrope' (was {old_type or 'absent'!s}): llama.cpp reads the factor "
-                     "tensors only with it")
+        notes.append(f"rope.scaling.type set to 'longrope' (was {old_type or 'absent'!s}): llama.cpp reads the factor tensors only with it")
     if _field(reader, f"{arch}.rope.scaling.factor") is not None:
         drop_kv.add(f"{arch}.rope.scaling.factor")
         notes.append("removed rope.scaling.factor (it would scale positions on top of the factors)")
@@ -597,8 +602,7 @@ def export_gguf(factors: RopeFactors, gguf_file: str | Path, out: str | Path, fo
         writer.write_tensor_data(short)
         writer.close()
     notes.append(
-        f"{arch}.context_length {factors.target_length}, original {factors.original_length}, "
-        f"attn_factor {factors.attention_factor:.6g}"
+        f"{arch}.context_length {factors.target_length}, original {factors.original_length}, attn_factor {factors.attention_factor:.6g}"
     )
     return ExportResult("gguf", out, [out], notes=notes, warnings=warnings)
 
@@ -607,11 +611,7 @@ def _archs_with_longrope_tensors() -> set[str]:
     try:
         import gguf
 
-        return {
-            gguf.MODEL_ARCH_NAMES[a]
-            for a, tensors in gguf.MODEL_TENSORS.items()
-            if gguf.MODEL_TENSOR.ROPE_FACTORS_LONG in tensors
-        }
+        return {gguf.MODEL_ARCH_NAMES[a] for a, tensors in gguf.MODEL_TENSORS.items() if gguf.MODEL_TENSOR.ROPE_FACTORS_LONG in tensors}
     except (ImportError, AttributeError):
         return set()
 
@@ -681,6 +681,7 @@ def export(
         return export_hf(factors, out, model=model, model_dir=model_dir, force=force, link=link)
     if fmt == "vllm":
         return export_vllm(factors, out, model=model, model_dir=model_dir, force=force, link=link)
+    assert gguf_file is not None  # checked above
     return export_gguf(factors, gguf_file, out, force)
 
 
@@ -688,6 +689,7 @@ __all__ = [
     "FORMATS",
     "ExportResult",
     "GGUFRopeInfo",
+    "add_mscale_keys",
     "default_out",
     "export",
     "export_csv",
@@ -702,5 +704,4 @@ __all__ = [
     "resolve_factors",
     "short_factor_note",
     "vllm_overrides",
-    "add_mscale_keys",
 ]

@@ -100,8 +100,7 @@ class RopeFactors:
             raise FactorsError(f"these factors were made for RoPE base {self.base:g} but {what} has base {g.base:g}")
         if g.original_length != self.original_length:
             raise FactorsError(
-                f"these factors were made for an original window of {self.original_length} tokens but {what} "
-                f"has {g.original_length}"
+                f"these factors were made for an original window of {self.original_length} tokens but {what} has {g.original_length}"
             )
 
     # ------------------------------------------------------------ constructors
@@ -115,7 +114,7 @@ class RopeFactors:
         attention: str | float | None = None,
         provenance: dict[str, Any] | None = None,
         **options: Any,
-    ) -> "RopeFactors":
+    ) -> RopeFactors:
         """A baseline as RopeFactors: its λ as long factors, ones as short, its own m unless ``attention`` says."""
         method = get_method(name)
         if not method.baseline:
@@ -156,21 +155,23 @@ class RopeFactors:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "factors") -> "RopeFactors":
+    def from_dict(cls, d: dict[str, Any], source: str = "factors") -> RopeFactors:
         if not isinstance(d, dict):
             raise FactorsError(f"{source}: expected a JSON object with long_factor, short_factor, …")
         version = d.get("schema_version")
         if version is None:
             raise FactorsError(f"{source}: no schema_version; is this a longsearch factors file?")
         if version != SCHEMA_VERSION:
-            raise FactorsError(f"{source}: schema_version {version} is not supported (this longsearch reads {SCHEMA_VERSION}); upgrade longsearch")
+            raise FactorsError(
+                f"{source}: schema_version {version} is not supported (this longsearch reads {SCHEMA_VERSION}); upgrade longsearch"
+            )
         missing = [k for k in ("rotary_dim", "base", "original_length", "target_length", "long_factor") if k not in d]
         if missing:
             raise FactorsError(f"{source}: missing key(s) {', '.join(missing)}")
         rotary_dim = d["rotary_dim"]
         if not isinstance(rotary_dim, int):
             raise FactorsError(f"{source}: rotary_dim must be an integer")
-        short = d.get("short_factor") or [1.0] * (rotary_dim // 2)
+        short: Any = d.get("short_factor") or [1.0] * (rotary_dim // 2)
         scale = d["target_length"] / d["original_length"] if d["original_length"] else 0
         m = d.get("attention_factor")
         if m is None:
@@ -192,7 +193,7 @@ class RopeFactors:
             raise FactorsError(f"{source}: malformed value ({e})") from None
 
     @classmethod
-    def from_json(cls, text: str, source: str = "factors") -> "RopeFactors":
+    def from_json(cls, text: str, source: str = "factors") -> RopeFactors:
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:
@@ -287,4 +288,4 @@ def load_factors(path: str | Path, geometry: RopeGeometry | None = None, target_
     return factors
 
 
-__all__ = ["RopeFactors", "load_factors", "read_csv_factors", "write_csv_factors", "SCHEMA_VERSION", "LongsearchError"]
+__all__ = ["SCHEMA_VERSION", "LongsearchError", "RopeFactors", "load_factors", "read_csv_factors", "write_csv_factors"]

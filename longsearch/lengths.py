@@ -16,6 +16,7 @@ def parse_length(text: str | int) -> int:
     >>> parse_length("128k"), parse_length("1m"), parse_length("4096")
     (131072, 1048576, 4096)
     """
+    value: float
     if isinstance(text, int):
         value = text
     else:

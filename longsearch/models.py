@@ -26,10 +26,11 @@ import importlib.util
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,14 +38,15 @@ from torch import nn
 
 from .errors import InputError, ModelError
 from .factors import RopeFactors
-from .rope import Rescale, RopeGeometry, Schedule, StaticSchedule, SwitchSchedule, schedule as method_schedule
+from .rope import Rescale, RopeGeometry, Schedule, StaticSchedule, SwitchSchedule
+from .rope import schedule as method_schedule
 
 log = logging.getLogger(__name__)
 
 TESTBED_DIR: Path = Path(__file__).parent / "tiny" / "model"
 
 #: What :func:`apply_rope` accepts: factors, one (λ, m), a schedule, a method name, or None (the model as loaded).
-RopeSpec = Union[RopeFactors, Rescale, Schedule, str, None]
+RopeSpec = RopeFactors | Rescale | Schedule | str | None
 
 _FULL_ATTENTION = "full_attention"
 _CACHE_SIZE = 32
@@ -187,7 +189,7 @@ def load_model(
         raise ModelError(
             f"cannot load a tokenizer for {source!r} ({_short_reason(e)}): the model directory needs its tokenizer files"
         ) from None
-    model.to(dev)
+    torch.nn.Module.to(model, dev)
     model.eval()
     keep_rope_fp32(model)
     find_rotary_embeddings(model)  # a model whose rotary module cannot be found is refused here, not mid-search
@@ -318,6 +320,7 @@ def config_with_factors(config: Any, factors: RopeFactors) -> Any:
     _, key = _rope_dict(text)
     if key is not None:
         nested = copy.deepcopy(rp)
+        assert isinstance(nested, dict)  # _rope_dict found a key in it
         nested[key] = params
         text.rope_parameters = nested
     else:
@@ -325,7 +328,7 @@ def config_with_factors(config: Any, factors: RopeFactors) -> Any:
     text.max_position_embeddings = int(factors.target_length)
     if getattr(text, "original_max_position_embeddings", None) is not None:
         text.original_max_position_embeddings = int(factors.original_length)
-    if hasattr(text, "head_dim") and not getattr(text, "head_dim"):
+    if hasattr(text, "head_dim") and not text.head_dim:
         text.head_dim = _head_dim(text)  # transformers' longrope reads head_dim without the hidden/heads fallback
     return new
 
@@ -429,7 +432,7 @@ class LongsearchRotaryEmbedding(nn.Module):
         if not np.all(np.isfinite(lam)) or np.any(lam <= 0):
             raise InputError("λ must hold finite positive numbers")
         factors = torch.tensor(lam.tolist(), dtype=torch.float32)
-        value = (1.0 / (factors * self.geometry.base ** self._exponents)).to(device)
+        value = (1.0 / (factors * self.geometry.base**self._exponents)).to(device)
         self._cache[key] = value
         if len(self._cache) > _CACHE_SIZE:
             self._cache.popitem(last=False)
@@ -494,8 +497,7 @@ def _patched_type(module: nn.Module, g: RopeGeometry) -> str | None:
     if len(types) == 1:
         return types[0]
     raise ModelError(
-        f"the rotary module has layer types {', '.join(types)} and none is full_attention: longsearch cannot tell "
-        "which one to extend"
+        f"the rotary module has layer types {', '.join(types)} and none is full_attention: longsearch cannot tell which one to extend"
     )
 
 
@@ -531,8 +533,7 @@ def apply_rope(model: nn.Module, spec: RopeSpec, target_length: int | None = Non
         buf = _inv_freq_buffer(module, ptype)
         if buf is not None and buf.numel() != g.n_freq:
             raise ModelError(
-                f"{name} rotates {2 * buf.numel()} dimensions but the config says {g.rotary_dim}: this model's "
-                "RoPE layout is not supported"
+                f"{name} rotates {2 * buf.numel()} dimensions but the config says {g.rotary_dim}: this model's RoPE layout is not supported"
             )
         _set_submodule(model, name, LongsearchRotaryEmbedding(module, g, sched, ptype))
 
@@ -645,8 +646,15 @@ def _fast_file_hash(path: Path) -> str:
 
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5")
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "merges.txt",
-                    "special_tokens_map.json", "vocab.txt")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "vocab.txt",
+)
 
 
 def model_fingerprint(name_or_path: str | os.PathLike | None = None) -> dict[str, Any]:

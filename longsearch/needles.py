@@ -28,9 +28,10 @@ import json
 import logging
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -100,9 +101,11 @@ def read_haystack_file(path: str | Path) -> str:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError:
-                raise NeedleError(f"{p} line {n} is not valid JSON: each line of a .jsonl haystack must be an object with a \"text\" field") from None
+                raise NeedleError(
+                    f'{p} line {n} is not valid JSON: each line of a .jsonl haystack must be an object with a "text" field'
+                ) from None
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise NeedleError(f"{p} line {n} has no string \"text\" field: each line must look like {{\"text\": \"...\"}}")
+                raise NeedleError(f'{p} line {n} has no string "text" field: each line must look like {{"text": "..."}}')
             texts.append(obj["text"].strip())
         text = "\n\n".join(t for t in texts if t)
     elif base.endswith(".txt"):
@@ -199,21 +202,155 @@ TEMPLATES: dict[str, Template] = {
     ]
 }
 
-_ADJECTIVES = (
-    "amber ancient bitter brave bright calm clever cold crimson curious damp dark eager early faint fierce "
-    "gentle golden grand hidden hollow humble icy idle jolly kind lazy little lively lonely loud lucky "
-    "mellow misty narrow noble odd pale patient plain proud quiet rapid rare restless rough round rustic "
-    "shy silent silver slow small smooth solid sour steady stern swift tall tender tiny vast velvet wild "
-    "wise young zealous"
-).split()
-_NOUNS = (
-    "anchor apple arrow badger banner barrel beacon bell blanket bridge candle canyon castle cedar "
-    "chimney cloud comet compass copper cottage crane desert dragon drum eagle ember falcon feather "
-    "fiddle forest fountain garden glacier harbor harvest hammer helmet island jacket kettle ladder "
-    "lantern leopard meadow mirror mountain needle orchard otter palace pebble pepper pigeon pillow "
-    "planet pocket quarry rabbit raven river saddle shadow shelter spider summit thistle thunder tiger "
-    "tower trumpet tunnel valley violin wagon walnut window wizard"
-).split()
+_ADJECTIVES = [
+    "amber",
+    "ancient",
+    "bitter",
+    "brave",
+    "bright",
+    "calm",
+    "clever",
+    "cold",
+    "crimson",
+    "curious",
+    "damp",
+    "dark",
+    "eager",
+    "early",
+    "faint",
+    "fierce",
+    "gentle",
+    "golden",
+    "grand",
+    "hidden",
+    "hollow",
+    "humble",
+    "icy",
+    "idle",
+    "jolly",
+    "kind",
+    "lazy",
+    "little",
+    "lively",
+    "lonely",
+    "loud",
+    "lucky",
+    "mellow",
+    "misty",
+    "narrow",
+    "noble",
+    "odd",
+    "pale",
+    "patient",
+    "plain",
+    "proud",
+    "quiet",
+    "rapid",
+    "rare",
+    "restless",
+    "rough",
+    "round",
+    "rustic",
+    "shy",
+    "silent",
+    "silver",
+    "slow",
+    "small",
+    "smooth",
+    "solid",
+    "sour",
+    "steady",
+    "stern",
+    "swift",
+    "tall",
+    "tender",
+    "tiny",
+    "vast",
+    "velvet",
+    "wild",
+    "wise",
+    "young",
+    "zealous",
+]
+_NOUNS = [
+    "anchor",
+    "apple",
+    "arrow",
+    "badger",
+    "banner",
+    "barrel",
+    "beacon",
+    "bell",
+    "blanket",
+    "bridge",
+    "candle",
+    "canyon",
+    "castle",
+    "cedar",
+    "chimney",
+    "cloud",
+    "comet",
+    "compass",
+    "copper",
+    "cottage",
+    "crane",
+    "desert",
+    "dragon",
+    "drum",
+    "eagle",
+    "ember",
+    "falcon",
+    "feather",
+    "fiddle",
+    "forest",
+    "fountain",
+    "garden",
+    "glacier",
+    "harbor",
+    "harvest",
+    "hammer",
+    "helmet",
+    "island",
+    "jacket",
+    "kettle",
+    "ladder",
+    "lantern",
+    "leopard",
+    "meadow",
+    "mirror",
+    "mountain",
+    "needle",
+    "orchard",
+    "otter",
+    "palace",
+    "pebble",
+    "pepper",
+    "pigeon",
+    "pillow",
+    "planet",
+    "pocket",
+    "quarry",
+    "rabbit",
+    "raven",
+    "river",
+    "saddle",
+    "shadow",
+    "shelter",
+    "spider",
+    "summit",
+    "thistle",
+    "thunder",
+    "tiger",
+    "tower",
+    "trumpet",
+    "tunnel",
+    "valley",
+    "violin",
+    "wagon",
+    "walnut",
+    "window",
+    "wizard",
+]
 
 
 def _draw_key(rng: np.random.Generator, taken: set[str]) -> str:
@@ -247,9 +384,7 @@ def tokenizer_fingerprint(tokenizer) -> tuple[str, str]:
     name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
     vocab = tokenizer.get_vocab()
     items = sorted(((int(i), str(t)) for t, i in vocab.items()))
-    specials = {
-        k: getattr(tokenizer, f"{k}_token_id", None) for k in ("bos", "eos", "unk", "pad")
-    }
+    specials = {k: getattr(tokenizer, f"{k}_token_id", None) for k in ("bos", "eos", "unk", "pad")}
     payload = json.dumps({"vocab": items, "special": specials}, ensure_ascii=False, separators=(",", ":"))
     return name, _sha256(payload.encode("utf-8"))[:16]
 
@@ -508,10 +643,12 @@ def _resolve_depths(depths, n: int, rng: np.random.Generator) -> tuple[list[floa
         try:
             depths = [float(x) for x in depths.split(",") if x.strip()]
         except ValueError:
-            raise InputError(f"cannot read the needle depths {depths!r}: give numbers in [0, 1] such as 0,0.5,1, or spread, uniform, start") from None
+            raise InputError(
+                f"cannot read the needle depths {depths!r}: give numbers in [0, 1] such as 0,0.5,1, or spread, uniform, start"
+            ) from None
     values = [float(x) for x in depths]
     if not values:
-        raise InputError("an empty list of needle depths: give numbers in [0, 1] or \"uniform\"")
+        raise InputError('an empty list of needle depths: give numbers in [0, 1] or "uniform"')
     for v in values:
         if not (0.0 <= v <= 1.0) or math.isnan(v):
             raise InputError(f"needle depth {v} is outside [0, 1]: 0 is the start of the haystack, 1 its end")
@@ -615,10 +752,10 @@ class _Builder:
         a = self.window_start(ids, n_hay)
         window = ids[a : a + n_hay]
         # 4. needle positions: the sentence boundary nearest each depth; needles sharing one go in draw order
-        depths = [depth] + other_depths
+        depths = [depth, *other_depths]
         cuts = []
         for d in depths:
-            target = int(round(d * n_hay))
+            target = round(d * n_hay)
             cuts.append(self.boundary_near(window, target))
         order = sorted(range(len(needles)), key=lambda k: (cuts[k], k))
         pieces: list[list[int]] = [head]
@@ -651,7 +788,13 @@ class _Builder:
             "haystack_tokens": n_hay,
             "haystack_char_offset": start_char,
             "distractors": [
-                {"key": needles[k][0], "value": needles[k][1], "depth": round(depths[k], 6), "needle_start": spans[k][0], "needle_end": spans[k][1]}
+                {
+                    "key": needles[k][0],
+                    "value": needles[k][1],
+                    "depth": round(depths[k], 6),
+                    "needle_start": spans[k][0],
+                    "needle_end": spans[k][1],
+                }
                 for k in range(1, len(needles))
             ],
         }
@@ -751,7 +894,9 @@ def load_tokenizer(model: str | None = None):
         tok = AutoTokenizer.from_pretrained(source)
     except Exception as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ModelError(f"cannot load the tokenizer of {source!r} ({reason}): pass a local model directory or a reachable hub id") from None
+        raise ModelError(
+            f"cannot load the tokenizer of {source!r} ({reason}): pass a local model directory or a reachable hub id"
+        ) from None
     return tok, (TESTBED_NAME if testbed else str(model))
 
 
@@ -786,7 +931,7 @@ def sample_segments(ns: NeedleSet, index: int, tokenizer, context: int | None = 
             return [("text", _decode(tokenizer, ids[a:b]))]
         head = [("text", _decode(tokenizer, ids[a : a + context]))]
         tail = [("text", _decode(tokenizer, ids[b - context : b]))]
-        return head + [("gap", f" … {b - a - 2 * context:,} tokens … ")] + tail
+        return [*head, ("gap", f" … {b - a - 2 * context:,} tokens … "), *tail]
 
     out: list[tuple[str, str]] = []
     pos = 0
@@ -828,8 +973,14 @@ def render_needle_set(console, ns: NeedleSet, tokenizer, index: int = 0, full: b
         f"(tokens {s.answer_start}–{s.answer_end - 1}), needle at tokens {m['needle_start']}–{m['needle_end'] - 1} "
         f"(depth {m['depth']:.3f}, placed at {m['depth_actual']:.3f}), {len(m.get('distractors', []))} distractor(s)\n"
     )
-    styles = {"text": "", "gap": "dim italic", "needle": "bold black on yellow", "distractor": "black on bright_black",
-              "question": "bold cyan", "answer": "bold black on green"}
+    styles = {
+        "text": "",
+        "gap": "dim italic",
+        "needle": "bold black on yellow",
+        "distractor": "black on bright_black",
+        "question": "bold cyan",
+        "answer": "bold black on green",
+    }
     text = Text()
     for kind, piece in sample_segments(ns, index, tokenizer, None if full else 160):
         text.append(piece, style=styles[kind])

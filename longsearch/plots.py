@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -109,4 +109,4 @@ def factors_plot(
     return _save(fig, path)
 
 
-__all__ = ["progress_plot", "factors_plot"]
+__all__ = ["factors_plot", "progress_plot"]

@@ -17,8 +17,9 @@ current length and are evaluated through :func:`schedule`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -122,9 +123,7 @@ def attention_factor(policy: str | float, s: float, original_length: int) -> flo
     try:
         return attention_factor(float(name), s, original_length)
     except ValueError:
-        raise InputError(
-            f"unknown attention-factor policy {policy!r}: use longrope, yarn, none or a positive number"
-        ) from None
+        raise InputError(f"unknown attention-factor policy {policy!r}: use longrope, yarn, none or a positive number") from None
 
 
 # ---------------------------------------------------------------- methods

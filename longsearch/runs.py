@@ -31,9 +31,10 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from . import __version__, faults
 from .atomic import atomic_write_json
@@ -92,7 +93,7 @@ class RunConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Any, source: str = CONFIG) -> "RunConfig":
+    def from_dict(cls, d: Any, source: str = CONFIG) -> RunConfig:
         if not isinstance(d, dict) or d.get("kind") != "longsearch.run":
             raise RunError(f"{source} is not a longsearch run config: resume a directory made by `longsearch evolve`")
         names = {f.name for f in fields(cls)}
@@ -144,7 +145,7 @@ class JournalRecord:
         return json.dumps(d, separators=(",", ":"), allow_nan=False)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "JournalRecord":
+    def from_dict(cls, d: dict[str, Any]) -> JournalRecord:
         names = {f.name for f in fields(cls)}
         rec = cls(**{k: v for k, v in d.items() if k in names})
         rec.score = _decode_float(rec.score)
@@ -236,7 +237,7 @@ class RunStore:
     # ------------------------------------------------------------ creating and opening
 
     @classmethod
-    def create(cls, path: str | os.PathLike, config: RunConfig, force: bool = False) -> "RunStore":
+    def create(cls, path: str | os.PathLike, config: RunConfig, force: bool = False) -> RunStore:
         """Make a new run directory and write config.json.
 
         An existing non-empty directory is refused unless ``force``; even then only a longsearch run
@@ -267,7 +268,7 @@ class RunStore:
         return store
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "RunStore":
+    def open(cls, path: str | os.PathLike) -> RunStore:
         """Open an existing run directory (for resume or inspection); refuses a missing or foreign one."""
         path = Path(path)
         if not path.exists():
@@ -311,7 +312,7 @@ class RunStore:
             self._journal_fd = None
         self.unlock()
 
-    def __enter__(self) -> "RunStore":
+    def __enter__(self) -> RunStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -361,7 +362,9 @@ class RunStore:
                     raise ValueError("not a journal record")
                 records.append(JournalRecord.from_dict(d))
             except (ValueError, TypeError, UnicodeDecodeError) as e:
-                raise RunError(f"{p} line {lineno} is corrupted ({str(e).splitlines()[0][:80]}): the journal cannot be trusted; start a new run") from None
+                raise RunError(
+                    f"{p} line {lineno} is corrupted ({str(e).splitlines()[0][:80]}): the journal cannot be trusted; start a new run"
+                ) from None
         return JournalContents(records, len(data) - end, end)
 
     def repair_journal(self, contents: JournalContents) -> int:
@@ -473,11 +476,11 @@ def _same_model(given: str, have: str | None) -> bool:
 
 
 __all__ = [
+    "IDENTITY_FIELDS",
+    "JournalContents",
+    "JournalRecord",
     "RunConfig",
     "RunStore",
-    "JournalRecord",
-    "JournalContents",
-    "IDENTITY_FIELDS",
     "check_resume_options",
     "iter_journal",
 ]

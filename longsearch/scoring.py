@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -73,7 +73,7 @@ class Score:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Score":
+    def from_dict(cls, d: dict[str, Any]) -> Score:
         return cls(
             nll=float(d["nll"]),
             per_sample=[float(x) for x in d.get("per_sample", [])],
@@ -101,7 +101,7 @@ def _unwrap(model: Any) -> tuple[torch.nn.Module, Any]:
     raise ModelError(f"cannot score with a {type(model).__name__}: pass a LoadedModel or a transformers causal LM")
 
 
-def _vocab_size(net: torch.nn.Module) -> int | None:
+def _vocab_size(net: Any) -> int | None:  # a transformers model (nn.Module types its methods as tensors)
     head = net.get_output_embeddings() if hasattr(net, "get_output_embeddings") else None
     weight = getattr(head, "weight", None)
     if isinstance(weight, torch.Tensor):
@@ -215,8 +215,9 @@ def score(
     )
 
 
-def _score_all(net: torch.nn.Module, ns: NeedleSet, device: torch.device, bs: int,
-               stop_at: float | None = None) -> tuple[list[float], list[bool]]:
+def _score_all(
+    net: torch.nn.Module, ns: NeedleSet, device: torch.device, bs: int, stop_at: float | None = None
+) -> tuple[list[float], list[bool]]:
     nll: list[float] = []
     correct: list[bool] = []
     n = len(ns.samples)
@@ -256,7 +257,7 @@ def _score_batch(net: torch.nn.Module, samples: list, device: torch.device) -> t
     keep = torch.unique(torch.cat(positions))  # sorted: the union over the batch
     logits = _answer_logits(net, ids, keep.to(device))  # [B, len(keep), V]
     nll_t, ok_t = [], []
-    for b, (s, pos) in enumerate(zip(samples, positions)):
+    for b, (s, pos) in enumerate(zip(samples, positions, strict=True)):
         sel = torch.searchsorted(keep, pos).to(device)
         rows = logits[b].index_select(0, sel).float()
         target = ids[b, s.answer_start : s.answer_end]
@@ -268,7 +269,7 @@ def _score_batch(net: torch.nn.Module, samples: list, device: torch.device) -> t
     return [float(v) for v in values], [bool(o) for o in oks]
 
 
-def _answer_logits(net: torch.nn.Module, ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+def _answer_logits(net: Any, ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Logits at positions ``keep`` only: ``logits_to_keep`` as a tensor, or the decoder + lm_head by hand."""
     try:
         out = net(input_ids=ids, use_cache=False, logits_to_keep=keep)
@@ -288,4 +289,4 @@ def _answer_logits(net: torch.nn.Module, ids: torch.Tensor, keep: torch.Tensor) 
     return head(hidden[:, keep])
 
 
-__all__ = ["Score", "score", "check_compatible", "CPU_TOKENS_PER_BATCH", "GPU_TOKENS_PER_BATCH"]
+__all__ = ["CPU_TOKENS_PER_BATCH", "GPU_TOKENS_PER_BATCH", "Score", "check_compatible", "score"]

@@ -59,12 +59,14 @@ from .rope import (
     RopeGeometry,
     attention_factor,
     baseline_names,
-    critical_index as theoretical_critical_index,
     critical_index_lower,
     get_method,
     rescale,
     scale_ratio,
     yarn_method,
+)
+from .rope import (
+    critical_index as theoretical_critical_index,
 )
 
 log = logging.getLogger(__name__)
@@ -110,6 +112,7 @@ def preset_path(name: str) -> Path:
 
 # ---------------------------------------------------------------- bound expressions
 
+
 def eval_bound(expr: Any, s: float, key: str = "bound", where: str = "") -> float:
     """Evaluate a bound: a number, or arithmetic in s such as ``"s"``, ``"2s"``, ``"1 + s"``, ``"1 + 0.4*ln(s)"``."""
     hint = "write a number or an expression in s such as '2s', '1 + s', '1.5*s' or '1 + 0.4*ln(s)'"
@@ -139,8 +142,13 @@ def _eval_node(node: ast.AST, s: float) -> float:
         return float(node.value)
     if isinstance(node, ast.Name) and node.id == "s":
         return s
-    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS
-            and len(node.args) == 1 and not node.keywords):
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in _FUNCTIONS
+        and len(node.args) == 1
+        and not node.keywords
+    ):
         return _FUNCTIONS[node.func.id](_eval_node(node.args[0], s))
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
         v = _eval_node(node.operand, s)
@@ -233,7 +241,7 @@ class SearchSpace:
     # ------------------------------------------------------------ construction
 
     @classmethod
-    def load(cls, name_or_path: str, geometry: RopeGeometry, target_length: int) -> "SearchSpace":
+    def load(cls, name_or_path: str, geometry: RopeGeometry, target_length: int) -> SearchSpace:
         """A preset by name (``longrope2``, ``longrope``) or a YAML file path, resolved for the geometry and target."""
         path = Path(str(name_or_path)).expanduser()
         looks_like_path = path.suffix.lower() in (".yaml", ".yml") or "/" in str(name_or_path) or path.exists()
@@ -254,7 +262,7 @@ class SearchSpace:
     @classmethod
     def from_spec(
         cls, spec: dict[str, Any], geometry: RopeGeometry, target_length: int, name: str = "custom", source: str = ""
-    ) -> "SearchSpace":
+    ) -> SearchSpace:
         """Validate a space mapping (the YAML's content) and resolve it; errors name the key and the file."""
         where = f"{source}: " if source else ""
         if not isinstance(spec, dict):
@@ -291,7 +299,9 @@ class SearchSpace:
             raise InputError(f"{where}lower ({lower:g}) is above upper ({upper:g}) at s = {s:g}: no λ fits the bounds")
         lo_k, hi_k = math.ceil(lower / step - _EPS), math.floor(upper / step + _EPS)
         if lo_k > hi_k:
-            raise InputError(f"{where}no grid value (step {step:g}) lies within [{lower:g}, {upper:g}]: widen the bounds or refine the step")
+            raise InputError(
+                f"{where}no grid value (step {step:g}) lies within [{lower:g}, {upper:g}]: widen the bounds or refine the step"
+            )
 
         monotone = spec.get("monotone", True)
         if not isinstance(monotone, bool):
@@ -351,8 +361,12 @@ class SearchSpace:
             except InputError as e:
                 raise InputError(f"{where}attention: {e}") from None
 
-        default_seeds = {"longrope2": ["pi", "ntk", "yarn", NTK_SHAPED], "free": ["pi", "ntk", "yarn"],
-                         "hybrid": ["pi", "ntk", "yarn", NTK_SHAPED], "yarn": ["yarn"]}[kind]
+        default_seeds = {
+            "longrope2": ["pi", "ntk", "yarn", NTK_SHAPED],
+            "free": ["pi", "ntk", "yarn"],
+            "hybrid": ["pi", "ntk", "yarn", NTK_SHAPED],
+            "yarn": ["yarn"],
+        }[kind]
         seeds = spec.get("seeds", default_seeds)
         if isinstance(seeds, str):
             seeds = [seeds]
@@ -381,7 +395,7 @@ class SearchSpace:
             if key not in seed_names:
                 seed_names.append(key)
 
-        n_mut = spec.get("n_mutated_seeds", None)
+        n_mut = spec.get("n_mutated_seeds")
         if n_mut is not None and (isinstance(n_mut, bool) or not isinstance(n_mut, int) or n_mut < 0):
             raise InputError(f"{where}n_mutated_seeds must be a non-negative integer or null (fill the population), got {n_mut!r}")
 
@@ -438,7 +452,7 @@ class SearchSpace:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], geometry: RopeGeometry, target_length: int) -> "SearchSpace":
+    def from_dict(cls, d: dict[str, Any], geometry: RopeGeometry, target_length: int) -> SearchSpace:
         """Rebuild a space written by :meth:`to_dict`; refuses one resolved for another geometry or target."""
         try:
             spec, name, source = d["spec"], d["name"], d.get("source", "")
@@ -446,8 +460,20 @@ class SearchSpace:
             raise InputError("the stored search space is malformed (no 'spec' or 'name'): it was not written by longsearch") from None
         space = cls.from_spec(spec, geometry, target_length, name=name, source=source)
         mine = space.to_dict()
-        for key in ("geometry", "target_length", "kind", "step", "lower", "upper", "critical_range", "attention",
-                    "attention_range", "beta_fast", "beta_slow", "seeds"):
+        for key in (
+            "geometry",
+            "target_length",
+            "kind",
+            "step",
+            "lower",
+            "upper",
+            "critical_range",
+            "attention",
+            "attention_range",
+            "beta_fast",
+            "beta_slow",
+            "seeds",
+        ):
             if key in d and _differs(d[key], mine[key]):
                 raise InputError(
                     f"the stored search space was resolved with {key} = {d[key]!r}, not {mine[key]!r}: "
@@ -622,8 +648,7 @@ class SearchSpace:
                 if bs >= bf:
                     bs = bf / 2
             bf, bs = round(bf, 4), round(bs, 4)
-            lam_y = yarn_method(self.geometry, self.target_length, beta_fast=bf, beta_slow=bs, attention=m,
-                                truncate=self.truncate).lam
+            lam_y = yarn_method(self.geometry, self.target_length, beta_fast=bf, beta_slow=bs, attention=m, truncate=self.truncate).lam
             return Point(lam_y, m, {"beta_fast": bf, "beta_slow": bs})
         if lam is None:
             raise ValueError("make_point needs λ for this kind of space")
@@ -632,7 +657,7 @@ class SearchSpace:
         if self.kind == "longrope2":
             d = params.get("d_rcd")
             x = self.repair(lam, d)
-            return Point(x, m, {"d_rcd": int(self.critical_index(x) if d is None else self._clip_d(d))})
+            return Point(x, m, {"d_rcd": self.critical_index(x) if d is None else self._clip_d(d)})
         lam = self._as_vector(lam)
         d = self._clip_d(params["d_rcd"])
         a = int(min(max(int(params.get("head_start", 0)), 0), d))
@@ -648,7 +673,7 @@ class SearchSpace:
 
     def point_key(self, p: Point) -> tuple[int, ...]:
         """Dedup key of a point: λ on the grid and m to 1e-3. Equal keys are never evaluated twice."""
-        return self.key(p.lam) + (int(round(p.m * 1000)),)
+        return (*self.key(p.lam), round(p.m * 1000))
 
     def contains_point(self, p: Point) -> bool:
         """Whether the point is already in the space (its repair would not change it)."""
@@ -884,7 +909,7 @@ class SearchSpace:
             else:
                 a, b = lo_k, hi_k
             if b >= a:
-                x[i] = self.from_grid(rng.integers(a, b + 1))
+                x[i] = float(self.from_grid(np.asarray(rng.integers(a, b + 1))))
         return x
 
     def crossover(self, p1: Point, p2: Point, rng: np.random.Generator) -> Point:
@@ -918,7 +943,8 @@ class SearchSpace:
         crit = f", d_rcd ∈ [{self.critical_range[0]}, {self.critical_range[1]}]" if self.critical_range else ""
         m = f"m ∈ [{self.m_range[0]:.3f}, {self.m_range[1]:.3f}]" if self.m_range else f"m = {self.attention:.4f}"
         if self.kind == "yarn":
-            bf, bs = self.beta_fast, self.beta_slow  # type: ignore[misc]
+            bf, bs = self.beta_fast, self.beta_slow
+            assert bf is not None and bs is not None  # a yarn space has both
             return f"{self.name} (yarn family): β_fast ∈ [{bf[0]:g}, {bf[1]:g}], β_slow ∈ [{bs[0]:g}, {bs[1]:g}], {m}"
         head = ", head: exact up to a searched start, then a ramp between YaRN's and the NTK shape" if self.kind == "hybrid" else ""
         return (
@@ -940,8 +966,11 @@ def _critical_bound(value: Any, auto: int, key: str, where: str) -> int:
 
 
 def _range(value: Any, key: str, where: str) -> tuple[float, float]:
-    ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in value)
+    ok = (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in value)
+    )
     if not ok or value[0] > value[1]:
         raise InputError(f"{where}{key} must be a range [min, max] of positive numbers, got {value!r}")
     return float(value[0]), float(value[1])
@@ -951,7 +980,7 @@ def _differs(a: Any, b: Any) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
         return not math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) != len(b) or any(_differs(x, y) for x, y in zip(a, b))
+        return len(a) != len(b) or any(_differs(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict) and isinstance(b, dict):
         return set(a) != set(b) or any(_differs(a[k], b[k]) for k in a)
     return a != b

@@ -27,8 +27,9 @@ import shutil
 import tempfile
 import time
 from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -52,8 +53,7 @@ class ScoreTask:
     needles: str = "search"
     bar: float = math.inf
 
-    def __init__(self, key: str, lam: Sequence[float] | np.ndarray, m: float, needles: str = "search",
-                 bar: float = math.inf) -> None:
+    def __init__(self, key: str, lam: Sequence[float] | np.ndarray, m: float, needles: str = "search", bar: float = math.inf) -> None:
         object.__setattr__(self, "key", str(key))
         object.__setattr__(self, "lam", tuple(float(x) for x in np.asarray(lam, dtype=np.float64).reshape(-1)))
         object.__setattr__(self, "m", float(m))
@@ -114,8 +114,15 @@ class PoolStats:
 class Scorer:
     """Holds one model replica and the needle sets; scores one λ at a time (the body of the Ray actor)."""
 
-    def __init__(self, model: str | None, target_length: int, device: str = "auto", dtype: str = "auto",
-                 threads: int | None = None, shard: bool = False) -> None:
+    def __init__(
+        self,
+        model: str | None,
+        target_length: int,
+        device: str = "auto",
+        dtype: str = "auto",
+        threads: int | None = None,
+        shard: bool = False,
+    ) -> None:
         import torch
 
         from .models import load_model
@@ -152,8 +159,13 @@ class Scorer:
             ns = self.needles[needles]  # the search's set, or an in-window set of the signal check
             s = score(self.loaded, ns, factors, target_length=ns.length, stop_at=bar)
         except Exception as e:  # a bad candidate is a failed evaluation, not a dead worker
-            return {"key": key, "nll": math.inf, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300],
-                    "seconds": time.perf_counter() - t0, "worker": self.name}
+            return {
+                "key": key,
+                "nll": math.inf,
+                "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300],
+                "seconds": time.perf_counter() - t0,
+                "worker": self.name,
+            }
         nll = float(s.nll)
         return {
             "key": key,
@@ -200,8 +212,17 @@ def _load_sharded(model: str | None, dtype: str) -> Any:
 def _death_errors() -> tuple[type[BaseException], ...]:
     import ray.exceptions as E
 
-    names = ("RayActorError", "ActorDiedError", "ActorUnavailableError", "WorkerCrashedError", "OutOfMemoryError",
-             "NodeDiedError", "LocalRayletDiedError", "ObjectLostError", "OwnerDiedError")
+    names = (
+        "RayActorError",
+        "ActorDiedError",
+        "ActorUnavailableError",
+        "WorkerCrashedError",
+        "OutOfMemoryError",
+        "NodeDiedError",
+        "LocalRayletDiedError",
+        "ObjectLostError",
+        "OwnerDiedError",
+    )
     return tuple(getattr(E, n) for n in names if hasattr(E, n))
 
 
@@ -271,7 +292,7 @@ class WorkerPool:
 
     # ------------------------------------------------------------ lifecycle
 
-    def __enter__(self) -> "WorkerPool":
+    def __enter__(self) -> WorkerPool:
         return self  # Ray and the actors start with the first task (nothing to do, nothing started)
 
     def __exit__(self, *exc: object) -> None:
@@ -320,8 +341,7 @@ class WorkerPool:
                 ray.init(address=address, **kwargs)
             except Exception as e:
                 first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-                raise RunError(f"cannot connect to the Ray cluster at {address} ({first}): check --address"
-                               f"{ray_auth_hint()}") from None
+                raise RunError(f"cannot connect to the Ray cluster at {address} ({first}): check --address{ray_auth_hint()}") from None
         else:
             root = self.temp_root or "/tmp"
             _remove_stale_temp_dirs(root)
@@ -348,7 +368,9 @@ class WorkerPool:
             capacity = int(gpus // self.gpus_per_worker)
             n = self.requested_workers or capacity
             if n > capacity:
-                raise InputError(f"--workers {n} needs {n * self.gpus_per_worker:g} GPUs but the cluster has {gpus:g}: ask for at most {capacity}")
+                raise InputError(
+                    f"--workers {n} needs {n * self.gpus_per_worker:g} GPUs but the cluster has {gpus:g}: ask for at most {capacity}"
+                )
             self._n_workers = n
             self._actor_options = {"num_gpus": self.gpus_per_worker, "num_cpus": 1}
             self.device = "cuda"
@@ -368,8 +390,12 @@ class WorkerPool:
     def _new_actor(self) -> Any:
         dtype = "float32" if self.device == "cpu" else self.dtype
         actor = self._actor_cls.options(**self._actor_options).remote(
-            self.model, self.target_length, device="cuda" if self.device == "cuda" else "cpu", dtype=dtype,
-            threads=self._threads, shard=self.device == "cuda" and self.gpus_per_worker > 1,
+            self.model,
+            self.target_length,
+            device="cuda" if self.device == "cuda" else "cpu",
+            dtype=dtype,
+            threads=self._threads,
+            shard=self.device == "cuda" and self.gpus_per_worker > 1,
         )
         for name, ref in self._needle_refs.items():
             actor.set_needles.remote(name, ref)
@@ -489,8 +515,10 @@ class WorkerPool:
                         reason = _root_message(e)
                         deaths_in_a_row += 1
                         if deaths_in_a_row > self.max_attempts * len(self._slots) + 1:
-                            raise RunError(f"workers keep dying without finishing any evaluation (last: {reason}): check the "
-                                           "model and the memory of the machines") from None
+                            raise RunError(
+                                f"workers keep dying without finishing any evaluation (last: {reason}): check the "
+                                "model and the memory of the machines"
+                            ) from None
                         outcome = self._on_death(slot, task, attempt, queue, reason)
                         if outcome is not None:
                             outcomes.append(outcome)
@@ -571,11 +599,12 @@ class WorkerPool:
             self._slots = others
             slot.actor = None
             self._retired += 1
-            log.warning("worker %s lost and the cluster has no room for a replacement: going on with %d worker(s)",
-                        slot.label, len(others))
+            log.warning("worker %s lost and the cluster has no room for a replacement: going on with %d worker(s)", slot.label, len(others))
             if not others:
-                raise RunError("every worker was lost and the cluster has no room for a new one (a node gone?): "
-                               "add resources to the cluster, then resume the run with --resume")
+                raise RunError(
+                    "every worker was lost and the cluster has no room for a new one (a node gone?): "
+                    "add resources to the cluster, then resume the run with --resume"
+                )
             return
         slot.generation += 1
         self._replacements += 1
@@ -601,8 +630,13 @@ class WorkerPool:
             queue.appendleft((task, attempt + 1))
             return None
         self._failures += 1
-        return ScoreOutcome(key=task.key, nll=math.inf, worker=slot.label, attempts=attempt,
-                            error=f"worker died {attempt} times evaluating it (last: {reason})")
+        return ScoreOutcome(
+            key=task.key,
+            nll=math.inf,
+            worker=slot.label,
+            attempts=attempt,
+            error=f"worker died {attempt} times evaluating it (last: {reason})",
+        )
 
     def _abandon(self, ref: Any, slot: Any, now: float) -> None:
         """Stop waiting for ``ref``: count the slot's busy time so far and cancel the task (best effort)."""
@@ -695,10 +729,14 @@ def use_ray_token(address: str) -> str | None:
 
 def ray_auth_hint() -> str:
     if (os.environ.get("RAY_AUTH_MODE") or "").lower() == "token":
-        return (f"; the token sent was from {ray_token_source() or 'nowhere'}: it must be the cluster's own "
-                f"(copy the head node's {RAY_TOKEN_FILE})")
-    return (f"; if the cluster uses token authentication (the default of `ray start` since Ray 2.59), set "
-            f"RAY_AUTH_MODE=token with its token in {RAY_TOKEN_FILE}, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH")
+        return (
+            f"; the token sent was from {ray_token_source() or 'nowhere'}: it must be the cluster's own "
+            f"(copy the head node's {RAY_TOKEN_FILE})"
+        )
+    return (
+        f"; if the cluster uses token authentication (the default of `ray start` since Ray 2.59), set "
+        f"RAY_AUTH_MODE=token with its token in {RAY_TOKEN_FILE}, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH"
+    )
 
 
 _TEMP_PREFIX = "lsray-"
@@ -737,4 +775,4 @@ def _root_message(e: BaseException) -> str:
     return type(e).__name__
 
 
-__all__ = ["WorkerPool", "ScoreTask", "ScoreOutcome", "PoolStats", "Scorer"]
+__all__ = ["PoolStats", "ScoreOutcome", "ScoreTask", "Scorer", "WorkerPool"]

@@ -15,9 +15,19 @@ def tiny_byte_llama_dir(tmp_path_factory) -> str:
 
     directory = tmp_path_factory.mktemp("tiny-model")
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=259, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                      num_key_value_heads=2, max_position_embeddings=256, rope_theta=10000.0,
-                      bos_token_id=256, eos_token_id=257, pad_token_id=258)
+    cfg = LlamaConfig(
+        vocab_size=259,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rope_theta=10000.0,
+        bos_token_id=256,
+        eos_token_id=257,
+        pad_token_id=258,
+    )
     LlamaForCausalLM(cfg).save_pretrained(directory)
     build_tokenizer().save_pretrained(directory)
     return str(directory)

@@ -59,8 +59,13 @@ def _branch(func: ast.FunctionDef, variable: str, value: str) -> list[ast.stmt]:
     for node in ast.walk(func):
         if isinstance(node, ast.If) and isinstance(node.test, ast.Compare):
             t = node.test
-            if (isinstance(t.left, ast.Name) and t.left.id == variable and len(t.comparators) == 1
-                    and isinstance(t.comparators[0], ast.Constant) and t.comparators[0].value == value):
+            if (
+                isinstance(t.left, ast.Name)
+                and t.left.id == variable
+                and len(t.comparators) == 1
+                and isinstance(t.comparators[0], ast.Constant)
+                and t.comparators[0].value == value
+            ):
                 return node.body
     raise LookupError(f"no branch {variable} == {value!r} in {func.name}")
 
@@ -68,7 +73,7 @@ def _branch(func: ast.FunctionDef, variable: str, value: str) -> list[ast.stmt]:
 def _exec(nodes: list[ast.stmt], namespace: dict, filename: str) -> dict:
     module = ast.Module(body=list(nodes), type_ignores=[])
     ast.fix_missing_locations(module)
-    exec(compile(module, filename, "exec"), namespace)  # noqa: S102 - the engine's own code, read from its wheel
+    exec(compile(module, filename, "exec"), namespace)
     return namespace
 
 
@@ -77,25 +82,51 @@ def _namespace() -> dict:
     import torch.nn as nn
     import torch.nn.functional as F
 
-    return {"math": math, "torch": torch, "nn": nn, "F": F, "logger": logging.getLogger("consumer"),
-            "List": typing.List, "Optional": typing.Optional, "Tuple": typing.Tuple, "Union": typing.Union,
-            "Dict": typing.Dict, "Any": typing.Any, "__name__": "consumer_code"}
+    return {
+        "math": math,
+        "torch": torch,
+        "nn": nn,
+        "F": F,
+        "logger": logging.getLogger("consumer"),
+        "List": list,
+        "Optional": typing.Optional,
+        "Tuple": tuple,
+        "Union": typing.Union,
+        "Dict": dict,
+        "Any": typing.Any,
+        "__name__": "consumer_code",
+    }
 
 
 def read_keys(branch: list[ast.stmt], dict_name: str) -> set[str]:
     """The keys a branch reads from ``dict_name``: subscripts, ``.get`` calls and ``k in (...)`` filters."""
     keys: set[str] = set()
     for node in ast.walk(ast.Module(body=branch, type_ignores=[])):
-        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == dict_name:
-            if isinstance(node.slice, ast.Constant):
-                keys.add(node.slice.value)
+        if (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == dict_name
+            and isinstance(node.slice, ast.Constant)
+        ):
+            keys.add(node.slice.value)
         if isinstance(node, ast.Call):
             args = node.args
-            if (isinstance(node.func, ast.Attribute) and node.func.attr == "get" and isinstance(node.func.value, ast.Name)
-                    and node.func.value.id == dict_name and args and isinstance(args[0], ast.Constant)):
+            if (
+                isinstance(node.func, ast.Attribute)
+                and node.func.attr == "get"
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == dict_name
+                and args
+                and isinstance(args[0], ast.Constant)
+            ):
                 keys.add(args[0].value)
-            if (isinstance(node.func, ast.Name) and len(args) >= 2 and isinstance(args[0], ast.Name)
-                    and args[0].id == dict_name and isinstance(args[1], ast.Constant)):
+            if (
+                isinstance(node.func, ast.Name)
+                and len(args) >= 2
+                and isinstance(args[0], ast.Name)
+                and args[0].id == dict_name
+                and isinstance(args[1], ast.Constant)
+            ):
                 keys.add(args[1].value)  # _get_rope_param(rope_scaling, "key", ...)
         if isinstance(node, ast.Compare) and isinstance(node.ops[0], ast.In) and isinstance(node.comparators[0], ast.Tuple):
             keys |= {e.value for e in node.comparators[0].elts if isinstance(e, ast.Constant)}
@@ -128,9 +159,16 @@ def vllm() -> Engine | None:
         _exec([rotate], ns, VLLM_COMMON)
         _exec([_top(cls_tree, "Phi3LongRoPEScaledRotaryEmbedding")], ns, VLLM_CLASS)
         # what get_rope computes before its branches: base from rope_theta, rotary_dim from the head
-        ns.update(rope_parameters=rope_parameters, scaling_type="longrope", head_size=head_size, max_position=max_position,
-                  base=rope_parameters.get("rope_theta", 10000), is_neox_style=True, dtype=torch.float32,
-                  rotary_dim=int(head_size * rope_parameters.get("partial_rotary_factor", 1.0)))
+        ns.update(
+            rope_parameters=rope_parameters,
+            scaling_type="longrope",
+            head_size=head_size,
+            max_position=max_position,
+            base=rope_parameters.get("rope_theta", 10000),
+            is_neox_style=True,
+            dtype=torch.float32,
+            rotary_dim=int(head_size * rope_parameters.get("partial_rotary_factor", 1.0)),
+        )
         _exec(branch, ns, VLLM_FACTORY)
         return ns["rotary_emb"]
 
@@ -155,9 +193,16 @@ def sglang() -> Engine | None:
         _exec([_top(factory_tree, "_get_rope_param")], ns, SGLANG_FACTORY)
         _exec([_top(cls_tree, "Phi3LongRoPEScaledRotaryEmbedding")], ns, SGLANG_CLASS)
         # SGLang's Llama passes base = rope_parameters["rope_theta"] and rope_scaling = the rope settings
-        ns.update(rope_scaling=rope_parameters, scaling_type="longrope", head_size=head_size, max_position=max_position,
-                  base=rope_parameters.get("rope_theta", 10000), is_neox_style=True, dtype=torch.float32,
-                  rotary_dim=int(head_size * rope_parameters.get("partial_rotary_factor", 1.0)))
+        ns.update(
+            rope_scaling=rope_parameters,
+            scaling_type="longrope",
+            head_size=head_size,
+            max_position=max_position,
+            base=rope_parameters.get("rope_theta", 10000),
+            is_neox_style=True,
+            dtype=torch.float32,
+            rotary_dim=int(head_size * rope_parameters.get("partial_rotary_factor", 1.0)),
+        )
         _exec(branch, ns, SGLANG_FACTORY)
         return ns["rotary_emb"]
 
@@ -185,8 +230,16 @@ def llama_cpp_logits(gguf_path: str | Path, ids: list[int], n_ctx: int, threads:
     import llama_cpp
     import numpy as np
 
-    llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
-                          verbose=False, n_threads=threads, n_threads_batch=threads)
+    llm = llama_cpp.Llama(
+        model_path=str(gguf_path),
+        n_ctx=n_ctx,
+        n_batch=n_ctx,
+        n_ubatch=n_ctx,
+        logits_all=True,
+        verbose=False,
+        n_threads=threads,
+        n_threads_batch=threads,
+    )
     try:
         llm.eval(ids)
         return np.array(llm.scores[: len(ids)], dtype=np.float64)
@@ -199,8 +252,11 @@ def compare_logits(ours, ref) -> dict:
     import numpy as np
 
     diff = float(np.abs(ours - ref).max())
-    return {"max_abs": diff, "max_rel": diff / float(np.abs(ref).max()),
-            "argmax_agreement": float((ours.argmax(-1) == ref.argmax(-1)).mean())}
+    return {
+        "max_abs": diff,
+        "max_rel": diff / float(np.abs(ref).max()),
+        "argmax_agreement": float((ours.argmax(-1) == ref.argmax(-1)).mean()),
+    }
 
 
 def haystack_ids(n: int) -> list[int]:
@@ -208,7 +264,7 @@ def haystack_ids(n: int) -> list[int]:
     import gzip
 
     text = gzip.decompress((ROOT / "longsearch" / "data" / "haystacks" / "devils-dictionary.txt.gz").read_bytes())
-    return [256] + list(text[10_000: 10_000 + n - 1])
+    return [256, *list(text[10000 : 10000 + n - 1])]
 
 
 def searched_like_factors(window: int = 256, scale: int = 4):
@@ -222,9 +278,16 @@ def searched_like_factors(window: int = 256, scale: int = 4):
     g = model_geometry(load_config(None))
     lam = rescale("yarn", g, window * scale).lam.copy()
     lam[:5] = 1.0
-    return RopeFactors(long_factor=lam, short_factor=np.linspace(1.0, 1.25, g.n_freq), original_length=window,
-                       target_length=window * scale, base=g.base, rotary_dim=g.rotary_dim, attention_factor=1.31,
-                       provenance={"method": "searched-like test factors"})
+    return RopeFactors(
+        long_factor=lam,
+        short_factor=np.linspace(1.0, 1.25, g.n_freq),
+        original_length=window,
+        target_length=window * scale,
+        base=g.base,
+        rotary_dim=g.rotary_dim,
+        attention_factor=1.31,
+        provenance={"method": "searched-like test factors"},
+    )
 
 
 def transformers_logits(model_dir, ids):

@@ -68,13 +68,48 @@ def cluster():
     port, node_port = _free_port(), _free_port()
     address = f"127.0.0.1:{port}"
     try:
-        subprocess.run([RAY, "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-                        "--temp-dir", temp, "--include-dashboard", "false", "--disable-usage-stats"],
-                       env=_env(), check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                RAY,
+                "start",
+                "--head",
+                "--port",
+                str(port),
+                "--node-ip-address",
+                "127.0.0.1",
+                "--num-cpus",
+                "1",
+                "--temp-dir",
+                temp,
+                "--include-dashboard",
+                "false",
+                "--disable-usage-stats",
+            ],
+            env=_env(),
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         # joining as a node needs the token mode set, as Ray documents for `ray start --address`
-        subprocess.run([RAY, "start", "--address", address, "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-                        "--node-manager-port", str(node_port), "--disable-usage-stats"],
-                       env=_env(RAY_AUTH_MODE="token"), check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                RAY,
+                "start",
+                "--address",
+                address,
+                "--node-ip-address",
+                "127.0.0.1",
+                "--num-cpus",
+                "1",
+                "--node-manager-port",
+                str(node_port),
+                "--disable-usage-stats",
+            ],
+            env=_env(RAY_AUTH_MODE="token"),
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         yield address, node_port
     finally:
         _kill(_procs_with(temp))
@@ -84,8 +119,27 @@ def cluster():
 
 
 def _args(model_dir: str, out: Path, *extra: str) -> list[str]:
-    return ["evolve", "--model", model_dir, "--target", "1k", "--samples", "6", "--budget", "quick", "--seed", "0",
-            "--workers", "2", "--template", "passkey", "--no-signal-check", "--out", str(out), *extra]
+    return [
+        "evolve",
+        "--model",
+        model_dir,
+        "--target",
+        "1k",
+        "--samples",
+        "6",
+        "--budget",
+        "quick",
+        "--seed",
+        "0",
+        "--workers",
+        "2",
+        "--template",
+        "passkey",
+        "--no-signal-check",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def _journal(run: Path) -> dict:
@@ -100,15 +154,21 @@ def test_search_on_a_real_cluster_survives_a_lost_node_and_equals_a_local_run(cl
     model_dir = tiny_byte_llama_dir
     address, node_port = cluster
     local = tmp_path / "local"
-    done = subprocess.run([sys.executable, "-m", "longsearch.cli", *_args(model_dir, local)], env=_env(),
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "longsearch.cli", *_args(model_dir, local)], env=_env(), capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
     remote = tmp_path / "remote"
     log = open(tmp_path / "remote.log", "w")
     # RAY_AUTH_MODE unset: longsearch finds the cluster on this machine and uses its token, as `ray` does
-    proc = subprocess.Popen([sys.executable, "-m", "longsearch.cli", *_args(model_dir, remote, "--address", address)],
-                            env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "longsearch.cli", *_args(model_dir, remote, "--address", address)],
+        env=_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 600
         while time.time() < deadline and proc.poll() is None:

@@ -42,9 +42,17 @@ def _tiny_model_dir(path):
 
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-        bos_token_id=256, eos_token_id=257, pad_token_id=258,
+        vocab_size=VOCAB_SIZE,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        bos_token_id=256,
+        eos_token_id=257,
+        pad_token_id=258,
     )
     LlamaForCausalLM(cfg).eval().save_pretrained(path)
     save_tokenizer(path)
@@ -85,8 +93,14 @@ def evaluated(lm, tmp_path_factory):
     methods = build_methods(lm.geometry, ["yarn", "dynamic-ntk"], [fpath], target_length=max(LENGTHS))
     calls = []
     result = run_eval(
-        lm, methods, LENGTHS, depths=DEPTHS, samples=2, segment=SEGMENT,
-        progress=lambda d, t, w: calls.append((d, t)), command="longsearch eval --test",
+        lm,
+        methods,
+        LENGTHS,
+        depths=DEPTHS,
+        samples=2,
+        segment=SEGMENT,
+        progress=lambda d, t, w: calls.append((d, t)),
+        command="longsearch eval --test",
     )
     out = tmp / "out"
     paths = write_eval(result, out)
@@ -124,7 +138,7 @@ def test_segment_is_the_same_tokens_as_transformers_computes(lm, evaluated):
     ref = AutoModelForCausalLM.from_config(config_with_factors(lm.model.config, factors)).eval()
     ref.load_state_dict(lm.model.state_dict())
     for n in LENGTHS:
-        ids = torch.as_tensor(np.concatenate([doc[:1], doc[len(doc) - (n - 1):]]))[None]
+        ids = torch.as_tensor(np.concatenate([doc[:1], doc[len(doc) - (n - 1) :]]))[None]
         assert ids.shape[1] == n and torch.equal(ids[0, -SEGMENT:], torch.as_tensor(doc[-SEGMENT:]))
         with torch.no_grad():
             logits = ref(ids).logits[0, -SEGMENT - 1 : -1]

@@ -37,14 +37,34 @@ def model_dir(tiny_byte_llama_dir):
 def evolve_args(model_dir: str, out: Path, *extra: str) -> list[str]:
     # 6 needle documents: each evaluation takes long enough for the SIGKILL below to land inside a generation
     # the tiny random model solves no needle task: the signal check is switched off and the template named
-    return ["evolve", "--model", model_dir, "--target", "1k", "--samples", "6", "--budget", "quick", "--seed", "0",
-            "--workers", "1", "--template", "passkey", "--no-signal-check", "--out", str(out), *extra]
+    return [
+        "evolve",
+        "--model",
+        model_dir,
+        "--target",
+        "1k",
+        "--samples",
+        "6",
+        "--budget",
+        "quick",
+        "--seed",
+        "0",
+        "--workers",
+        "1",
+        "--template",
+        "passkey",
+        "--no-signal-check",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def _popen(args: list[str], log: Path) -> subprocess.Popen:
     env = dict(os.environ, COLUMNS="120")
-    return subprocess.Popen([sys.executable, "-m", "longsearch.cli", *args], stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "longsearch.cli", *args], stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, env=env
+    )
 
 
 def _run_cli_subprocess(args: list[str], log: Path, timeout: float = 300) -> int:
@@ -141,10 +161,10 @@ def test_resuming_a_finished_run_changes_nothing(finished_run, tmp_path, capsys)
     run = tmp_path / "copy"
     shutil.copytree(finished_run, run)
     before = _tree_digest(run)
-    code, out, err = cli(["evolve", "--resume", str(run)], capsys)
+    code, _out, err = cli(["evolve", "--resume", str(run)], capsys)
     assert code == 0, err
     after = _tree_digest(run)
-    for name in ("journal.jsonl", "final.json", "config.json") + tuple(k for k in before if k.startswith("checkpoints/")):
+    for name in ("journal.jsonl", "final.json", "config.json", *tuple(k for k in before if k.startswith("checkpoints/"))):
         assert after[name] == before[name], name
 
 
@@ -184,8 +204,18 @@ def test_a_failed_evaluation_is_retried_on_resume_not_reused(finished_run, tmp_p
     last_gen = max(json.loads(x)["generation"] for x in lines)
     idx = max(i for i, x in enumerate(lines) if json.loads(x)["kind"] == "candidate" and json.loads(x)["generation"] == last_gen)
     rec = json.loads(lines[idx])
-    failed = dict(rec, score="inf", per_sample=[], accuracy=None, per_sample_correct=[], failed=True, censored=False,
-                  docs=None, token_forwards=None, error="worker died 3 times evaluating it (last: node lost)")
+    failed = dict(
+        rec,
+        score="inf",
+        per_sample=[],
+        accuracy=None,
+        per_sample_correct=[],
+        failed=True,
+        censored=False,
+        docs=None,
+        token_forwards=None,
+        error="worker died 3 times evaluating it (last: node lost)",
+    )
     lines[idx] = json.dumps(failed)
     (run / "journal.jsonl").write_text("\n".join(lines) + "\n")
     (run / "checkpoints" / f"gen-{last_gen:04d}.json").unlink()
@@ -250,9 +280,14 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(model_dir, tmp_path):
     run = tmp_path / "interrupted"
     log = tmp_path / "interrupted.log"
     env = dict(os.environ, COLUMNS="200")
-    p = subprocess.Popen([sys.executable, "-m", "longsearch.cli", *evolve_args(model_dir, run)], stdout=open(log, "w"),
-                         stderr=subprocess.STDOUT, start_new_session=True, env=env,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    p = subprocess.Popen(
+        [sys.executable, "-m", "longsearch.cli", *evolve_args(model_dir, run)],
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     journal = run / "journal.jsonl"
     try:
         deadline = time.monotonic() + 300
@@ -296,11 +331,18 @@ def test_worker_killed_mid_run_the_search_finishes_with_every_candidate(model_di
             self.summaries.append(summary)
 
     temp = tempfile.mkdtemp(prefix="lsre-", dir="/tmp")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp,
-             object_store_memory=128 * 1024 * 1024, logging_level="ERROR")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=temp,
+        object_store_memory=128 * 1024 * 1024,
+        logging_level="ERROR",
+    )
     try:
-        run = prepare(EvolveOptions(model=model_dir, target=1024, samples=2, budget="quick", workers=2, out=tmp_path / "run",
-                                    template="passkey"))
+        run = prepare(
+            EvolveOptions(model=model_dir, target=1024, samples=2, budget="quick", workers=2, out=tmp_path / "run", template="passkey")
+        )
         reporter = Killer()
         with WorkerPool(model_dir, 1024, workers=2) as pool:
             reporter.pool = pool
@@ -328,7 +370,7 @@ def test_worker_killed_mid_run_the_search_finishes_with_every_candidate(model_di
 
 def test_bad_input_for_a_new_run(model_dir, tmp_path, capsys):
     out = tmp_path / "new"
-    code, _, err = cli(evolve_args(model_dir, out)[:3] + ["--target", "256", "--out", str(out)], capsys)
+    code, _, err = cli([*evolve_args(model_dir, out)[:3], "--target", "256", "--out", str(out)], capsys)
     assert code == 2 and "not above" in err and len(err.strip().splitlines()) == 1
     bad_space = tmp_path / "mine.yaml"
     bad_space.write_text("kind: longrope2\nstep: 0.01\nbogus_key: 3\n")
@@ -343,8 +385,11 @@ def test_bad_input_for_a_new_run(model_dir, tmp_path, capsys):
     assert not out.exists()  # nothing was created
     code, _, err = cli(["evolve", "--resume", str(tmp_path / "nowhere")], capsys)
     assert code == 2 and "no run directory" in err
-    for extra, needle in ((["--workers", "0"], "--workers"), (["--depths", "deep"], "depths"),
-                          (["--template", "limerick"], "unknown needle template")):
+    for extra, needle in (
+        (["--workers", "0"], "--workers"),
+        (["--depths", "deep"], "depths"),
+        (["--template", "limerick"], "unknown needle template"),
+    ):
         code, _, err = cli(evolve_args(model_dir, out, *extra), capsys)
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, (extra, err)
         assert not out.exists()  # a rejected command leaves the file system as it found it
@@ -355,8 +400,9 @@ def test_a_needle_task_the_model_cannot_do_is_refused_before_anything_is_written
     # even fit it); the random tiny model solves nothing. Measured on real Ray workers.
     out = tmp_path / "run"
     log = tmp_path / "refused.log"
-    rc = _run_cli_subprocess(["evolve", "--target", "512", "--template", "magic-number", "--samples", "2", "--workers", "1",
-                              "--out", str(out)], log)
+    rc = _run_cli_subprocess(
+        ["evolve", "--target", "512", "--template", "magic-number", "--samples", "2", "--workers", "1", "--out", str(out)], log
+    )
     text = log.read_text()
     last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
     assert rc == 2 and "does not solve the 'magic-number' needle task" in last and "solved: passkey" in last, text[-2000:]

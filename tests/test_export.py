@@ -55,8 +55,14 @@ def _save_llama(path, seed: int = 0):
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=WINDOW, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=WINDOW,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
     )
     model = LlamaForCausalLM(cfg).eval()
     model.save_pretrained(path)
@@ -109,7 +115,9 @@ def test_hf_model_dir_reloads_with_same_logits(llama_dir, tmp_path):
     ours = AutoModelForCausalLM.from_pretrained(llama_dir).eval()
     apply_rope(ours, f)
     for n in (WINDOW // 2, WINDOW, WINDOW + 40):  # short factors below/at the window, long above
-        torch.testing.assert_close(exported(torch.arange(n)[None] % 97).logits, ours(torch.arange(n)[None] % 97).logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            exported(torch.arange(n)[None] % 97).logits, ours(torch.arange(n)[None] % 97).logits, rtol=1e-5, atol=1e-5
+        )
     # the comparison can fail: the unpatched model differs above the window
     restore_rope(ours)
     assert not torch.allclose(_logits(ours, WINDOW + 40), _logits(exported, WINDOW + 40), atol=1e-3)
@@ -138,9 +146,18 @@ def test_hf_phi3_top_level_original_window(tmp_path):
 
     torch.manual_seed(0)
     cfg = Phi3Config(
-        vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=4, max_position_embeddings=WINDOW, original_max_position_embeddings=WINDOW,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=WINDOW,
+        original_max_position_embeddings=WINDOW,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     src_dir = tmp_path / "phi3"
     Phi3ForCausalLM(cfg).eval().save_pretrained(src_dir)
@@ -454,8 +471,14 @@ def test_patch_config_dict_phi3_and_legacy_rope_scaling():
     assert "original_max_position_embeddings" not in llama
     assert llama["rope_scaling"] == llama["rope_parameters"] == params  # transformers lets rope_scaling win
     gemma = patch_config_dict(
-        {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e6}, "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}},
-        f, params,
+        {
+            "rope_parameters": {
+                "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+            }
+        },
+        f,
+        params,
     )
     assert gemma["rope_parameters"]["full_attention"] == params
     assert gemma["rope_parameters"]["sliding_attention"]["rope_theta"] == 1e4

@@ -23,8 +23,21 @@ pytestmark = pytest.mark.slow
 from longsearch.factors import load_factors  # noqa: E402
 from longsearch.runs import RunStore  # noqa: E402
 
-ARGS = ["--target", "1k", "--samples", "4", "--budget", "quick", "--seed", "0", "--workers", "1", "--template", "passkey",
-        "--no-signal-check"]
+ARGS = [
+    "--target",
+    "1k",
+    "--samples",
+    "4",
+    "--budget",
+    "quick",
+    "--seed",
+    "0",
+    "--workers",
+    "1",
+    "--template",
+    "passkey",
+    "--no-signal-check",
+]
 
 # FILE:N:WHEN:ACTION (see longsearch/faults.py); N counts writes of that file in the killed process
 ALL_POINTS = [
@@ -52,8 +65,9 @@ def _evolve(model_dir: str, out: Path, log: Path, fault: str | None = None, resu
     if fault:
         env["LONGSEARCH_FAULT"] = fault
     args = ["evolve", "--resume", str(out)] if resume else ["evolve", "--model", model_dir, *ARGS, "--out", str(out)]
-    p = subprocess.Popen([sys.executable, "-m", "longsearch.cli", *args], stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                         start_new_session=True, env=env)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "longsearch.cli", *args], stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, env=env
+    )
     try:
         return p.wait(timeout=600)
     finally:

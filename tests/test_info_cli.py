@@ -134,13 +134,19 @@ def test_info_subprocess_exit_code(tmp_path, llama3_dir):
     env = dict(os.environ, COLUMNS="160", OMP_NUM_THREADS="1")
     good = subprocess.run(
         [sys.executable, "-m", "longsearch.cli", "info", "--model", str(llama3_dir), "--target", "1m"],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert good.returncode == 0, good.stderr
     assert "scale s           128" in good.stdout and "d_tcd             35" in good.stdout
     bad = subprocess.run(
         [sys.executable, "-m", "longsearch.cli", "info", "--model", str(llama3_dir), "--target", "1k"],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert bad.returncode == 2
     assert len(bad.stderr.strip().splitlines()) == 1 and "not above the original window" in bad.stderr

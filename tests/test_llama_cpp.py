@@ -11,7 +11,6 @@ at 4× the window (a context above the original: the long factors) and within th
 from __future__ import annotations
 
 import pytest
-
 from consumer_code import llama_cpp_available, llama_cpp_check
 
 pytestmark = pytest.mark.skipif(not llama_cpp_available(), reason="llama_cpp not installed: run bench/consumers.sh")

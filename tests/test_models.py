@@ -157,7 +157,7 @@ def test_gemma3_sliding_layers_keep_their_local_rope():
     assert isinstance(patched_rotary, LongsearchRotaryEmbedding) and patched_rotary.patched_type == "full_attention"
     local_after = patched_rotary(x, pos, "sliding_attention")
     full_after = patched_rotary(x, pos, "full_attention")
-    assert all(torch.equal(a, b) for a, b in zip(local_after, local_before))
+    assert all(torch.equal(a, b) for a, b in zip(local_after, local_before, strict=True))
     assert not torch.equal(full_after[0], full_before[0])
 
 
@@ -202,9 +202,8 @@ def test_patched_context_restores_and_nests():
         assert torch.equal(logits(model, x), base)
     assert torch.equal(logits(model, x), inner1)
     restore_rope(model)
-    with pytest.raises(RuntimeError):
-        with patched(model, f1):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), patched(model, f1):
+        raise RuntimeError("boom")
     assert torch.equal(logits(model, x), base)  # restored on error too
 
 
@@ -314,20 +313,34 @@ def test_llama_with_partial_rotary_factor_is_refused():
 
 
 def test_original_window_sources():
-    phi3 = T.Phi3Config(max_position_embeddings=131072, original_max_position_embeddings=4096, sliding_window=2047, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    phi3 = T.Phi3Config(
+        max_position_embeddings=131072,
+        original_max_position_embeddings=4096,
+        sliding_window=2047,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
     assert model_geometry(phi3).original_length == 4096  # top level; never sliding_window
     llama31 = T.LlamaConfig(
         hidden_size=4096,
         num_attention_heads=32,
         max_position_embeddings=131072,
-        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "original_max_position_embeddings": 8192, "low_freq_factor": 1.0, "high_freq_factor": 4.0},
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "original_max_position_embeddings": 8192,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+        },
     )
     assert model_geometry(llama31) == RopeGeometry(128, 500000.0, 8192)  # nested
     mistral = T.MistralConfig(max_position_embeddings=32768, sliding_window=4096)
     assert model_geometry(mistral).original_length == 32768  # max_position_embeddings, not sliding_window
     gemma2 = T.Gemma2Config(max_position_embeddings=8192, sliding_window=4096)
     assert model_geometry(gemma2).original_length == 8192
-    phi3_mini = T.Phi3Config(hidden_size=3072, num_attention_heads=32, max_position_embeddings=4096, original_max_position_embeddings=4096, sliding_window=2047)
+    phi3_mini = T.Phi3Config(
+        hidden_size=3072, num_attention_heads=32, max_position_embeddings=4096, original_max_position_embeddings=4096, sliding_window=2047
+    )
     g = model_geometry(phi3_mini)
     assert g == RopeGeometry(96, 10000.0, 4096)
 
@@ -373,7 +386,9 @@ def test_longrope_rope_parameters_and_config_with_factors():
     assert new.max_position_embeddings == 4 * L0 and new.original_max_position_embeddings == L0
     assert model_geometry(new) == g
     # Phi-3's top-level original window overrides the nested one: config_with_factors sets both
-    phi3 = T.Phi3Config(**dict(BASE, pad_token_id=0, bos_token_id=1, eos_token_id=2, max_position_embeddings=L0, original_max_position_embeddings=L0))
+    phi3 = T.Phi3Config(
+        **dict(BASE, pad_token_id=0, bos_token_id=1, eos_token_id=2, max_position_embeddings=L0, original_max_position_embeddings=L0)
+    )
     other = RopeFactors.from_method("yarn", RopeGeometry(16, 10000.0, L0), 8 * L0)
     assert config_with_factors(phi3, other).rope_parameters["original_max_position_embeddings"] == L0
     # Gemma3: only the full-attention entry changes
@@ -394,7 +409,27 @@ def _save_tiny(tmp_path, family="llama"):
     model.save_pretrained(directory)
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    words = "the grass is green the sky is blue the sun is yellow here we go there and back again".split()
+    words = [
+        "the",
+        "grass",
+        "is",
+        "green",
+        "the",
+        "sky",
+        "is",
+        "blue",
+        "the",
+        "sun",
+        "is",
+        "yellow",
+        "here",
+        "we",
+        "go",
+        "there",
+        "and",
+        "back",
+        "again",
+    ]
     tok.train_from_iterator([" ".join(words)] * 3, trainers.WordLevelTrainer(vocab_size=VOCAB, special_tokens=["[UNK]", "<s>", "</s>"]))
     fast = T.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", bos_token="<s>", eos_token="</s>")
     fast.save_pretrained(directory)

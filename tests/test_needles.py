@@ -22,7 +22,6 @@ from longsearch.needles import (
 )
 from longsearch.tiny.tokenizer import build_tokenizer
 
-
 # ---------------------------------------------------------------- tokenizers built offline
 
 
@@ -41,7 +40,9 @@ def _bpe_tokenizer(kind: str, vocab_size: int = 700):
         core.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
         core.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
         alphabet = sorted(set(text) | set("0123456789-:.?"))
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>", "<unk>"], initial_alphabet=alphabet, show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<s>", "</s>", "<unk>"], initial_alphabet=alphabet, show_progress=False
+    )
     core.train_from_iterator([text[i : i + 2000] for i in range(0, len(text), 2000)], trainer)
     bos = core.token_to_id("<s>")
     core.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
@@ -176,7 +177,7 @@ def test_save_load_round_trip_and_refusals(tmp_path, byte_tok, gpt_tok):
     back = load_needle_set(tmp_path / "set", tokenizer=byte_tok, length=400)
     assert back.length == 400 and back.template == "passkey" and back.seed == 0
     assert back.vocab_hash == tokenizer_fingerprint(byte_tok)[1]
-    for x, y in zip(ns.samples, back.samples):
+    for x, y in zip(ns.samples, back.samples, strict=True):
         assert np.array_equal(x.input_ids, y.input_ids) and x.input_ids.dtype == y.input_ids.dtype
         assert (x.answer_start, x.answer_end, x.meta) == (y.answer_start, y.answer_end, y.meta)
     assert back == ns
@@ -247,7 +248,9 @@ def model_dir(tmp_path_factory, gpt_tok):
 
     d = tmp_path_factory.mktemp("gptmodel")
     gpt_tok.save_pretrained(str(d))
-    LlamaConfig(vocab_size=len(gpt_tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(str(d))
+    LlamaConfig(vocab_size=len(gpt_tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(
+        str(d)
+    )
     return d
 
 
@@ -258,17 +261,31 @@ def test_cli_build_and_show(tmp_path, model_dir):
 
     runner = CliRunner()
     out = tmp_path / "built"
-    args = ["needles", "build", "--model", str(model_dir), "--length", "1k", "--samples", "2", "--template", "multi-needle",
-            "--depth", "0.2,0.8", "--out", str(out)]
+    args = [
+        "needles",
+        "build",
+        "--model",
+        str(model_dir),
+        "--length",
+        "1k",
+        "--samples",
+        "2",
+        "--template",
+        "multi-needle",
+        "--depth",
+        "0.2,0.8",
+        "--out",
+        str(out),
+    ]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     ns = load_needle_set(out, length=1024)
     assert ns.template == "multi-needle" and [s.meta["depth"] for s in ns.samples] == [0.2, 0.8]
     before = (out / "input_ids.npy").read_bytes()
-    r = runner.invoke(app, args[:-2] + ["--seed", "5", "--out", str(out)])
+    r = runner.invoke(app, [*args[:-2], "--seed", "5", "--out", str(out)])
     assert r.exit_code != 0 and isinstance(r.exception, NeedleError)  # non-empty --out refused, nothing changed
     assert (out / "input_ids.npy").read_bytes() == before
-    r = runner.invoke(app, args[:-2] + ["--seed", "5", "--out", str(out), "--force"])
+    r = runner.invoke(app, [*args[:-2], "--seed", "5", "--out", str(out), "--force"])
     assert r.exit_code == 0 and load_needle_set(out).seed == 5
     r = runner.invoke(app, ["needles", "show", str(out), "--sample", "1"])
     assert r.exit_code == 0, r.output
@@ -285,9 +302,22 @@ def test_cli_main_turns_errors_into_one_line(tmp_path, model_dir):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("keep me")
     r = subprocess.run(
-        [sys.executable, "-c", "from longsearch.cli import main; main()", "needles", "build", "--model", str(model_dir),
-         "--length", "1k", "--out", str(tmp_path / "full")],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            "from longsearch.cli import main; main()",
+            "needles",
+            "build",
+            "--model",
+            str(model_dir),
+            "--length",
+            "1k",
+            "--out",
+            str(tmp_path / "full"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 2 and "already exists" in r.stderr and "Traceback" not in r.stderr
     assert (tmp_path / "full" / "x").read_text() == "keep me"
@@ -309,4 +339,4 @@ def test_mixed_templates_and_spread_depths(tmp_path):
     back = load_needle_set(tmp_path / "mixed", tokenizer=tok, length=1024)
     assert back.samples == ns.samples and back.template == ns.template
     for s in ns.samples:
-        assert tok.decode(s.input_ids[s.answer_start:s.answer_end].tolist()) == s.meta["answer"]
+        assert tok.decode(s.input_ids[s.answer_start : s.answer_end].tolist()) == s.meta["answer"]

@@ -3,6 +3,7 @@ trips (the resume protocol), budgets, and nevergrad / optuna behind the same int
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import subprocess
@@ -47,7 +48,7 @@ def flat(batches):
 
 def same_batches(a, b):
     assert [[c.id for c in x] for x in a] == [[c.id for c in x] for x in b]
-    for x, y in zip(flat(a), flat(b)):
+    for x, y in zip(flat(a), flat(b), strict=True):
         np.testing.assert_array_equal(x.lam, y.lam)
         assert (x.origin, x.generation, x.params) == (y.origin, y.generation, y.params)
 
@@ -80,9 +81,9 @@ def test_ga_generation_zero_is_seeds_then_mutations(space):
     assert len(batch) == 64 and [c.id for c in batch] == list(range(64))
     seeds = space.seeds()
     assert [c.origin for c in batch[: len(seeds)]] == list(seeds)
-    for c, lam in zip(batch, seeds.values()):
+    for c, lam in zip(batch, seeds.values(), strict=False):  # the batch may hold fewer than all seeds
         np.testing.assert_array_equal(c.lam, lam)
-    rest = batch[len(seeds):]
+    rest = batch[len(seeds) :]
     assert all(c.origin == "mutation" for c in rest)
     assert all(c.params["parents"][0] < len(seeds) for c in rest)
     assert opt.ask()[5].lam.tolist() == batch[5].lam.tolist()  # ask is idempotent until tell
@@ -120,7 +121,7 @@ def test_ga_improves_and_finds_the_target_region(space):
     while not opt.done:
         run(opt, f, stop_after=1)
         best_per_gen.append(opt.best().score)
-    assert all(b <= a for a, b in zip(best_per_gen, best_per_gen[1:])), "elitism: the best never gets worse"
+    assert all(b <= a for a, b in itertools.pairwise(best_per_gen)), "elitism: the best never gets worse"
     assert best_per_gen[-1] < 0.25 * best_per_gen[0]
     assert abs(opt.best().candidate.params["d_rcd"] - 9) <= 1
     assert opt.n_evaluated == 1344
@@ -217,9 +218,16 @@ def roundtrip(opt, spec: str, space: SearchSpace, budget, seed: int):
     return other
 
 
-@pytest.mark.parametrize("spec,budget", [("ga", SMALL), ("nevergrad:CMA", Budget(8, 4, 2, 2, 3)),
-                                         ("nevergrad:TwoPointsDE", Budget(8, 4, 2, 2, 3)),
-                                         ("optuna:TPE", Budget(8, 4, 2, 2, 3)), ("random", Budget(8, 4, 2, 2, 3))])
+@pytest.mark.parametrize(
+    "spec,budget",
+    [
+        ("ga", SMALL),
+        ("nevergrad:CMA", Budget(8, 4, 2, 2, 3)),
+        ("nevergrad:TwoPointsDE", Budget(8, 4, 2, 2, 3)),
+        ("optuna:TPE", Budget(8, 4, 2, 2, 3)),
+        ("random", Budget(8, 4, 2, 2, 3)),
+    ],
+)
 def test_killed_mid_generation_and_resumed_equals_uninterrupted(space, spec, budget):
     f = log_distance(space.repair(np.linspace(8.0, 16.0, 32), 9))
     full = run(make_optimizer(spec, space, budget, 7), f)
@@ -245,7 +253,7 @@ def test_killed_mid_generation_and_resumed_equals_uninterrupted(space, spec, bud
             results.append(Result(c, f(c.lam)))
     resumed.tell(results)
     rest = run(resumed, f)
-    same_batches(full, done + [again] + rest)
+    same_batches(full, [*done, again, *rest])
     ref = make_optimizer(spec, space, budget, 7)
     run(ref, f)
     full_best = ref.best()
@@ -302,8 +310,9 @@ def test_load_state_dict_refuses_mismatches(space):
 # ---------------------------------------------------------------- nevergrad and optuna
 
 
-@pytest.mark.parametrize("spec", ["nevergrad:CMA", "nevergrad:OnePlusOne", "nevergrad:PSO", "optuna:TPE",
-                                  "optuna:CMA-ES", "optuna:Random", "optuna:QMC"])
+@pytest.mark.parametrize(
+    "spec", ["nevergrad:CMA", "nevergrad:OnePlusOne", "nevergrad:PSO", "optuna:TPE", "optuna:CMA-ES", "optuna:Random", "optuna:QMC"]
+)
 def test_external_optimizers_share_the_interface(space, spec):
     budget = Budget(8, 4, 3, 3, 3)
     opt = make_optimizer(spec, space, budget, 0)
@@ -320,9 +329,9 @@ def test_external_optimizers_share_the_interface(space, spec):
     # generation 0 starts from the same seeds as the GA
     seeds = space.seeds()
     assert [c.origin for c in batches[0][: len(seeds)]] == list(seeds)
-    for c, lam in zip(batches[0], seeds.values()):
+    for c, lam in zip(batches[0], seeds.values(), strict=False):
         assert space.key(c.lam) == space.key(lam)
-    assert all(c.origin == spec for c in cands[len(seeds):])
+    assert all(c.origin == spec for c in cands[len(seeds) :])
     assert opt.best().score == min(f(c.lam) for c in cands)
 
 
@@ -336,8 +345,9 @@ def test_external_determinism(space):
 
 def test_external_duplicates_are_told_not_evaluated(space):
     # a tiny space (one searched dimension, coarse grid) forces the library to propose known keys
-    tiny = SearchSpace.from_spec({"kind": "free", "lower": 1, "upper": 2, "step": 0.25, "seeds": ["pi"]},
-                                 RopeGeometry(2, 10000.0, 256), 512)
+    tiny = SearchSpace.from_spec(
+        {"kind": "free", "lower": 1, "upper": 2, "step": 0.25, "seeds": ["pi"]}, RopeGeometry(2, 10000.0, 256), 512
+    )
     opt = make_optimizer("optuna:Random", tiny, Budget(3, 2, 2, 2, 4), 0)
     cands = flat(run(opt, lambda lam: float(lam[0])))
     keys = [tiny.key(c.lam) for c in cands]
@@ -392,9 +402,11 @@ N_DOCS = 8
 
 def per_doc_objective(target: np.ndarray, m_target: float):
     """A score that is a mean over N_DOCS non-negative per-document terms, as the needle NLL is."""
+
     def docs(c) -> list[float]:
         base = float(np.sum((np.log(c.lam) - np.log(target)) ** 2)) + (c.m - m_target) ** 2
         return [base * (0.5 + k / N_DOCS) for k in range(N_DOCS)]
+
     return docs
 
 
@@ -470,7 +482,7 @@ def test_random_search_starts_from_the_seeds_then_samples_uniformly():
     opt = make_optimizer("random", sp, SMALL, 0)
     batch = opt.ask()
     seeds = list(sp.seed_points())
-    assert [c.origin for c in batch[: len(seeds)]] == seeds and all(c.origin == "random" for c in batch[len(seeds):])
+    assert [c.origin for c in batch[: len(seeds)]] == seeds and all(c.origin == "random" for c in batch[len(seeds) :])
     run(opt, lambda lam: float(np.sum(np.log(lam))))
     again = make_optimizer("random", sp, SMALL, 0)
     again.load_state_dict(json.loads(json.dumps(opt.state_dict())))

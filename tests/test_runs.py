@@ -17,16 +17,27 @@ from longsearch.runs import (
 
 
 def _config(**kw) -> RunConfig:
-    base = dict(model=None, model_name="testbed", target_length=2048, space="longrope2", budget="quick",
-                optimizer="ga", samples=4, seed=0)
+    base = dict(model=None, model_name="testbed", target_length=2048, space="longrope2", budget="quick", optimizer="ga", samples=4, seed=0)
     base.update(kw)
     return RunConfig(**base)
 
 
 def _rec(i: int, score: float = 1.5) -> JournalRecord:
-    return JournalRecord(kind="candidate", id=i, generation=i // 4, origin="mutation", lam=[1.0, 2.0, 3.0 + i],
-                         m=1.1, d_rcd=1, score=score, per_sample=[score, score], accuracy=0.5,
-                         per_sample_correct=[True, False], worker="w0", seconds=0.1)
+    return JournalRecord(
+        kind="candidate",
+        id=i,
+        generation=i // 4,
+        origin="mutation",
+        lam=[1.0, 2.0, 3.0 + i],
+        m=1.1,
+        d_rcd=1,
+        score=score,
+        per_sample=[score, score],
+        accuracy=0.5,
+        per_sample_correct=[True, False],
+        worker="w0",
+        seconds=0.1,
+    )
 
 
 def test_create_writes_config_and_refuses_existing(tmp_path):

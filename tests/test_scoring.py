@@ -26,8 +26,13 @@ TOL = 1e-5
 def _llama(seed: int = 0, rope_parameters: dict | None = None, **overrides) -> T.LlamaForCausalLM:
     torch.manual_seed(seed)
     kw = dict(
-        vocab_size=260, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=WINDOW,
+        vocab_size=260,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=WINDOW,
         rope_parameters=rope_parameters or {"rope_type": "default", "rope_theta": 10000.0},
     )
     kw.update(overrides)
@@ -194,9 +199,17 @@ def test_softcapped_logits_follow_the_model(tok):
     """Gemma-2 soft-caps its final logits: going through logits_to_keep keeps that processing."""
     torch.manual_seed(0)
     cfg = T.Gemma2Config(
-        vocab_size=260, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=WINDOW, sliding_window=64,
-        final_logit_softcapping=2.0, attn_logit_softcapping=None,
+        vocab_size=260,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=WINDOW,
+        sliding_window=64,
+        final_logit_softcapping=2.0,
+        attn_logit_softcapping=None,
     )
     gemma = T.Gemma2ForCausalLM(cfg).eval()
     ns = build_needle_set(tok, 300, 2, template="passkey", seed=5)

@@ -22,8 +22,9 @@ CASES = [TESTBED, LLAMA3]
 
 
 def hf_inv_freq(head_dim: int, max_pos: int, rope_parameters: dict) -> np.ndarray:
-    cfg = LlamaConfig(hidden_size=head_dim * 2, num_attention_heads=2, head_dim=head_dim,
-                      max_position_embeddings=max_pos, rope_parameters=rope_parameters)
+    cfg = LlamaConfig(
+        hidden_size=head_dim * 2, num_attention_heads=2, head_dim=head_dim, max_position_embeddings=max_pos, rope_parameters=rope_parameters
+    )
     return LlamaRotaryEmbedding(cfg).inv_freq.double().numpy()
 
 
@@ -172,15 +173,18 @@ def test_longrope2_seeds(g, t):
     assert all(n.startswith("seed:") for n in names)
     assert all(sp.contains(v) for v in seeds.values())
     # PI's tail stays s: repair lifts nothing
-    assert np.all(seeds["seed:pi"][sp.critical_index(seeds["seed:pi"]):] == sp.scale)
+    assert np.all(seeds["seed:pi"][sp.critical_index(seeds["seed:pi"]) :] == sp.scale)
 
 
 @pytest.mark.parametrize("g,t", CASES)
 def test_free_space_yarn_seed_is_transformers_yarn_on_the_grid(g, t):
     sp = SearchSpace.load("longrope", g, t)
     s = t / g.original_length
-    yarn_inv = hf_inv_freq(g.rotary_dim, t, {"rope_type": "yarn", "rope_theta": g.base, "factor": float(s),
-                                             "original_max_position_embeddings": g.original_length})
+    yarn_inv = hf_inv_freq(
+        g.rotary_dim,
+        t,
+        {"rope_type": "yarn", "rope_theta": g.base, "factor": float(s), "original_max_position_embeddings": g.original_length},
+    )
     lam_hf = rope.inv_freq(g) / yarn_inv
     seed = sp.seeds()["seed:yarn"]
     assert np.max(np.abs(seed - lam_hf)) <= 0.005 + 1e-6
@@ -225,8 +229,10 @@ def test_to_dict_round_trip_and_refuses_another_geometry():
 # ---------------------------------------------------------------- expressions and bad input
 
 
-@pytest.mark.parametrize("expr,value", [(3, 3.0), ("s", 8.0), ("2s", 16.0), ("1 + s", 9.0), ("1.5*s - 0.5", 11.5),
-                                        ("s/2", 4.0), ("2 s", 16.0), ("1.25 × s", 10.0)])
+@pytest.mark.parametrize(
+    "expr,value",
+    [(3, 3.0), ("s", 8.0), ("2s", 16.0), ("1 + s", 9.0), ("1.5*s - 0.5", 11.5), ("s/2", 4.0), ("2 s", 16.0), ("1.25 × s", 10.0)],
+)
 def test_bound_expressions(expr, value):
     assert eval_bound(expr, 8.0) == pytest.approx(value)
 
@@ -290,8 +296,10 @@ def test_bad_names_and_targets():
 def test_user_yaml_overrides(tmp_path):
     g, t = LLAMA3
     p = tmp_path / "narrow.yaml"
-    p.write_text("kind: longrope2\nlower: 1.25 * s\nupper: 1.5s\ncritical_lower: 28\ncritical_upper: 30\n"
-                 "attention: 1.2\nseeds: [yarn, ntk-shaped]\nstep: 0.1\n")
+    p.write_text(
+        "kind: longrope2\nlower: 1.25 * s\nupper: 1.5s\ncritical_lower: 28\ncritical_upper: 30\n"
+        "attention: 1.2\nseeds: [yarn, ntk-shaped]\nstep: 0.1\n"
+    )
     sp = SearchSpace.load(str(p), g, t)
     assert (sp.lower, sp.upper, sp.critical_range, sp.attention, sp.step) == (20.0, 24.0, (28, 30), 1.2, 0.1)
     assert list(sp.seeds()) == ["seed:yarn", "seed:ntk-shaped@28", "seed:ntk-shaped@29", "seed:ntk-shaped@30"]
@@ -303,7 +311,7 @@ def test_user_yaml_overrides(tmp_path):
 # ---------------------------------------------------------------- hybrid and yarn spaces (points with m)
 
 
-@pytest.mark.parametrize("g,t", CASES + [(RopeGeometry(128, 10000.0, 4096), 32768)])
+@pytest.mark.parametrize("g,t", [*CASES, (RopeGeometry(128, 10000.0, 4096), 32768)])
 def test_hybrid_holds_pi_ntk_and_yarn_exactly_as_transformers_computes_them(g, t):
     # independent reference: transformers' own rotary embeddings (linear, default with the NTK base, yarn)
     sp = SearchSpace.load("hybrid", g, t)
@@ -318,8 +326,11 @@ def test_hybrid_holds_pi_ntk_and_yarn_exactly_as_transformers_computes_them(g, t
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-    yarn_m = LlamaRotaryEmbedding(LlamaConfig(hidden_size=g.rotary_dim * 2, num_attention_heads=2, head_dim=g.rotary_dim,
-                                              max_position_embeddings=t, rope_parameters=cfg)).attention_scaling
+    yarn_m = LlamaRotaryEmbedding(
+        LlamaConfig(
+            hidden_size=g.rotary_dim * 2, num_attention_heads=2, head_dim=g.rotary_dim, max_position_embeddings=t, rope_parameters=cfg
+        )
+    ).attention_scaling
     for name, lam, m in (("seed:pi", pi, 1.0), ("seed:ntk", ntk, 1.0), ("seed:yarn", yarn, yarn_m)):
         p = seeds[name]
         np.testing.assert_allclose(p.lam, lam, rtol=2e-6)

@@ -7,7 +7,6 @@ scorer; the recipe runs end to end on a reduced configuration and must be determ
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ import torch
 from longsearch.errors import LongsearchError, RunError
 from longsearch.models import TESTBED_DIR
 from longsearch.tiny import tokenizer as T
-from longsearch.tiny.card import CardCell, CardTable, TABLE_BEGIN, TABLE_END, render_table, write_card
+from longsearch.tiny.card import TABLE_BEGIN, TABLE_END, CardCell, CardTable, render_table, write_card
 from longsearch.tiny.train import DataMixer, TrainConfig, curriculum, make_batch, train
 
 torch.set_num_threads(1)
@@ -144,13 +143,14 @@ def test_curriculum_starts_short_and_reaches_the_window():
 
 
 def test_recipe_runs_end_to_end_and_is_deterministic(tmp_path):
-    from longsearch.models import load_model
     from safetensors.numpy import load_file
+
+    from longsearch.models import load_model
 
     cfg = TrainConfig.quick(seed=3)
     r1 = train(cfg, tmp_path / "a")
     r2 = train(cfg, tmp_path / "b")
-    r3 = train(TrainConfig.quick(seed=4), tmp_path / "c")
+    train(TrainConfig.quick(seed=4), tmp_path / "c")
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "loss_curve.png"):
         assert (tmp_path / "a" / name).is_file(), name
     assert (tmp_path / "a" / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -32,8 +32,14 @@ def ray_session(tmp_path_factory):
     import tempfile
 
     temp = tempfile.mkdtemp(prefix="lsrt-", dir="/tmp")
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, _temp_dir=temp,
-             object_store_memory=128 * 1024 * 1024, logging_level="ERROR")
+    ray.init(
+        num_cpus=3,
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=temp,
+        object_store_memory=128 * 1024 * 1024,
+        logging_level="ERROR",
+    )
     yield
     ray.shutdown()
     import shutil
@@ -66,7 +72,7 @@ def pool(ray_session, model_dir, needles):
 
 
 def test_pool_scores_equal_in_process_scores(pool, model_dir, needles):
-    tasks = _tasks(8, 4) + [ScoreTask("bad", np.full(8, -1.0), 1.0)]  # λ ≤ 0: a failed evaluation, not a crash
+    tasks = [*_tasks(8, 4), ScoreTask("bad", np.full(8, -1.0), 1.0)]  # λ ≤ 0: a failed evaluation, not a crash
     pool.reset_stats()
     outcomes = pool.score_all(tasks)
     stats = pool.stats()

@@ -62,12 +62,18 @@ class Candidate:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Candidate":
-        return cls(int(d["id"]), np.asarray(d["lam"], dtype=np.float64), int(d["generation"]), str(d["origin"]),
-                   dict(d.get("params", {})), float(d.get("m", 1.0)))
+    def from_dict(cls, d: dict[str, Any]) -> Candidate:
+        return cls(
+            int(d["id"]),
+            np.asarray(d["lam"], dtype=np.float64),
+            int(d["generation"]),
+            str(d["origin"]),
+            dict(d.get("params", {})),
+            float(d.get("m", 1.0)),
+        )
 
     @classmethod
-    def from_point(cls, id: int, point: Any, generation: int, origin: str, parents: list[int] | None = None) -> "Candidate":
+    def from_point(cls, id: int, point: Any, generation: int, origin: str, parents: list[int] | None = None) -> Candidate:
         params = dict(point.params)
         if parents:
             params["parents"] = [int(x) for x in parents]
@@ -79,7 +85,7 @@ class Candidate:
 
         return Point(self.lam.copy(), float(self.m), {k: v for k, v in self.params.items() if k != "parents"})
 
-    def copy(self) -> "Candidate":
+    def copy(self) -> Candidate:
         return Candidate(self.id, self.lam.copy(), self.generation, self.origin, dict(self.params), self.m)
 
 

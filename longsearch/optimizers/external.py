@@ -147,7 +147,7 @@ class ExternalOptimizer:
         seed_names: dict[tuple[int, ...], str] = {}
         if self.generation == 0:
             seeds = list(self.space.seed_points().items())[:size]
-            for name, point in reversed(seeds) if self.suggestions_lifo else seeds:
+            for _name, point in reversed(seeds) if self.suggestions_lifo else seeds:
                 self._do_suggest(self.space.encode_point(point))
             seed_names = {self.space.point_key(point): name for name, point in seeds}
         tries = stale = 0
@@ -222,8 +222,10 @@ class ExternalOptimizer:
         try:
             seed, generation, done, next_id, spent = check_state_header(self, d)
             if "pickle" in d or not isinstance(d.get("events"), list):
-                raise RunError("the optimizer checkpoint is not plain data (it holds a pickle or no event history): "
-                               "longsearch refuses to run code from a checkpoint; start a new run")
+                raise RunError(
+                    "the optimizer checkpoint is not plain data (it holds a pickle or no event history): "
+                    "longsearch refuses to run code from a checkpoint; start a new run"
+                )
             scores = {tuple(int(x) for x in k): score_from_json(v) for k, v in d["scores"]}
             best = None
             if d["best"] is not None:

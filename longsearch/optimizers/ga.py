@@ -77,7 +77,7 @@ class Individual:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Individual":
+    def from_dict(cls, d: dict[str, Any]) -> Individual:
         return cls(
             int(d["id"]),
             np.asarray(d["lam"], dtype=np.float64),
@@ -112,7 +112,7 @@ class GeneticOptimizer:
         self.done = False
         self.spent = 0.0
         self._next_id = 0
-        self._rng_state: dict[str, Any] = np.random.Generator(np.random.PCG64(self.seed)).bit_generator.state
+        self._rng_state: dict[str, Any] = dict(np.random.Generator(np.random.PCG64(self.seed)).bit_generator.state)
         self._parents: list[Individual] = []
         self._seen: set[tuple[int, ...]] = set()
         self._best: Individual | None = None
@@ -206,7 +206,7 @@ class GeneticOptimizer:
         if any(p.lam.shape != (self.space.n_freq,) for p in parents):
             raise RunError("the optimizer checkpoint holds λ vectors of the wrong length")
         self.seed, self.generation, self.done, self._next_id, self.spent = seed, generation, done, next_id, spent
-        self._rng_state = rng.bit_generator.state
+        self._rng_state = dict(rng.bit_generator.state)
         self._parents, self._best, self._seen = parents, best, seen
         self._pending = None
         self._pending_rng_state = None

@@ -65,8 +65,7 @@ def resolve_name(name: str) -> str:
     low = wanted.lower()
     if "metamodel" in low or any(low.startswith(p.lower()) for p in REFUSED_PREFIXES):
         raise InputError(
-            f"nevergrad:{wanted} is refused: NGOpt and MetaModel optimizers crash with numpy >= 2.4 and then hang; "
-            f"use one of {choices}"
+            f"nevergrad:{wanted} is refused: NGOpt and MetaModel optimizers crash with numpy >= 2.4 and then hang; use one of {choices}"
         )
     raise InputError(f"nevergrad optimizer {wanted!r} is not supported: use one of {choices}")
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -42,8 +43,16 @@ def _samplers() -> dict[str, Callable[[int], Any]]:
 
 # GPSampler is left out: over tens of parameters it needs minutes per trial after a few hundred trials.
 SUPPORTED: tuple[str, ...] = ("TPE", "CMA-ES", "Random", "QMC", "NSGA-II")
-_ALIASES = {"cmaes": "CMA-ES", "cma": "CMA-ES", "nsgaii": "NSGA-II", "nsga2": "NSGA-II", "random": "Random",
-            "tpe": "TPE", "qmc": "QMC", "sobol": "QMC"}
+_ALIASES = {
+    "cmaes": "CMA-ES",
+    "cma": "CMA-ES",
+    "nsgaii": "NSGA-II",
+    "nsga2": "NSGA-II",
+    "random": "Random",
+    "tpe": "TPE",
+    "qmc": "QMC",
+    "sobol": "QMC",
+}
 
 
 def supported_names() -> list[str]:

@@ -16,9 +16,9 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 from ..atomic import atomic_write_json, atomic_write_text
 from ..errors import InputError
@@ -71,7 +71,7 @@ class CardTable:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CardTable":
+    def from_dict(cls, d: dict) -> CardTable:
         cells = [CardCell(**c) for c in d.get("cells", [])]
         return cls(**{**{k: v for k, v in d.items() if k != "cells"}, "cells": cells})
 
@@ -105,8 +105,13 @@ def measure_card(
     lm = load_model(model, device=device, dtype="float32")
     window = lm.geometry.original_length
     table = CardTable(
-        model=str(model) if model is not None else "testbed", window=window, seed=seed, template=template,
-        haystack=haystack, n_samples=n_samples, depths=depths,
+        model=str(model) if model is not None else "testbed",
+        window=window,
+        seed=seed,
+        template=template,
+        haystack=haystack,
+        n_samples=n_samples,
+        depths=depths,
     )
     total = len(methods) * len(scales)
     done = 0
@@ -216,8 +221,10 @@ def write_card(card_path: str | os.PathLike, model_dir: str | os.PathLike, table
     """Write the facts and the table into the card at ``card_path`` (created if absent; text outside the
     generated regions is kept) and the raw numbers into ``model_dir/card_table.json``."""
     path, d = Path(card_path), Path(model_dir)
-    text = path.read_text() if path.exists() else DEFAULT_CARD.format(
-        facts_begin=FACTS_BEGIN, facts_end=FACTS_END, table_begin=TABLE_BEGIN, table_end=TABLE_END
+    text = (
+        path.read_text()
+        if path.exists()
+        else DEFAULT_CARD.format(facts_begin=FACTS_BEGIN, facts_end=FACTS_END, table_begin=TABLE_BEGIN, table_end=TABLE_END)
     )
     text = _replace_region(text, FACTS_BEGIN, FACTS_END, render_facts(d))
     text = _replace_region(text, TABLE_BEGIN, TABLE_END, render_table(table))
@@ -240,6 +247,14 @@ def card_paths(model: str | os.PathLike | None) -> tuple[Path, Path]:
 
 
 __all__ = [
-    "CARD_METHODS", "CARD_SCALES", "CARD_SEED", "CardCell", "CardTable", "measure_card", "render_table",
-    "render_facts", "write_card", "card_paths",
+    "CARD_METHODS",
+    "CARD_SCALES",
+    "CARD_SEED",
+    "CardCell",
+    "CardTable",
+    "card_paths",
+    "measure_card",
+    "render_facts",
+    "render_table",
+    "write_card",
 ]

@@ -59,27 +59,38 @@ def phi3_from_llama(model: Any) -> Any:
     c = model.config
     rope = dict(getattr(c, "rope_parameters", None) or {"rope_type": "default", "rope_theta": 10000.0})
     cfg = Phi3Config(
-        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-        num_key_value_heads=c.num_key_value_heads, max_position_embeddings=c.max_position_embeddings,
-        original_max_position_embeddings=c.max_position_embeddings, rms_norm_eps=c.rms_norm_eps,
+        vocab_size=c.vocab_size,
+        hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_hidden_layers,
+        num_attention_heads=c.num_attention_heads,
+        num_key_value_heads=c.num_key_value_heads,
+        max_position_embeddings=c.max_position_embeddings,
+        original_max_position_embeddings=c.max_position_embeddings,
+        rms_norm_eps=c.rms_norm_eps,
         rope_parameters={"rope_type": "default", "rope_theta": float(rope.get("rope_theta", 10000.0))},
-        tie_word_embeddings=bool(getattr(c, "tie_word_embeddings", False)), bos_token_id=c.bos_token_id,
-        eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id, attention_dropout=0.0, resid_pdrop=0.0,
-        embd_pdrop=0.0, hidden_act=c.hidden_act,
+        tie_word_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
+        bos_token_id=c.bos_token_id,
+        eos_token_id=c.eos_token_id,
+        pad_token_id=c.pad_token_id,
+        attention_dropout=0.0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        hidden_act=c.hidden_act,
     )
     phi = Phi3ForCausalLM(cfg).eval()
     src = model.state_dict()
-    dst: dict[str, torch.Tensor] = {"model.embed_tokens.weight": src["model.embed_tokens.weight"],
-                                    "model.norm.weight": src["model.norm.weight"]}
+    dst: dict[str, torch.Tensor] = {
+        "model.embed_tokens.weight": src["model.embed_tokens.weight"],
+        "model.norm.weight": src["model.norm.weight"],
+    }
     if "lm_head.weight" in src:
         dst["lm_head.weight"] = src["lm_head.weight"]
     for i in range(c.num_hidden_layers):
         p = f"model.layers.{i}."
         dst[p + "input_layernorm.weight"] = src[p + "input_layernorm.weight"]
         dst[p + "post_attention_layernorm.weight"] = src[p + "post_attention_layernorm.weight"]
-        dst[p + "self_attn.qkv_proj.weight"] = torch.cat(
-            [src[p + f"self_attn.{n}_proj.weight"] for n in ("q", "k", "v")], dim=0)
+        dst[p + "self_attn.qkv_proj.weight"] = torch.cat([src[p + f"self_attn.{n}_proj.weight"] for n in ("q", "k", "v")], dim=0)
         dst[p + "self_attn.o_proj.weight"] = src[p + "self_attn.o_proj.weight"]
         dst[p + "mlp.gate_up_proj.weight"] = torch.cat([src[p + "mlp.gate_proj.weight"], src[p + "mlp.up_proj.weight"]], dim=0)
         dst[p + "mlp.down_proj.weight"] = src[p + "mlp.down_proj.weight"]

@@ -27,15 +27,15 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from ..atomic import atomic_write_bytes, atomic_write_json
 from ..errors import RunError
-from .tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, encode_bytes, save_tokenizer
+from .tokenizer import BOS_ID, EOS_ID, PAD_ID, encode_bytes, save_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +78,24 @@ class TrainConfig:
     eval_samples: int = 32
 
     @classmethod
-    def quick(cls, seed: int = 0) -> "TrainConfig":
+    def quick(cls, seed: int = 0) -> TrainConfig:
         """A reduced configuration that runs end to end in seconds (tests, smoke checks)."""
         return cls(
-            seed=seed, steps=4, batch_size=4, hidden_size=64, num_layers=1, num_heads=1, intermediate_size=128,
-            window=128, short_length=64, min_length=48, curriculum_steps=2, warmup_steps=1, eval_every=2,
-            eval_samples=4, threads=1,
+            seed=seed,
+            steps=4,
+            batch_size=4,
+            hidden_size=64,
+            num_layers=1,
+            num_heads=1,
+            intermediate_size=128,
+            window=128,
+            short_length=64,
+            min_length=48,
+            curriculum_steps=2,
+            warmup_steps=1,
+            eval_every=2,
+            eval_samples=4,
+            threads=1,
         )
 
     def model_params(self) -> int:
@@ -101,20 +113,9 @@ VOCAB_SIZE_PADDED = 260  # 259 tokens, rounded up to an even embedding size
 
 def _haystack_text(split: str) -> str:
     """The shipped prose split used by the needle sets ("train" for training, "heldout" for evaluation)."""
-    try:
-        from ..needles import load_haystack_text
-    except ImportError:  # pragma: no cover - the needles module is the reference definition
-        return _kjv_split(split)
+    from ..needles import load_haystack_text
+
     return load_haystack_text(split)
-
-
-def _kjv_split(split: str) -> str:
-    import gzip
-
-    path = Path(__file__).resolve().parent.parent / "data" / "haystacks" / "kjv-bible.txt.gz"
-    text = gzip.open(path, "rt", encoding="utf-8").read()
-    cut = text.rfind("\n\n", 0, int(len(text) * 0.9))
-    return text[:cut] if split == "train" else text[cut + 2 :]
 
 
 # Needle templates: the project's own (longsearch.needles.TEMPLATES: passkey, magic-number) most of the time,
@@ -234,7 +235,18 @@ class DataMixer:
                     needles.append(needle_t.format(key=other, value=self.key_digits(kind)))
         question = question_t.format(key=key)
         preamble = pre if rng.random() < 0.6 else ""
-        fixed = lambda: 1 + len(preamble.encode()) + bool(preamble) + sum(len(n.encode()) + 1 for n in needles) + 1 + len(question.encode()) + len(value)  # noqa: E731
+
+        def fixed() -> int:
+            return (
+                1
+                + len(preamble.encode())
+                + bool(preamble)
+                + sum(len(n.encode()) + 1 for n in needles)
+                + 1
+                + len(question.encode())
+                + len(value)
+            )
+
         while fixed() + 4 > length and len(needles) > 1:
             needles.pop()
         while fixed() + 4 > length and preamble:  # drop the preamble's last sentences until it fits
@@ -286,7 +298,7 @@ class DataMixer:
 def curriculum(cfg: TrainConfig, step: int) -> tuple[int, np.ndarray]:
     """(longest sample length, mixture weights) at ``step``: short and copy-heavy first, the full window later."""
     t = min(1.0, step / max(1, cfg.curriculum_steps))
-    longest = int(round(cfg.short_length + t * (cfg.window - cfg.short_length)))
+    longest = round(cfg.short_length + t * (cfg.window - cfg.short_length))
     mix = (1 - t) * np.asarray(cfg.mix_early) + t * np.asarray(cfg.mix_late)
     return longest, mix / mix.sum()
 
@@ -320,7 +332,9 @@ def heldout_accuracy(model, cfg: TrainConfig, text: str, seed: int, n: int) -> f
             rows.append(r)
     with torch.no_grad():
         pred = model(torch.from_numpy(np.stack([r.ids for r in rows]))).logits.argmax(-1).numpy()
-    correct = [(pred[i, r.answer.start - 1 : r.answer.stop - 1] == r.ids[r.answer]).all() for i, r in enumerate(rows)]
+    answers = [r.answer for r in rows]
+    assert all(a is not None for a in answers)  # needle rows always say where their answer is
+    correct = [(pred[i, a.start - 1 : a.stop - 1] == rows[i].ids[a]).all() for i, a in enumerate(answers) if a is not None]
     return float(np.mean(correct))
 
 
@@ -406,7 +420,9 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: ProgressFn | N
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8,
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
+        eps=1e-8,
     )
     losses: list[float] = []
     answer_losses: list[float] = []
