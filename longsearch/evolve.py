@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .errors import InputError, LongsearchError, ModelError, NeedleError, RunError
+from .errors import InputError, LongsearchError, NeedleError, RunError
 from .factors import RopeFactors
 from .lengths import format_length
 from .rope import RopeGeometry, critical_index
@@ -53,7 +53,15 @@ log = logging.getLogger(__name__)
 
 #: Baselines scored beside the search (in generation 0, on the search needles) and on the held-out set.
 BASELINE_METHODS = ("none", "pi", "ntk", "yarn")
-DEFAULTS: dict[str, Any] = {"space": "hybrid", "budget": "quick", "optimizer": "ga", "samples": 16, "seed": 0, "template": "auto", "depths": "spread"}
+DEFAULTS: dict[str, Any] = {
+    "space": "hybrid",
+    "budget": "quick",
+    "optimizer": "ga",
+    "samples": 16,
+    "seed": 0,
+    "template": "auto",
+    "depths": "spread",
+}
 #: A needle template is a usable signal when plain RoPE answers at least this share of its documents inside the
 #: model's own window: a perplexity the model cannot lower in-window cannot guide a search beyond it.
 SIGNAL_THRESHOLD = 0.75
@@ -204,20 +212,9 @@ def default_out(model: str | None, target: int, space: str, optimizer: str, seed
 
 def load_model_info(model: str | None) -> tuple[RopeGeometry, Any]:
     """Geometry and tokenizer without loading weights in the driver (the workers load the model)."""
-    from transformers import AutoTokenizer
+    from .models import load_config, load_tokenizer, model_geometry
 
-    from .models import TESTBED_DIR, load_config, model_geometry
-
-    config = load_config(model)
-    geometry = model_geometry(config)
-    source = str(TESTBED_DIR) if model is None else str(Path(model).expanduser()) if Path(model).expanduser().exists() else model
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except Exception as e:
-        raise ModelError(
-            f"cannot load a tokenizer for {source!r} ({str(e).splitlines()[0][:160]}): the model needs its tokenizer files"
-        ) from None
-    return geometry, tokenizer
+    return model_geometry(load_config(model)), load_tokenizer(model)
 
 
 def _normalize_model(model: str | None) -> str | None:
@@ -751,8 +748,13 @@ def heldout(run: PreparedRun, pool: WorkerPool, reporter: EvolveReporter, baseli
             final = store.read_json(FINAL)
             if final.get("best", {}).get("candidate") == int(best.candidate.id):
                 return [
-                    HeldoutRow(r["name"], math.inf if r.get("nll") is None else float(r["nll"]), r.get("accuracy"),
-                               r.get("search_nll"), r.get("error"))
+                    HeldoutRow(
+                        r["name"],
+                        math.inf if r.get("nll") is None else float(r["nll"]),
+                        r.get("accuracy"),
+                        r.get("search_nll"),
+                        r.get("error"),
+                    )
                     for r in final["rows"]
                 ]
         except (RunError, KeyError, TypeError, AttributeError):

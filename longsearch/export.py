@@ -172,49 +172,6 @@ def export_csv(factors: RopeFactors, out: str | Path, force: bool = False) -> Ex
 # ---------------------------------------------------------------- transformers / vLLM
 
 
-def _rope_parameters(factors: RopeFactors, config: Any = None) -> dict[str, Any]:
-    from .models import longrope_rope_parameters
-
-    return dict(longrope_rope_parameters(factors, config))
-
-
-def patch_config_dict(cfg: dict[str, Any], factors: RopeFactors, rope_parameters: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a config.json dict that makes transformers apply ``factors``.
-
-    Sets ``rope_parameters`` (and the legacy ``rope_scaling`` too when the config has one, because
-    transformers lets it win), ``max_position_embeddings`` = target, and the top-level
-    ``original_max_position_embeddings`` of Phi-3-style configs, which otherwise overrides the nested one.
-    """
-    out = json.loads(json.dumps(cfg))
-    params = dict(rope_parameters)
-    current = out.get("rope_parameters") or out.get("rope_scaling")
-    nested = (
-        isinstance(current, dict)
-        and bool(current)
-        and "rope_type" not in current
-        and "rope_theta" not in current
-        and all(isinstance(v, dict) for v in current.values())
-    )
-    if nested:  # per-layer-type RoPE (Gemma3): only full attention is extended, local layers keep theirs
-        key = "full_attention" if "full_attention" in current else (next(iter(current)) if len(current) == 1 else None)
-        if key is None:
-            raise ExportError(
-                f"this model has RoPE layer types {', '.join(current)} and none is full_attention: cannot tell which to extend"
-            )
-        params = {**current, key: params}
-    out["rope_parameters"] = params
-    if out.get("rope_scaling"):
-        out["rope_scaling"] = params
-    else:
-        out.pop("rope_scaling", None)
-    if "head_dim" in out and not out["head_dim"] and out.get("hidden_size") and out.get("num_attention_heads"):
-        out["head_dim"] = int(out["hidden_size"]) // int(out["num_attention_heads"])  # longrope reads head_dim as is
-    out["max_position_embeddings"] = int(factors.target_length)
-    if "original_max_position_embeddings" in out or str(out.get("model_type", "")).startswith(("phi3", "phimoe")):
-        out["original_max_position_embeddings"] = int(factors.original_length)
-    return out
-
-
 def _check_config_geometry(cfg_obj: Any, factors: RopeFactors, what: str) -> None:
     from .models import model_geometry
 
@@ -322,12 +279,11 @@ def export_hf(
         raw = None
         source_desc = model or "the testbed model"
     _check_config_geometry(cfg_obj, factors, source_desc)
-    if raw is not None:
-        patched = patch_config_dict(raw, factors, _rope_parameters(factors, cfg_obj))
-    else:
-        from .models import config_with_factors
+    from .models import patch_config_dict
 
-        patched = config_with_factors(cfg_obj, factors).to_dict()
+    # a model directory's own config.json is patched as written (keys transformers would add stay out);
+    # a hub id's config comes as transformers reads it
+    patched = patch_config_dict(raw if raw is not None else cfg_obj.to_dict(), factors, cfg_obj)
     overrides = None
     if _vllm:  # vLLM and SGLang read m from short_mscale / long_mscale, never from attention_factor
         patched = add_mscale_keys(patched, factors)
@@ -699,7 +655,6 @@ __all__ = [
     "export_vllm",
     "gguf_geometry",
     "gguf_rope_info",
-    "patch_config_dict",
     "read_gguf_factors",
     "resolve_factors",
     "short_factor_note",

@@ -152,18 +152,35 @@ def load_config(name_or_path: str | os.PathLike | None = None) -> Any:
         ) from None
 
 
+def load_tokenizer(name_or_path: str | os.PathLike | None = None) -> Any:
+    """The tokenizer of a model (hub id, local dir, or None for the testbed): the one place tokenizers are loaded."""
+    from transformers import AutoTokenizer
+
+    source = _resolve_source(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except Exception as e:
+        raise ModelError(
+            f"cannot load a tokenizer for {source!r} ({_short_reason(e)}): the model directory needs its tokenizer files, "
+            "or pass a reachable hub id"
+        ) from None
+
+
 def load_model(
     name_or_path: str | os.PathLike | None = None,
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
     *,
     attn_implementation: str = "sdpa",
+    shard: bool = False,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer in eval mode; None loads the embedded testbed model.
 
-    The rotary ``inv_freq`` buffers are kept in float32 even when the weights are bf16/fp16.
+    The rotary ``inv_freq`` buffers are kept in float32 even when the weights are bf16/fp16. ``shard``: a
+    model too large for one GPU is spread over every visible GPU (transformers' ``device_map="auto"``, which
+    needs ``accelerate``).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     source = _resolve_source(name_or_path)
     dev = resolve_device(device)
@@ -171,7 +188,14 @@ def load_model(
     config = load_config(source)
     geometry = model_geometry(config)  # refuse models without RoPE before reading any weight
     kwargs: dict[str, Any] = {"dtype": tdtype}
-    if dev.type != "cpu" and importlib.util.find_spec("accelerate") is not None:
+    has_accelerate = importlib.util.find_spec("accelerate") is not None
+    if shard:
+        if not has_accelerate:
+            raise ModelError(
+                "a model spread over several GPUs (--gpus-per-worker > 1) needs the accelerate package: pip install accelerate"
+            )
+        kwargs["device_map"] = "auto"
+    elif dev.type != "cpu" and has_accelerate:
         kwargs["device_map"] = dev  # weights go straight to the accelerator, not through host memory
     try:
         try:
@@ -183,13 +207,11 @@ def load_model(
             model = AutoModelForCausalLM.from_pretrained(source, attn_implementation="eager", **kwargs)
     except Exception as e:
         raise ModelError(f"cannot load the model {source!r} ({_short_reason(e)}): check the path or hub id") from None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except Exception as e:
-        raise ModelError(
-            f"cannot load a tokenizer for {source!r} ({_short_reason(e)}): the model directory needs its tokenizer files"
-        ) from None
-    torch.nn.Module.to(model, dev)
+    tokenizer = load_tokenizer(source)
+    if shard:
+        dev = next(model.parameters()).device  # where the inputs go: the first shard
+    else:
+        torch.nn.Module.to(model, dev)
     model.eval()
     keep_rope_fp32(model)
     find_rotary_embeddings(model)  # a model whose rotary module cannot be found is refused here, not mid-search
@@ -305,31 +327,65 @@ def longrope_rope_parameters(factors: RopeFactors, config: Any | None = None) ->
     return params
 
 
-def config_with_factors(config: Any, factors: RopeFactors) -> Any:
-    """A deep copy of ``config`` whose RoPE is ``longrope`` with these factors and whose window is the target.
+def patch_config_dict(cfg: dict[str, Any], factors: RopeFactors, config: Any | None = None) -> dict[str, Any]:
+    """A copy of a config dict (a config.json, or ``config.to_dict()``) whose RoPE is ``longrope`` with these
+    factors and whose window is the target: the one place the quirks of model families live.
 
-    Sets ``max_position_embeddings`` = target and, where the config has one (Phi-3), the top-level
-    ``original_max_position_embeddings`` (which would otherwise override the nested value). For per-layer-type
-    RoPE (Gemma3) only the full-attention entry changes; sliding layers keep their local RoPE.
+    - ``rope_parameters`` is set, and the legacy ``rope_scaling`` too when the config has one (transformers
+      lets it win); in a multimodal config the text model's entry (``text_config``) is the one changed;
+    - per-layer-type RoPE (Gemma3): only the full-attention entry changes, sliding layers keep their local RoPE;
+    - ``max_position_embeddings`` = target, and the top-level ``original_max_position_embeddings`` of
+      Phi-3-style configs (which would otherwise override the nested one) = the original window;
+    - an empty ``head_dim`` is filled in (transformers' longrope reads it without the hidden/heads fallback).
+
+    ``config`` (the same config as an object) carries ``partial_rotary_factor`` over when given.
     """
+    out = copy.deepcopy(cfg)
+    text = out["text_config"] if isinstance(out.get("text_config"), dict) else out
+    params = longrope_rope_parameters(factors, config)
+    current = text.get("rope_parameters") or text.get("rope_scaling")
+    nested = (
+        isinstance(current, dict)
+        and bool(current)
+        and "rope_type" not in current
+        and "rope_theta" not in current
+        and all(isinstance(v, dict) for v in current.values())
+    )
+    if nested:
+        assert isinstance(current, dict)
+        key = _FULL_ATTENTION if _FULL_ATTENTION in current else (next(iter(current)) if len(current) == 1 else None)
+        if key is None:
+            raise ModelError(
+                f"this model has RoPE layer types {', '.join(current)} and none is {_FULL_ATTENTION}: cannot tell which to extend"
+            )
+        params = {**current, key: params}
+    text["rope_parameters"] = params
+    if text.get("rope_scaling"):
+        text["rope_scaling"] = params
+    else:
+        text.pop("rope_scaling", None)
+    if "head_dim" in text and not text["head_dim"] and text.get("hidden_size") and text.get("num_attention_heads"):
+        text["head_dim"] = int(text["hidden_size"]) // int(text["num_attention_heads"])
+    text["max_position_embeddings"] = int(factors.target_length)
+    model_type = str(text.get("model_type", out.get("model_type", "")))
+    if text.get("original_max_position_embeddings") is not None or model_type.startswith(("phi3", "phimoe")):
+        text["original_max_position_embeddings"] = int(factors.original_length)
+    return out
+
+
+def config_with_factors(config: Any, factors: RopeFactors) -> Any:
+    """A deep copy of ``config`` whose RoPE is ``longrope`` with these factors: the keys :func:`patch_config_dict`
+    changes in its dict are set on the copy (everything else, the attention implementation included, is kept)."""
     factors.check_geometry(model_geometry(config), "this config")
+    before = config.to_dict()
+    after = patch_config_dict(before, factors, config)
+    if isinstance(before.get("text_config"), dict):
+        before, after = before["text_config"], after["text_config"]
     new = copy.deepcopy(config)
     text = _text_config(new)
-    params = longrope_rope_parameters(factors, text)
-    rp = getattr(text, "rope_parameters", None)
-    _, key = _rope_dict(text)
-    if key is not None:
-        nested = copy.deepcopy(rp)
-        assert isinstance(nested, dict)  # _rope_dict found a key in it
-        nested[key] = params
-        text.rope_parameters = nested
-    else:
-        text.rope_parameters = params
-    text.max_position_embeddings = int(factors.target_length)
-    if getattr(text, "original_max_position_embeddings", None) is not None:
-        text.original_max_position_embeddings = int(factors.original_length)
-    if hasattr(text, "head_dim") and not text.head_dim:
-        text.head_dim = _head_dim(text)  # transformers' longrope reads head_dim without the hidden/heads fallback
+    for key, value in after.items():
+        if before.get(key) != value:
+            setattr(text, key, copy.deepcopy(value))
     return new
 
 
@@ -602,6 +658,7 @@ __all__ = [
     "load_model",
     "longrope_rope_parameters",
     "model_geometry",
+    "patch_config_dict",
     "patched",
     "resolve_device",
     "resolve_dtype",

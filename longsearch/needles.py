@@ -883,21 +883,10 @@ def load_tokenizer(model: str | None = None):
     Returns ``(tokenizer, name)`` where ``name`` is what the needle set records (``"testbed"`` for the testbed,
     so that a set's bytes do not depend on where longsearch is installed).
     """
-    from transformers import AutoTokenizer
-
-    from .errors import ModelError
-    from .models import _resolve_source
+    from . import models
 
     testbed = model is None or str(model) == TESTBED_NAME
-    source = _resolve_source(None if testbed else model)
-    try:
-        tok = AutoTokenizer.from_pretrained(source)
-    except Exception as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ModelError(
-            f"cannot load the tokenizer of {source!r} ({reason}): pass a local model directory or a reachable hub id"
-        ) from None
-    return tok, (TESTBED_NAME if testbed else str(model))
+    return models.load_tokenizer(None if testbed else model), (TESTBED_NAME if testbed else str(model))
 
 
 def prepare_out_dir(out: str | Path, force: bool = False) -> Path:

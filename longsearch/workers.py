@@ -130,7 +130,7 @@ class Scorer:
         if threads:
             torch.set_num_threads(int(threads))
         self.target_length = int(target_length)
-        self.loaded = _load_sharded(model, dtype) if shard else load_model(model, device=device, dtype=dtype)
+        self.loaded = load_model(model, device=device, dtype=dtype, shard=shard)
         self.needles: dict[str, Any] = {}
         self.name = f"{os.uname().nodename}:{os.getpid()}"
 
@@ -180,30 +180,6 @@ class Scorer:
             "n_total": len(self.needles[needles].samples),
             "censored": bool(s.censored),
         }
-
-
-def _load_sharded(model: str | None, dtype: str) -> Any:
-    """A model too large for one GPU, spread over the GPUs Ray gave this worker (transformers' device_map)."""
-    import importlib.util
-
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .errors import ModelError
-    from .models import TESTBED_DIR, LoadedModel, find_rotary_embeddings, keep_rope_fp32, load_config, model_geometry, resolve_dtype
-
-    if importlib.util.find_spec("accelerate") is None:
-        raise ModelError("a worker with several GPUs (--gpus-per-worker > 1) needs the accelerate package: pip install accelerate")
-    source = str(TESTBED_DIR) if model is None else model
-    geometry = model_geometry(load_config(model))
-    tdtype = resolve_dtype(dtype, torch.device("cuda"))
-    net = AutoModelForCausalLM.from_pretrained(source, dtype=tdtype, device_map="auto", attn_implementation="sdpa")
-    net.eval()
-    keep_rope_fp32(net)
-    find_rotary_embeddings(net)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    first = next(net.parameters()).device
-    return LoadedModel(model=net, tokenizer=tokenizer, geometry=geometry, name=str(source), device=first, dtype=tdtype)
 
 
 # ---------------------------------------------------------------- the pool

@@ -459,29 +459,29 @@ def test_cli_export(run_cli, capsys, tmp_path):
     assert "unknown export format" in capsys.readouterr().err
 
 
-def test_patch_config_dict_phi3_and_legacy_rope_scaling():
-    from longsearch.export import patch_config_dict
-    from longsearch.models import longrope_rope_parameters
+def test_patch_config_dict_phi3_legacy_rope_scaling_layer_types_and_text_config():
+    from longsearch.models import longrope_rope_parameters, patch_config_dict
 
     f = _factors(RopeGeometry(16, 10000.0, WINDOW))
     params = longrope_rope_parameters(f)
-    phi = patch_config_dict({"model_type": "phi3", "max_position_embeddings": WINDOW}, f, params)
+    phi = patch_config_dict({"model_type": "phi3", "max_position_embeddings": WINDOW}, f)
     assert phi["original_max_position_embeddings"] == WINDOW and phi["max_position_embeddings"] == TARGET
-    llama = patch_config_dict({"model_type": "llama", "rope_scaling": {"rope_type": "linear", "factor": 2.0}}, f, params)
+    llama = patch_config_dict({"model_type": "llama", "rope_scaling": {"rope_type": "linear", "factor": 2.0}}, f)
     assert "original_max_position_embeddings" not in llama
     assert llama["rope_scaling"] == llama["rope_parameters"] == params  # transformers lets rope_scaling win
-    gemma = patch_config_dict(
-        {
-            "rope_parameters": {
-                "full_attention": {"rope_type": "default", "rope_theta": 1e6},
-                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
-            }
-        },
-        f,
-        params,
-    )
+    layers = {
+        "rope_parameters": {
+            "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+        }
+    }
+    gemma = patch_config_dict(layers, f)
     assert gemma["rope_parameters"]["full_attention"] == params
     assert gemma["rope_parameters"]["sliding_attention"]["rope_theta"] == 1e4
+    # a multimodal config: the text model's entry changes, the outer config's keys stay
+    mm = patch_config_dict({"model_type": "gemma3", "text_config": {"model_type": "gemma3_text", **layers}}, f)
+    assert mm["text_config"]["rope_parameters"]["full_attention"] == params
+    assert mm["text_config"]["max_position_embeddings"] == TARGET and "max_position_embeddings" not in mm
 
 
 def test_default_out_and_run_directory_source(llama_dir, tmp_path):
