@@ -1,19 +1,26 @@
-"""Plots of a search: ``progress.png`` (best score per generation against the baselines) and
-``factors.png`` (the best λ per frequency against PI, NTK and YaRN, with d_tcd and d_rcd marked).
+"""Every plot longsearch draws, with matplotlib's Agg backend (no display needed), each written atomically.
 
-Both are drawn with matplotlib's Agg backend (no display needed) and written atomically.
+- a search (evolve): ``progress.png`` (best score per generation against the baselines) and ``factors.png``
+  (the best λ per frequency against PI, NTK and YaRN, with d_tcd and d_rcd marked);
+- an evaluation (eval): ``nll_vs_length.png``, ``segment_ppl_vs_length.png`` and one needle-accuracy
+  heatmap per method (:func:`eval_plots`).
 """
 
 from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .atomic import atomic_write_bytes
+from .lengths import format_length
+
+if TYPE_CHECKING:
+    from .evaluate import EvalResult
 
 _BASELINE_STYLE = {
     "pi": ("tab:orange", "--"),
@@ -24,13 +31,13 @@ _BASELINE_STYLE = {
 }
 
 
-def _figure():
+def _figure(width: float = 7.5, height: float = 4.2):
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(7.5, 4.2), dpi=110, layout="constrained")
+    return Figure(figsize=(width, height), dpi=110, layout="constrained")
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -109,4 +116,83 @@ def factors_plot(
     return _save(fig, path)
 
 
-__all__ = ["factors_plot", "progress_plot"]
+# ---------------------------------------------------------------- eval
+
+
+def eval_plots(result: EvalResult, out_dir: Path) -> list[str]:
+    """nll_vs_length.png, segment_ppl_vs_length.png and accuracy_<method>.png in ``out_dir``; their file names."""
+    from .evaluate import safe_name
+
+    names = [
+        _line_plot(
+            result,
+            out_dir / "nll_vs_length.png",
+            lambda m, n: result.needle_mean(m, n)[0],
+            "needle answer NLL (mean over depths)",
+            log_y=False,
+        ),
+        _line_plot(
+            result,
+            out_dir / "segment_ppl_vs_length.png",
+            lambda m, n: result.segment(m, n).ppl,
+            f"final-segment perplexity (last {result.settings['segment_tokens']} tokens)",
+            log_y=True,
+        ),
+    ]
+    for label in result.labels:
+        names.append(_heatmap(result, label, out_dir / f"accuracy_{safe_name(label)}.png"))
+    return names
+
+
+def _line_plot(result: EvalResult, path: Path, value: Callable[[str, int], float], ylabel: str, log_y: bool) -> str:
+    from matplotlib.ticker import NullLocator, ScalarFormatter
+
+    fig = _figure(7.0, 4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    for label in result.labels:
+        ys = [value(label, n) for n in result.lengths]
+        ax.plot(result.lengths, ys, marker="o", label=label)
+    original = result.geometry["original_length"]
+    xlabel = "context length (tokens)"
+    if result.lengths[0] <= original <= result.lengths[-1]:
+        ax.axvline(original, color="grey", linestyle="--", linewidth=1, label="original window")
+    else:
+        xlabel += f"; original window {format_length(original)}"
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(result.lengths)
+    ax.set_xticklabels([format_length(n) for n in result.lengths])
+    ax.xaxis.set_minor_locator(NullLocator())
+    if log_y and all(v > 0 for s in result.segments for v in [s.ppl] if math.isfinite(v)):
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path).name
+
+
+def _heatmap(result: EvalResult, label: str, path: Path) -> str:
+    grid = result.accuracy_grid(label)
+    fig = _figure(1.2 + 0.9 * len(result.lengths), 1.2 + 0.45 * len(result.depths))
+    ax = fig.add_subplot(1, 1, 1)
+    img = ax.imshow(np.ma.masked_invalid(grid), vmin=0.0, vmax=1.0, cmap="RdYlGn", aspect="auto")
+    ax.set_xticks(range(len(result.lengths)))
+    ax.set_xticklabels([format_length(n) for n in result.lengths])
+    ax.set_yticks(range(len(result.depths)))
+    ax.set_yticklabels([f"{d:g}" for d in result.depths])
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            v = grid[i, j]
+            dark = math.isfinite(v) and (v < 0.2 or v > 0.85)  # the ends of RdYlGn are dark
+            text = f"{v:.2f}" if math.isfinite(v) else "–"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+    ax.set_xlabel("context length")
+    ax.set_ylabel("needle depth")
+    ax.set_title(f"needle accuracy: {label}")
+    fig.colorbar(img, ax=ax, fraction=0.046, pad=0.04)
+    return _save(fig, path).name
+
+
+__all__ = ["eval_plots", "factors_plot", "progress_plot"]
