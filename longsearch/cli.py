@@ -91,7 +91,8 @@ def needles_show(
     full: bool = typer.Option(False, "--full", help="Print the whole document instead of the parts around the needles."),
 ) -> None:
     """Print a needle set's manifest and one sample with the needle, question and answer marked."""
-    from .needles import load_needle_set, load_tokenizer, render_needle_set
+    from .needles import load_needle_set, load_tokenizer
+    from .render import render_needle_set
 
     ns = load_needle_set(needle_set)
     tok, _ = load_tokenizer(model if model is not None else ns.tokenizer_name)
@@ -248,8 +249,9 @@ def evolve(
     """Search per-dimension RoPE factors (LongRoPE2) with an evolutionary search on Ray workers; resumable."""
     from pathlib import Path
 
-    from .evolve import EvolveOptions, RichReporter, run_evolve
+    from .evolve import EvolveOptions, run_evolve
     from .lengths import parse_length
+    from .render import RichReporter
 
     opts = EvolveOptions(
         model=model,
