@@ -48,7 +48,7 @@ ALL_POINTS = [
     "checkpoint:1:before:kill",  # generation 0 scored and journaled, its checkpoint not yet renamed
     "checkpoint:2:after:kill",  # checkpoint written, best.json not yet
     "best.json:2:before:kill",
-    "journal.jsonl:25:after:kill",  # the last generation's last line, before its checkpoint
+    "journal.jsonl:24:after:kill",  # the last generation's last line (8 + 4 baselines + 3 × 4), before its checkpoint
     "checkpoint:4:after:kill",  # search done, held-out not started
     "final.json:1:before:kill",  # held-out scored, final.json not written
     "plot:1:before:kill",
