@@ -21,7 +21,7 @@ import numpy as np
 
 from .atomic import atomic_write_json, atomic_write_text
 from .errors import FactorsError, LongsearchError
-from .rope import RopeGeometry, Schedule, SwitchSchedule, attention_factor, get_method
+from .rope import RopeGeometry, Schedule, SwitchSchedule, attention_factor, check_options, get_method
 
 SCHEMA_VERSION = 1
 
@@ -119,6 +119,7 @@ class RopeFactors:
         method = get_method(name)
         if not method.baseline:
             raise FactorsError(f"{name} needs explicit factors; it cannot be built from its name")
+        check_options(method, options)
         r = method.fn(g, target_length, **options)
         m = r.m if attention is None else attention_factor(attention, target_length / g.original_length, g.original_length)
         prov = {"method": method.name}

@@ -16,6 +16,7 @@ current length and are evaluated through :func:`schedule`.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -129,18 +130,18 @@ def attention_factor(policy: str | float, s: float, original_length: int) -> flo
 # ---------------------------------------------------------------- methods
 
 
-def none_method(g: RopeGeometry, target_length: int, **_: object) -> Rescale:
+def none_method(g: RopeGeometry, target_length: int) -> Rescale:
     """The original RoPE: λ = 1, m = 1."""
     return Rescale(np.ones(g.n_freq), 1.0)
 
 
-def pi_method(g: RopeGeometry, target_length: int, **_: object) -> Rescale:
+def pi_method(g: RopeGeometry, target_length: int) -> Rescale:
     """Position interpolation (transformers' ``linear``): λ_i = s."""
     s = scale_ratio(g, target_length)
     return Rescale(np.full(g.n_freq, s), 1.0)
 
 
-def ntk_method(g: RopeGeometry, target_length: int, **_: object) -> Rescale:
+def ntk_method(g: RopeGeometry, target_length: int) -> Rescale:
     """NTK-aware: base b·s^(d/(d−2)), i.e. λ_i = s^(2i/(d−2))."""
     s = scale_ratio(g, target_length)
     return Rescale(_ntk_lambda(g, s), 1.0)
@@ -152,7 +153,7 @@ def _ntk_lambda(g: RopeGeometry, alpha: float) -> np.ndarray:
     return alpha ** (2 * i / (d - 2)) if d > 2 else np.ones(g.n_freq)
 
 
-def dynamic_ntk_method(g: RopeGeometry, target_length: int, current_length: int | None = None, **_: object) -> Rescale:
+def dynamic_ntk_method(g: RopeGeometry, target_length: int, current_length: int | None = None) -> Rescale:
     """Dynamic NTK at the current length n (transformers' ``dynamic``): NTK with α = s·n/L − (s−1), n ≥ L.
 
     ``target_length`` sets s (transformers' ``factor``); with no ``current_length`` it is taken as n.
@@ -190,7 +191,6 @@ def yarn_method(
     mscale_all_dim: float | None = None,
     attention: float | None = None,
     truncate: bool = True,
-    **_: object,
 ) -> Rescale:
     """YaRN: λ_i = 1 / ((1−e_i)/s + e_i) with e_i = 1 − ramp_i; m = 0.1·ln s + 1 (or the mscale ratio)."""
     s = scale_ratio(g, target_length)
@@ -211,7 +211,6 @@ def llama3_method(
     *,
     low_freq_factor: float = 1.0,
     high_freq_factor: float = 4.0,
-    **_: object,
 ) -> Rescale:
     """Llama-3.1 style: keep short wavelengths, divide long ones by s, blend in between; m = 1."""
     s = scale_ratio(g, target_length)
@@ -234,7 +233,6 @@ def longrope_method(
     short_factor: np.ndarray | list[float] | None = None,
     current_length: int | None = None,
     attention: str | float = "longrope",
-    **_: object,
 ) -> Rescale:
     """Explicit LongRoPE factors: long λ when the current length exceeds L, short λ (default 1) otherwise.
 
@@ -291,9 +289,25 @@ def get_method(name: str) -> Method:
     return METHODS[key]
 
 
+def method_options(method: Method) -> list[str]:
+    """The options a method takes (beyond the geometry, the target and, for dynamic methods, the current length)."""
+    params = list(inspect.signature(method.fn).parameters.values())[2:]
+    return [p.name for p in params if p.name != "current_length"]
+
+
+def check_options(method: Method, options: dict[str, object]) -> None:
+    """Refuse an option the method does not take, naming it (as transformers does per RoPE type)."""
+    known = method_options(method)
+    unknown = sorted(k for k in options if k not in known)
+    if unknown:
+        takes = f"it takes {', '.join(known)}" if known else "it takes no options"
+        raise InputError(f"the {method.name} method has no option {', '.join(map(repr, unknown))}: {takes}")
+
+
 def rescale(name: str, g: RopeGeometry, target_length: int, current_length: int | None = None, **options: object) -> Rescale:
     """λ and m of a named method. Dynamic methods use ``current_length`` (default: the target)."""
     method = get_method(name)
+    check_options(method, options)
     if method.dynamic:
         options["current_length"] = current_length
     return method.fn(g, target_length, **options)
@@ -344,6 +358,7 @@ class MethodSchedule:
 def schedule(name: str, g: RopeGeometry, target_length: int, **options: object) -> Schedule:
     """A schedule for a named method: static methods give one (λ, m); dynamic ones follow the length."""
     method = get_method(name)
+    check_options(method, options)
     if method.dynamic:
         return MethodSchedule(method.name, g, target_length, tuple(sorted(options.items())))
     return StaticSchedule(method.fn(g, target_length, **options))

@@ -13,7 +13,7 @@ from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from longsearch import rope
 from longsearch.errors import InputError
-from longsearch.rope import RopeGeometry
+from longsearch.rope import RopeGeometry, rescale
 
 GEOMETRIES = [
     # (head_dim, base, original window): the testbed, Llama-3-8B, Phi-3-mini-like, an odd one
@@ -231,3 +231,20 @@ def test_geometry_validation():
         RopeGeometry(63, 1e4, 256)
     with pytest.raises(InputError):
         RopeGeometry(64, 1.0, 256)
+
+
+def test_a_misspelt_method_option_is_refused_by_name():
+    from longsearch.factors import RopeFactors
+    from longsearch.rope import schedule
+
+    g = RopeGeometry(64, 10000.0, 256)
+    with pytest.raises(InputError, match=r"the yarn method has no option 'beta_fats': it takes beta_fast, beta_slow"):
+        rescale("yarn", g, 1024, beta_fats=16)
+    with pytest.raises(InputError, match=r"the pi method has no option 'factor': it takes no options"):
+        rescale("pi", g, 1024, factor=4)
+    with pytest.raises(InputError, match="low_freq"):
+        schedule("llama3", g, 1024, low_freq=1.0)
+    with pytest.raises(InputError, match="mscale_al"):
+        RopeFactors.from_method("yarn", g, 1024, mscale_al=1.0)
+    # the options a method does take still work, and change the result
+    assert not np.array_equal(rescale("yarn", g, 1024, beta_fast=16).lam, rescale("yarn", g, 1024).lam)
