@@ -38,7 +38,7 @@ from torch import nn
 
 from .errors import InputError, ModelError
 from .factors import RopeFactors
-from .rope import Rescale, RopeGeometry, Schedule, StaticSchedule, SwitchSchedule
+from .rope import Rescale, RopeGeometry, Schedule, StaticSchedule, SwitchingSchedule
 from .rope import schedule as method_schedule
 
 log = logging.getLogger(__name__)
@@ -496,14 +496,17 @@ class LongsearchRotaryEmbedding(nn.Module):
 
     def _inv_freq_and_m(self, position_ids: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, float]:
         sched = self.schedule
-        if isinstance(sched, StaticSchedule):
-            return self.inv_freq_for(sched.value.lam, device), sched.value.m
-        if isinstance(sched, SwitchSchedule):  # no host sync: pick long/short on the device, as transformers does
+        if isinstance(sched, SwitchingSchedule):  # no host sync: pick long/short on the device, as transformers does
+            long, short, split = sched.switch()
+            if long is short or (long.m == short.m and np.array_equal(long.lam, short.lam)):
+                return self.inv_freq_for(long.lam, device), long.m
+            if long.m != short.m:  # m differs too: it must be known on the host
+                r = sched(int(torch.max(position_ids).item()) + 1)
+                return self.inv_freq_for(r.lam, device), r.m
             seq_len = torch.max(position_ids) + 1
-            long = self.inv_freq_for(sched.long, device)
-            short = self.inv_freq_for(sched.short, device)
-            return torch.where(seq_len > sched.original_length, long, short), sched.m
-        r = sched(int(torch.max(position_ids).item()) + 1)
+            chosen = torch.where(seq_len > split, self.inv_freq_for(long.lam, device), self.inv_freq_for(short.lam, device))
+            return chosen, long.m
+        r = sched(int(torch.max(position_ids).item()) + 1)  # any other schedule: ask it at this length
         return self.inv_freq_for(r.lam, device), r.m
 
     @torch.no_grad()
@@ -616,8 +619,11 @@ def patched(model: nn.Module, spec: RopeSpec, target_length: int | None = None) 
     finally:
         if not before:
             restore_rope(model)
-        else:  # one schedule serves every patched module (apply_rope sets the same one on each)
+        else:  # patched again where the block unpatched it, then each module gets back its own schedule
             apply_rope(model, next(iter(before.values())))
+            for name, module in model.named_modules():
+                if isinstance(module, LongsearchRotaryEmbedding) and name in before:
+                    module.set_schedule(before[name])
 
 
 def keep_rope_fp32(model: nn.Module) -> None:

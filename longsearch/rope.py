@@ -20,7 +20,7 @@ import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -319,6 +319,17 @@ class Schedule(Protocol):
     def __call__(self, seq_len: int) -> Rescale: ...
 
 
+@runtime_checkable
+class SwitchingSchedule(Schedule, Protocol):
+    """A schedule that is one of two (λ, m) split at a length, which it says up front: ``long`` above
+    ``split`` tokens, ``short`` up to it. The patched model then picks between them on the device, without
+    reading the length back to the host (as transformers' longrope does)."""
+
+    def switch(self) -> tuple[Rescale, Rescale, int]:
+        """(long, short, split)."""
+        ...
+
+
 @dataclass(frozen=True)
 class StaticSchedule:
     """The same (λ, m) at every length."""
@@ -327,6 +338,9 @@ class StaticSchedule:
 
     def __call__(self, seq_len: int) -> Rescale:
         return self.value
+
+    def switch(self) -> tuple[Rescale, Rescale, int]:
+        return self.value, self.value, 0
 
 
 @dataclass(frozen=True)
@@ -340,6 +354,9 @@ class SwitchSchedule:
 
     def __call__(self, seq_len: int) -> Rescale:
         return Rescale(self.long if seq_len > self.original_length else self.short, self.m)
+
+    def switch(self) -> tuple[Rescale, Rescale, int]:
+        return Rescale(self.long, self.m), Rescale(self.short, self.m), self.original_length
 
 
 @dataclass(frozen=True)

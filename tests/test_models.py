@@ -225,6 +225,19 @@ def test_rescale_and_callable_schedules():
     with patched(model, lambda n: switch(n)):
         assert torch.equal(logits(model, x_short), want_short)
         assert torch.equal(logits(model, x_long), want_long)
+
+    # any schedule that states its switch (the SwitchingSchedule protocol) takes the device-side path
+    class MySwitch:
+        def __call__(self, n: int) -> Rescale:
+            raise AssertionError("a switching schedule is not asked per length")
+
+        def switch(self):
+            long, short, split = switch.switch()
+            return long, short, split
+
+    with patched(model, MySwitch()):
+        assert torch.equal(logits(model, x_short), want_short)
+        assert torch.equal(logits(model, x_long), want_long)
     # None means "as loaded"
     base = logits(model, x_long)
     apply_rope(model, f)
