@@ -497,3 +497,22 @@ def test_failed_evaluations_are_never_parents_even_when_parents_are_few(space):
     assert opt.race_bar() == math.inf  # fewer parents than the budget's: nothing is raced
     children = opt.ask()
     assert children and all(set(c.params.get("parents", [0])) <= {0, 1} for c in children if c.origin != "random")
+
+
+def test_every_optimizer_is_an_optimizer_with_the_shared_state():
+    from longsearch.optimizers import Optimizer, make_optimizer
+
+    space = SearchSpace.load("hybrid", RopeGeometry(16, 10000.0, 64), 256)
+    for spec in ("ga", "random", "nevergrad:CMA", "optuna:TPE"):
+        opt = make_optimizer(spec, space, "quick", 0)
+        assert isinstance(opt, Optimizer) and opt.spec == spec
+        header = opt.state_header()
+        assert header["optimizer"] == spec and header["generation"] == 0 and header["n_freq"] == 8
+        assert opt.state_dict()["optimizer"] == spec
+
+    class Half(Optimizer):  # an optimizer that forgets part of the interface cannot be made
+        def ask(self):
+            return []
+
+    with pytest.raises(TypeError, match="abstract"):
+        Half(space, "quick", 0, "half")

@@ -27,8 +27,9 @@ Guarantees every optimizer keeps (the resume protocol of the run store relies on
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
@@ -179,26 +180,75 @@ def resolve_budget(budget: str | int | Budget) -> Budget:
     return Budget(paper.population, paper.parents, paper.mutations, paper.crossovers, budget)
 
 
-@runtime_checkable
-class Optimizer(Protocol):
-    """The ask/tell interface every optimizer implements (see the module docstring)."""
+class Optimizer(ABC):
+    """What every optimizer is: the ask/tell interface (see the module docstring) and the state it shares.
 
-    generation: int
-    done: bool
-    budget: Budget
-    space: SearchSpace
+    Subclasses call ``super().__init__(space, budget, seed, spec)`` and implement the abstract methods;
+    :meth:`state_header` / :meth:`check_state_header` write and check the part of the state they all have.
+    """
 
-    def ask(self) -> list[Candidate]: ...
+    spec: str  # how the optimizer is named on the command line ("ga", "nevergrad:CMA", ...)
 
-    def tell(self, results: list[Result]) -> None: ...
+    def __init__(self, space: SearchSpace, budget: str | int | Budget, seed: int, spec: str) -> None:
+        self.space = space
+        self.budget = resolve_budget(budget)
+        self.seed = int(seed)
+        self.spec = spec
+        self.generation = 0  # generations told so far
+        self.done = False  # the budget is spent
+        self.spent = 0.0  # evaluations' worth of cost told so far
+        self._next_id = 0  # the id the next candidate gets
 
-    def best(self) -> Result | None: ...
+    @abstractmethod
+    def ask(self) -> list[Candidate]:
+        """The current generation's candidates (the same list again until :meth:`tell`); empty when done."""
 
-    def race_bar(self) -> float: ...
+    @abstractmethod
+    def tell(self, results: list[Result]) -> None:
+        """The results of the whole batch :meth:`ask` returned, in any order."""
 
-    def state_dict(self) -> dict[str, Any]: ...
+    @abstractmethod
+    def best(self) -> Result | None:
+        """The best finite result told so far."""
 
-    def load_state_dict(self, d: dict[str, Any]) -> None: ...
+    @abstractmethod
+    def race_bar(self) -> float:
+        """The score a new candidate must get below to matter (racing stops it once it cannot)."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly, as JSON data (no pickle)."""
+
+    @abstractmethod
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s output; RunError for the state of another optimizer, budget or space."""
+
+    def state_header(self) -> dict[str, Any]:
+        """The part of ``state_dict()`` every optimizer writes: which optimizer, budget and space, and its counters."""
+        return {
+            "optimizer": self.spec,
+            "version": STATE_VERSION,
+            "seed": self.seed,
+            "budget": self.budget.to_dict(),
+            "n_freq": self.space.n_freq,
+            "generation": self.generation,
+            "done": self.done,
+            "next_id": self._next_id,
+            "spent": self.spent,
+        }
+
+    def check_state_header(self, d: dict[str, Any]) -> tuple[int, int, bool, int, float]:
+        """Refuse the state of another optimizer, budget or space; return (seed, generation, done, next_id, spent).
+
+        Raises RunError for a foreign state, and KeyError / TypeError / ValueError for a malformed one.
+        """
+        if d.get("optimizer") != self.spec or int(d.get("version", -1)) != STATE_VERSION:
+            raise RunError(f"the checkpoint holds optimizer state {d.get('optimizer')!r}, not {self.spec!r} (version {STATE_VERSION})")
+        if d["budget"] != self.budget.to_dict():
+            raise RunError(f"the checkpoint was made with budget {d['budget']}, not {self.budget.to_dict()}")
+        if int(d["n_freq"]) != self.space.n_freq:
+            raise RunError(f"the checkpoint has λ of length {d['n_freq']}, the space has {self.space.n_freq}")
+        return int(d["seed"]), int(d["generation"]), bool(d["done"]), int(d["next_id"]), float(d.get("spent", 0.0))
 
 
 def make_optimizer(spec: str, space: SearchSpace, budget: str | int | Budget, seed: int) -> Optimizer:
@@ -228,6 +278,9 @@ def make_optimizer(spec: str, space: SearchSpace, budget: str | int | Budget, se
 
         return RandomOptimizer(space, b, seed)
     raise InputError(f"unknown optimizer {spec!r}: use ga, random, nevergrad:NAME (e.g. nevergrad:CMA) or optuna:NAME (e.g. optuna:TPE)")
+
+
+STATE_VERSION = 1
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -285,37 +338,3 @@ __all__ = [
     "make_optimizer",
     "resolve_budget",
 ]
-
-
-# ---------------------------------------------------------------- state shared by every optimizer
-
-STATE_VERSION = 1
-
-
-def state_header(opt: Any) -> dict[str, Any]:
-    """The part of ``state_dict()`` every optimizer writes: which optimizer, budget and space, and its counters."""
-    return {
-        "optimizer": opt.spec,
-        "version": STATE_VERSION,
-        "seed": opt.seed,
-        "budget": opt.budget.to_dict(),
-        "n_freq": opt.space.n_freq,
-        "generation": opt.generation,
-        "done": opt.done,
-        "next_id": opt._next_id,
-        "spent": opt.spent,
-    }
-
-
-def check_state_header(opt: Any, d: dict[str, Any]) -> tuple[int, int, bool, int, float]:
-    """Refuse the state of another optimizer, budget or space; return (seed, generation, done, next_id, spent).
-
-    Raises RunError for a foreign state, and KeyError / TypeError / ValueError for a malformed one.
-    """
-    if d.get("optimizer") != opt.spec or int(d.get("version", -1)) != STATE_VERSION:
-        raise RunError(f"the checkpoint holds optimizer state {d.get('optimizer')!r}, not {opt.spec!r} (version {STATE_VERSION})")
-    if d["budget"] != opt.budget.to_dict():
-        raise RunError(f"the checkpoint was made with budget {d['budget']}, not {opt.budget.to_dict()}")
-    if int(d["n_freq"]) != opt.space.n_freq:
-        raise RunError(f"the checkpoint has λ of length {d['n_freq']}, the space has {opt.space.n_freq}")
-    return int(d["seed"]), int(d["generation"]), bool(d["done"]), int(d["next_id"]), float(d.get("spent", 0.0))

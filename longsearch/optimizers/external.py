@@ -30,14 +30,12 @@ from ..space import SearchSpace
 from . import (
     Budget,
     Candidate,
+    Optimizer,
     Result,
-    check_state_header,
     kth_best,
     match_results,
-    resolve_budget,
     score_from_json,
     score_to_json,
-    state_header,
 )
 
 log = logging.getLogger(__name__)
@@ -47,22 +45,15 @@ ASK_TRIES_PER_CANDIDATE = 20  # library asks per new candidate before the batch 
 STALE_ASKS = 200  # consecutive asks without a new candidate before the batch is cut short
 
 
-class ExternalOptimizer:
+class ExternalOptimizer(Optimizer):
     """Base class: subclasses provide ``_create``, ``_ask_point``, ``_tell_point``, ``_suggest``."""
 
     family = "external"
     suggestions_lifo = False  # whether the library asks the last suggestion first
 
     def __init__(self, space: SearchSpace, budget: str | int | Budget, seed: int, name: str) -> None:
-        self.space = space
-        self.budget = resolve_budget(budget)
-        self.seed = int(seed)
+        super().__init__(space, budget, seed, f"{self.family}:{name}")
         self.name = name
-        self.spec = f"{self.family}:{name}"
-        self.generation = 0
-        self.done = False
-        self.spent = 0.0
-        self._next_id = 0
         self._scores: dict[tuple[int, ...], float] = {}
         self._best: tuple[Candidate, float] | None = None
         self._pending: list[Candidate] | None = None
@@ -211,7 +202,7 @@ class ExternalOptimizer:
     def state_dict(self) -> dict[str, Any]:
         """JSON-serializable state after the last tell: data only (the library's history as events, no pickle)."""
         return {
-            **state_header(self),
+            **self.state_header(),
             "scores": [[list(k), score_to_json(v)] for k, v in sorted(self._scores.items())],
             "best": None if self._best is None else {"candidate": self._best[0].to_dict(), "score": self._best[1]},
             "events": [dict(e) for e in self._events],
@@ -220,7 +211,7 @@ class ExternalOptimizer:
     def load_state_dict(self, d: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output; refuses the state of another optimizer, budget or space."""
         try:
-            seed, generation, done, next_id, spent = check_state_header(self, d)
+            seed, generation, done, next_id, spent = self.check_state_header(d)
             if "pickle" in d or not isinstance(d.get("events"), list):
                 raise RunError(
                     "the optimizer checkpoint is not plain data (it holds a pickle or no event history): "

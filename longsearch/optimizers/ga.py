@@ -36,13 +36,11 @@ from ..space import Point, SearchSpace
 from . import (
     Budget,
     Candidate,
+    Optimizer,
     Result,
-    check_state_header,
     match_results,
-    resolve_budget,
     score_from_json,
     score_to_json,
-    state_header,
 )
 
 log = logging.getLogger(__name__)
@@ -97,21 +95,13 @@ class Individual:
         return Candidate(self.id, self.lam.copy(), self.generation, self.origin, dict(self.params), self.m)
 
 
-class GeneticOptimizer:
+class GeneticOptimizer(Optimizer):
     """LongRoPE's evolutionary search; see the module docstring. ``budget``: quick | paper | N | Nevals | Budget."""
 
-    spec = "ga"
-
     def __init__(self, space: SearchSpace, budget: str | int | Budget = "paper", seed: int = 0) -> None:
-        self.space = space
-        self.budget = resolve_budget(budget)
+        super().__init__(space, budget, seed, "ga")
         if self.budget.parents < 1 or self.budget.population < self.budget.parents:
             raise ValueError("a GA budget needs 1 ≤ parents ≤ population")
-        self.seed = int(seed)
-        self.generation = 0
-        self.done = False
-        self.spent = 0.0
-        self._next_id = 0
         self._rng_state: dict[str, Any] = dict(np.random.Generator(np.random.PCG64(self.seed)).bit_generator.state)
         self._parents: list[Individual] = []
         self._seen: set[tuple[int, ...]] = set()
@@ -183,7 +173,7 @@ class GeneticOptimizer:
     def state_dict(self) -> dict[str, Any]:
         """JSON-serializable state after the last tell (a pending ask is not part of it)."""
         return {
-            **state_header(self),
+            **self.state_header(),
             "rng": _jsonable_rng(self._rng_state),
             "parents": [p.to_dict() for p in self._parents],
             "best": None if self._best is None else self._best.to_dict(),
@@ -193,7 +183,7 @@ class GeneticOptimizer:
     def load_state_dict(self, d: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output; refuses a state of another optimizer, budget or space."""
         try:
-            seed, generation, done, next_id, spent = check_state_header(self, d)
+            seed, generation, done, next_id, spent = self.check_state_header(d)
             parents = [Individual.from_dict(p) for p in d["parents"]]
             best = None if d["best"] is None else Individual.from_dict(d["best"])
             seen = {tuple(int(x) for x in k) for k in d["seen"]}
