@@ -443,76 +443,28 @@ class WorkerPool:
         """Score every task; yield outcomes as they complete. A free worker gets the next task at once."""
         import ray
 
-        queue: deque[tuple[ScoreTask, int]] = deque((t, 1) for t in tasks)
-        inflight: dict[Any, tuple[_Slot, ScoreTask, int]] = {}
-        idle: deque[_Slot] = deque(s for s in self._slots if s.starting is None)
-        if queue and not self._started:
-            self.start()
-            idle.extend(self._slots)
-        deaths = _death_errors()
-        deaths_in_a_row = 0
-
-        def on_started(ref: Any) -> None:
-            slot = next(s for s in self._slots if s.starting is ref)
-            slot.starting = slot.starting_since = None
-            try:
-                ray.get(ref)
-                idle.append(slot)
-            except Exception as e:  # the replacement died loading the model: try another (or retire the slot)
-                log.warning("replacement worker %s did not start (%s)", slot.label, _root_message(e))
-                self._replace(slot)
-
-        def dispatch() -> None:
-            while idle and queue:
-                slot = idle.popleft()
-                task, attempt = queue.popleft()
-                ref = slot.actor.score.remote(task.key, list(task.lam), task.m, task.needles, task.bar)
-                slot.busy_since = time.perf_counter()
-                inflight[ref] = (slot, task, attempt)
-
+        if not self._started:
+            tasks = list(tasks)
+            if tasks:
+                self.start()
+        batch = _Round(self, tasks)
         try:
-            while queue or inflight:
-                dispatch()
-                starting = [s.starting for s in self._slots if s.starting is not None]
-                if queue and not inflight and not idle:
+            while batch.queue or batch.inflight:
+                batch.dispatch()
+                if batch.queue and not batch.inflight and not batch.idle:
                     self._check_starting()  # every worker is a replacement still loading the model
-                ready, _ = ray.wait(list(inflight) + starting, num_returns=1, timeout=self._poll_interval())
-                for ref in [r for r in ready if r not in inflight]:
-                    on_started(ref)
-                ready = [r for r in ready if r in inflight]
-                outcomes: list[ScoreOutcome] = self._check_timeouts(inflight, queue, idle, set(ready))
+                ready, _ = ray.wait(batch.waiting(), num_returns=1, timeout=self._poll_interval())
+                outcomes = batch.timeouts(set(ready))
                 for ref in ready:
-                    slot, task, attempt = inflight.pop(ref)
-                    self._busy += time.perf_counter() - (slot.busy_since or time.perf_counter())
-                    slot.busy_since = None
-                    try:
-                        d = ray.get(ref)
-                    except deaths as e:
-                        reason = _root_message(e)
-                        deaths_in_a_row += 1
-                        if deaths_in_a_row > self.max_attempts * len(self._slots) + 1:
-                            raise RunError(
-                                f"workers keep dying without finishing any evaluation (last: {reason}): check the "
-                                "model and the memory of the machines"
-                            ) from None
-                        outcome = self._on_death(slot, task, attempt, queue, reason)
-                        if outcome is not None:
-                            outcomes.append(outcome)
-                        continue
-                    except Exception as e:  # the task raised outside the scorer's own guard
-                        d = {"key": task.key, "nll": math.inf, "error": _root_message(e), "worker": slot.label}
-                    deaths_in_a_row = 0
-                    idle.append(slot)
-                    outcomes.append(self._outcome(d, slot, attempt))
-                dispatch()  # hand out work before the caller spends time on the results
+                    outcome = batch.collect(ref)
+                    if outcome is not None:
+                        outcomes.append(outcome)
+                batch.dispatch()  # hand out work before the caller spends time on the results
                 for o in outcomes:
                     self._completed += 1
                     yield o
         finally:
-            if inflight:  # interrupted or abandoned: cancel what has not started; the rest ends on its own
-                now = time.perf_counter()
-                for ref, (slot, _, _) in list(inflight.items()):
-                    self._abandon(ref, slot, now)
+            batch.abandon()  # interrupted or abandoned: cancel what has not started; the rest ends on its own
 
     def score_all(self, tasks: Sequence[ScoreTask]) -> dict[str, ScoreOutcome]:
         """Score a batch and return the outcomes by key."""
@@ -626,19 +578,96 @@ class WorkerPool:
         except Exception:
             pass
 
-    def _check_timeouts(self, inflight: dict, queue: deque, idle: deque, ready: set) -> list[ScoreOutcome]:
+
+class _Round:
+    """The dispatch state of one :meth:`WorkerPool.map_unordered` call: the tasks still to run (with their
+    attempt number), those running (by Ray ref), and the idle workers. Failure handling for a task — a
+    worker's death or a timeout — goes through the pool (:meth:`WorkerPool._on_death`), which replaces the
+    worker and puts the task back at the front of this round's queue, or reports it failed after
+    ``max_attempts``; the scorer in the actor turns an exception of the scoring itself into a failed result."""
+
+    def __init__(self, pool: WorkerPool, tasks: Iterable[ScoreTask]) -> None:
+        self.pool = pool
+        self.queue: deque[tuple[ScoreTask, int]] = deque((t, 1) for t in tasks)
+        self.inflight: dict[Any, tuple[_Slot, ScoreTask, int]] = {}
+        self.idle: deque[_Slot] = deque(s for s in pool._slots if s.starting is None)
+        self.deaths = _death_errors()
+        self.deaths_in_a_row = 0
+
+    def dispatch(self) -> None:
+        while self.idle and self.queue:
+            slot = self.idle.popleft()
+            task, attempt = self.queue.popleft()
+            ref = slot.actor.score.remote(task.key, list(task.lam), task.m, task.needles, task.bar)
+            slot.busy_since = time.perf_counter()
+            self.inflight[ref] = (slot, task, attempt)
+
+    def waiting(self) -> list[Any]:
+        """What to wait for: running tasks, and replacements still loading the model."""
+        return list(self.inflight) + [s.starting for s in self.pool._slots if s.starting is not None]
+
+    def collect(self, ref: Any) -> ScoreOutcome | None:
+        """A finished ref: a task's outcome (None when it goes back to the queue), or a replacement that started."""
+        import ray
+
+        if ref not in self.inflight:
+            self._started(ref)
+            return None
+        pool = self.pool
+        slot, task, attempt = self.inflight.pop(ref)
+        pool._busy += time.perf_counter() - (slot.busy_since or time.perf_counter())
+        slot.busy_since = None
+        try:
+            d = ray.get(ref)
+        except self.deaths as e:
+            reason = _root_message(e)
+            self.deaths_in_a_row += 1
+            if self.deaths_in_a_row > pool.max_attempts * len(pool._slots) + 1:
+                raise RunError(
+                    f"workers keep dying without finishing any evaluation (last: {reason}): check the model and the memory of the machines"
+                ) from None
+            return pool._on_death(slot, task, attempt, self.queue, reason)
+        except Exception as e:  # the task raised outside the scorer's own guard
+            d = {"key": task.key, "nll": math.inf, "error": _root_message(e), "worker": slot.label}
+        self.deaths_in_a_row = 0
+        self.idle.append(slot)
+        return pool._outcome(d, slot, attempt)
+
+    def _started(self, ref: Any) -> None:
+        import ray
+
+        slot = next((s for s in self.pool._slots if s.starting is ref), None)
+        if slot is None:
+            return
+        slot.starting = slot.starting_since = None
+        try:
+            ray.get(ref)
+            self.idle.append(slot)
+        except Exception as e:  # the replacement died loading the model: try another (or retire the slot)
+            log.warning("replacement worker %s did not start (%s)", slot.label, _root_message(e))
+            self.pool._replace(slot)
+
+    def timeouts(self, ready: set) -> list[ScoreOutcome]:
+        """Tasks running past the pool's ``task_timeout``: abandoned and handled as their worker's death."""
+        pool = self.pool
         failed: list[ScoreOutcome] = []
-        if not self.task_timeout:
+        if not pool.task_timeout:
             return failed
         now = time.perf_counter()
-        for ref, (slot, task, attempt) in list(inflight.items()):
-            if ref not in ready and slot.busy_since is not None and now - slot.busy_since > self.task_timeout:
-                inflight.pop(ref)
-                self._abandon(ref, slot, now)
-                outcome = self._on_death(slot, task, attempt, queue, f"no result within {self.task_timeout:g} s")
+        for ref, (slot, task, attempt) in list(self.inflight.items()):
+            if ref not in ready and slot.busy_since is not None and now - slot.busy_since > pool.task_timeout:
+                self.inflight.pop(ref)
+                pool._abandon(ref, slot, now)
+                outcome = pool._on_death(slot, task, attempt, self.queue, f"no result within {pool.task_timeout:g} s")
                 if outcome is not None:
                     failed.append(outcome)
         return failed
+
+    def abandon(self) -> None:
+        now = time.perf_counter()
+        for ref, (slot, _, _) in list(self.inflight.items()):
+            self.pool._abandon(ref, slot, now)
+        self.inflight.clear()
 
 
 RAY_TOKEN_FILE = "~/.ray/auth_token"
