@@ -91,7 +91,7 @@ def test_static_ntk_is_dynamic_ntk_where_alpha_equals_s(d, b, L, s):
     emb = hf_rotary(d, L, {"rope_type": "dynamic", "rope_theta": b, "factor": float(s)})
     hf_inv, _ = hf_after_forward(emb, n)
     assert_close(ours(g, rope.rescale("ntk", g, s * L)), hf_inv)
-    # and the base form b·s^(d/(d−2)) of REFERENCES.md
+    # and the NTK-aware base form b·s^(d/(d−2)) (bloc97, "NTK-Aware Scaled RoPE", 2023)
     new_base = b * s ** (d / (d - 2))
     assert_close(ours(g, rope.rescale("ntk", g, s * L)), 1.0 / new_base ** (np.arange(0, d, 2) / d))
 
@@ -170,7 +170,7 @@ def test_longrope_matches_longrope_long_and_short(d, b, L, s, attention):
 
 
 def test_critical_dimension_published_values():
-    # REFERENCES.md: Llama-3-8B (d 128, b 500000, L 8192): 35; Phi-3-mini (d 96, b 10000, L 2048): 31.
+    # LongRoPE2 (Shang et al., ICML 2025): Llama-3-8B (d 128, b 500000, L 8192): 35; Phi-3-mini (d 96, b 10000, L 2048): 31.
     assert rope.critical_index(RopeGeometry(128, 500000.0, 8192)) == 35
     assert rope.critical_index(RopeGeometry(96, 10000.0, 2048)) == 31
     # the testbed: d 64, b 1e4, L 256 -> ceil(32·log_1e4(256/2π)) = ceil(12.87) = 13

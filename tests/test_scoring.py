@@ -11,7 +11,8 @@ import torch
 import transformers as T
 
 from longsearch.errors import NeedleError
-from longsearch.models import LoadedModel, model_geometry, patched
+from longsearch.factors import RopeFactors
+from longsearch.models import LoadedModel, config_with_factors, model_geometry
 from longsearch.needles import NeedleSample, NeedleSet, build_needle_set
 from longsearch.rope import Rescale, rescale
 from longsearch.scoring import Score, score
@@ -86,8 +87,14 @@ def test_nll_equals_full_logits_reference(model, long_set, spec_name):
     else:
         spec = spec_name
     result = score(model, long_set, spec, target_length=600)
-    with patched(model, spec, 600):
-        ref, ok = _reference(model, long_set)
+    # the reference is transformers' own RoPE: the same weights under a longrope config with long = short = λ
+    # and attention_factor = m (whichever transformers picks at this length is λ)
+    r = spec if isinstance(spec, Rescale) else rescale(spec, g, 600)
+    f = RopeFactors(r.lam, r.lam, g.original_length, 600, g.base, g.rotary_dim, r.m)
+    twin = type(model)(config_with_factors(model.config, f)).eval()
+    twin.load_state_dict(model.state_dict())
+    assert twin.model.rotary_emb.rope_type == "longrope"
+    ref, ok = _reference(twin, long_set)
     assert result.error is None and result.ok
     assert result.per_sample == pytest.approx(ref, abs=TOL)
     assert result.nll == pytest.approx(float(np.mean(ref)), abs=TOL)
