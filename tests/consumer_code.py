@@ -133,6 +133,21 @@ def read_keys(branch: list[ast.stmt], dict_name: str) -> set[str]:
     return keys
 
 
+def _factory_locals(rope_parameters: dict, head_size: int, max_position: int) -> dict:
+    """The local variables an engine's ``get_rope`` has set when it reaches its longrope branch."""
+    import torch
+
+    return {
+        "scaling_type": "longrope",
+        "head_size": head_size,
+        "max_position": max_position,
+        "base": rope_parameters.get("rope_theta", 10000),
+        "is_neox_style": True,
+        "dtype": torch.float32,
+        "rotary_dim": int(head_size * rope_parameters.get("partial_rotary_factor", 1.0)),
+    }
+
+
 class Engine(typing.NamedTuple):
     name: str
     version: str
@@ -150,7 +165,6 @@ def vllm() -> Engine | None:
     rotate = _top(_source(whl, VLLM_COMMON), "rotate_neox")
 
     def build(rope_parameters: dict, head_size: int, max_position: int, max_model_len: int):
-        import torch
 
         ns = _namespace()
         ns["init_logger"] = logging.getLogger
@@ -159,16 +173,7 @@ def vllm() -> Engine | None:
         _exec([rotate], ns, VLLM_COMMON)
         _exec([_top(cls_tree, "Phi3LongRoPEScaledRotaryEmbedding")], ns, VLLM_CLASS)
         # what get_rope computes before its branches: base from rope_theta, rotary_dim from the head
-        ns.update(
-            rope_parameters=rope_parameters,
-            scaling_type="longrope",
-            head_size=head_size,
-            max_position=max_position,
-            base=rope_parameters.get("rope_theta", 10000),
-            is_neox_style=True,
-            dtype=torch.float32,
-            rotary_dim=int(head_size * rope_parameters.get("partial_rotary_factor", 1.0)),
-        )
+        ns.update(_factory_locals(rope_parameters, head_size, max_position), rope_parameters=rope_parameters)
         _exec(branch, ns, VLLM_FACTORY)
         return ns["rotary_emb"]
 
@@ -186,23 +191,13 @@ def sglang() -> Engine | None:
     utils = _source(whl, SGLANG_UTILS)
 
     def build(rope_parameters: dict, head_size: int, max_position: int, max_model_len: int):
-        import torch
 
         ns = _namespace()
         _exec([_top(utils, "rotate_neox")], ns, SGLANG_UTILS)
         _exec([_top(factory_tree, "_get_rope_param")], ns, SGLANG_FACTORY)
         _exec([_top(cls_tree, "Phi3LongRoPEScaledRotaryEmbedding")], ns, SGLANG_CLASS)
         # SGLang's Llama passes base = rope_parameters["rope_theta"] and rope_scaling = the rope settings
-        ns.update(
-            rope_scaling=rope_parameters,
-            scaling_type="longrope",
-            head_size=head_size,
-            max_position=max_position,
-            base=rope_parameters.get("rope_theta", 10000),
-            is_neox_style=True,
-            dtype=torch.float32,
-            rotary_dim=int(head_size * rope_parameters.get("partial_rotary_factor", 1.0)),
-        )
+        ns.update(_factory_locals(rope_parameters, head_size, max_position), rope_scaling=rope_parameters)
         _exec(branch, ns, SGLANG_FACTORY)
         return ns["rotary_emb"]
 

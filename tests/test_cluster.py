@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import evolve_args
 
 from longsearch.workers import is_this_machine, ray_auth_hint
 
@@ -118,30 +119,6 @@ def cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def _args(model_dir: str, out: Path, *extra: str) -> list[str]:
-    return [
-        "evolve",
-        "--model",
-        model_dir,
-        "--target",
-        "1k",
-        "--samples",
-        "6",
-        "--budget",
-        "quick",
-        "--seed",
-        "0",
-        "--workers",
-        "2",
-        "--template",
-        "passkey",
-        "--no-signal-check",
-        "--out",
-        str(out),
-        *extra,
-    ]
-
-
 def _journal(run: Path) -> dict:
     out = {}
     for line in (run / "journal.jsonl").read_text().splitlines():
@@ -155,7 +132,11 @@ def test_search_on_a_real_cluster_survives_a_lost_node_and_equals_a_local_run(cl
     address, node_port = cluster
     local = tmp_path / "local"
     done = subprocess.run(
-        [sys.executable, "-m", "longsearch.cli", *_args(model_dir, local)], env=_env(), capture_output=True, text=True, timeout=900
+        [sys.executable, "-m", "longsearch.cli", *evolve_args(model_dir, local, workers=2)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
@@ -163,7 +144,7 @@ def test_search_on_a_real_cluster_survives_a_lost_node_and_equals_a_local_run(cl
     log = open(tmp_path / "remote.log", "w")
     # RAY_AUTH_MODE unset: longsearch finds the cluster on this machine and uses its token, as `ray` does
     proc = subprocess.Popen(
-        [sys.executable, "-m", "longsearch.cli", *_args(model_dir, remote, "--address", address)],
+        [sys.executable, "-m", "longsearch.cli", *evolve_args(model_dir, remote, "--address", address, workers=2)],
         env=_env(),
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import evolve_args
 
 ray = pytest.importorskip("ray")
-pytestmark = pytest.mark.slow  # real Ray: seconds per worker start on a small machine
 
 from longsearch.cli import main  # noqa: E402
 from longsearch.factors import load_factors  # noqa: E402
@@ -32,32 +32,6 @@ BASELINES = 4  # none, pi, ntk, yarn
 @pytest.fixture(scope="module")
 def model_dir(tiny_byte_llama_dir):
     return tiny_byte_llama_dir
-
-
-def evolve_args(model_dir: str, out: Path, *extra: str) -> list[str]:
-    # 6 needle documents: each evaluation takes long enough for the SIGKILL below to land inside a generation
-    # the tiny random model solves no needle task: the signal check is switched off and the template named
-    return [
-        "evolve",
-        "--model",
-        model_dir,
-        "--target",
-        "1k",
-        "--samples",
-        "6",
-        "--budget",
-        "quick",
-        "--seed",
-        "0",
-        "--workers",
-        "1",
-        "--template",
-        "passkey",
-        "--no-signal-check",
-        "--out",
-        str(out),
-        *extra,
-    ]
 
 
 def _popen(args: list[str], log: Path) -> subprocess.Popen:

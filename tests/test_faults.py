@@ -16,28 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import evolve_args
 
 pytest.importorskip("ray")
-pytestmark = pytest.mark.slow
 
-from longsearch.factors import load_factors  # noqa: E402
-from longsearch.runs import RunStore  # noqa: E402
-
-ARGS = [
-    "--target",
-    "1k",
-    "--samples",
-    "4",
-    "--budget",
-    "quick",
-    "--seed",
-    "0",
-    "--workers",
-    "1",
-    "--template",
-    "passkey",
-    "--no-signal-check",
-]
+from longsearch.factors import load_factors
+from longsearch.runs import RunStore
 
 # FILE:N:WHEN:ACTION (see longsearch/faults.py); N counts writes of that file in the killed process
 ALL_POINTS = [
@@ -64,7 +48,7 @@ def _evolve(model_dir: str, out: Path, log: Path, fault: str | None = None, resu
     env["COLUMNS"] = "120"
     if fault:
         env["LONGSEARCH_FAULT"] = fault
-    args = ["evolve", "--resume", str(out)] if resume else ["evolve", "--model", model_dir, *ARGS, "--out", str(out)]
+    args = ["evolve", "--resume", str(out)] if resume else evolve_args(model_dir, out, samples=4)
     p = subprocess.Popen(
         [sys.executable, "-m", "longsearch.cli", *args], stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, env=env
     )

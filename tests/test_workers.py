@@ -9,7 +9,6 @@ import pytest
 import torch
 
 ray = pytest.importorskip("ray")
-pytestmark = pytest.mark.slow  # real Ray: seconds per worker start on a small machine
 
 from longsearch.errors import RunError  # noqa: E402
 from longsearch.factors import RopeFactors  # noqa: E402
