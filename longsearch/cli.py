@@ -289,6 +289,95 @@ def evolve(
         signal.signal(signal.SIGTERM, previous)
 
 
+# ---------------------------------------------------------------- finetune (finetune.py)
+
+
+@app.command()
+def finetune(
+    factors: str | None = typer.Option(None, "--factors", help="The searched factors: RUN/best.json (or any factors .json)."),
+    model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    out: str | None = typer.Option(None, "--out", "-o", help="Run directory; the trained model is written to OUT/model."),
+    steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (default 200)."),
+    long_length: str | None = typer.Option(None, "--long-length", help="Tokens per long row, e.g. 128k (default: the factors' target)."),
+    short_length: str | None = typer.Option(
+        None, "--short-length", help="Tokens per short row, at most the original window (default: the window)."
+    ),
+    short_ratio: float | None = typer.Option(
+        None,
+        "--short-ratio",
+        help="Share of micro-batches that are short (original RoPE), the rest long (long factors); 0 = long-only (default 0.5).",
+    ),
+    needle_share: float | None = typer.Option(
+        None, "--needle-share", help="Share of rows that are needle documents, the rest prose (default 0.5)."
+    ),
+    template: str | None = typer.Option(None, "--template", help="Needle template(s) of the needle rows (default passkey)."),
+    answer_weight: float | None = typer.Option(None, "--answer-weight", help="Loss weight of a needle's answer tokens (default 1)."),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate, cosine schedule (default 2e-5)."),
+    warmup_steps: int | None = typer.Option(None, "--warmup-steps", help="Warm-up steps (default 5 % of --steps)."),
+    weight_decay: float | None = typer.Option(None, "--weight-decay", help="AdamW weight decay (default 0)."),
+    grad_accum: int | None = typer.Option(None, "--grad-accum", help="Micro-batches per optimizer step (default 1)."),
+    save_every: int | None = typer.Option(None, "--save-every", help="Steps between checkpoints (default 50)."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of the data and the training (default 0)."),
+    device: str | None = typer.Option(None, "--device", help="auto (default), cpu or cuda."),
+    bf16: bool | None = typer.Option(None, "--bf16/--no-bf16", help="bf16 mixed precision (default: on where the GPU supports it)."),
+    gradient_checkpointing: bool | None = typer.Option(
+        None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations to save memory (default off)."
+    ),
+    deepspeed: str | None = typer.Option(None, "--deepspeed", help="A DeepSpeed JSON configuration, passed to transformers' Trainer."),
+    fsdp: str | None = typer.Option(None, "--fsdp", help="Trainer's FSDP setting, e.g. 'full_shard auto_wrap'."),
+    fsdp_config: str | None = typer.Option(None, "--fsdp-config", help="An FSDP JSON configuration, passed to transformers' Trainer."),
+    keep_checkpoints: bool | None = typer.Option(
+        None, "--keep-checkpoints/--no-keep-checkpoints", help="Keep OUT/checkpoints once the model is written (default: removed)."
+    ),
+    resume: str | None = typer.Option(None, "--resume", help="Continue the run in this directory from its last complete checkpoint."),
+    force: bool = typer.Option(False, "--force", help="Start over in an existing run directory (deletes it)."),
+    accept_model_change: bool = typer.Option(
+        False, "--accept-model-change", help="With --resume: continue although the model changed since the run started."
+    ),
+) -> None:
+    """Mixed context window training (LongRoPE2) with the searched factors; resumable; writes a transformers model."""
+    from .finetune import FinetuneOptions, run_finetune
+    from .lengths import parse_length
+
+    opts = FinetuneOptions(
+        factors=factors,
+        model=model,
+        out=out,
+        steps=steps,
+        long_length=parse_length(long_length) if long_length else None,
+        short_length=parse_length(short_length) if short_length else None,
+        short_ratio=short_ratio,
+        needle_share=needle_share,
+        template=template,
+        answer_weight=answer_weight,
+        learning_rate=lr,
+        warmup_steps=warmup_steps,
+        weight_decay=weight_decay,
+        grad_accum=grad_accum,
+        save_every=save_every,
+        seed=seed,
+        device=device,
+        bf16=bf16,
+        gradient_checkpointing=gradient_checkpointing,
+        deepspeed=deepspeed,
+        fsdp=fsdp,
+        fsdp_config=fsdp_config,
+        keep_checkpoints=keep_checkpoints,
+    )
+    result = run_finetune(opts, resume=resume, force=force, accept_model_change=accept_model_change)
+    how = f" (resumed from step {result.resumed_from})" if result.resumed_from is not None else ""
+    console.print(f"[bold green]trained[/] {result.steps} steps in {result.seconds:.1f} s{how}", highlight=False)
+    console.print(f"  model    {result.model_dir}", highlight=False)
+    console.print(f"  state    {result.out / 'finetune.json'}", highlight=False)
+    if (result.out / "loss.png").exists():
+        console.print(f"  losses   {result.out / 'loss.png'}", highlight=False)
+    console.print(
+        f"  export   longsearch export {result.model_dir / 'longsearch_factors.json'} --format hf --model-dir {result.model_dir} --out DIR",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 # ---------------------------------------------------------------- export / eval (export.py, evaluate.py)
 
 

@@ -173,21 +173,24 @@ def load_model(
     *,
     attn_implementation: str = "sdpa",
     shard: bool = False,
+    config: Any | None = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer in eval mode; None loads the embedded testbed model.
 
     The rotary ``inv_freq`` buffers are kept in float32 even when the weights are bf16/fp16. ``shard``: a
     model too large for one GPU is spread over every visible GPU (transformers' ``device_map="auto"``, which
-    needs ``accelerate``).
+    needs ``accelerate``). ``config``: the model's config to load it with instead of its own (e.g.
+    :func:`config_with_factors`, so that transformers' own rotary module applies the factors).
     """
     from transformers import AutoModelForCausalLM
 
     source = _resolve_source(name_or_path)
     dev = resolve_device(device)
     tdtype = resolve_dtype(dtype, dev)
-    config = load_config(source)
+    if config is None:
+        config = load_config(source)
     geometry = model_geometry(config)  # refuse models without RoPE before reading any weight
-    kwargs: dict[str, Any] = {"dtype": tdtype}
+    kwargs: dict[str, Any] = {"dtype": tdtype, "config": config}
     has_accelerate = importlib.util.find_spec("accelerate") is not None
     if shard:
         if not has_accelerate:
