@@ -435,7 +435,14 @@ def eval_command(
     more_factors: list[str] | None = typer.Argument(None, help="Factors files (also after --factors: --factors A.json B.json)."),
     model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     factors: list[str] | None = typer.Option(None, "--factors", help="Factors .json, run directory or .csv (repeatable)."),
-    baselines: str | None = typer.Option(None, "--baselines", "-b", help="Comma-separated: pi,ntk,yarn,dynamic-ntk,llama3."),
+    baselines: str | None = typer.Option(
+        None,
+        "--baselines",
+        "-b",
+        help="Comma-separated: pi,ntk,yarn,dynamic-ntk,llama3 (RoPE rescaling) and lambda-window, rerope, leaky-rerope, "
+        "self-extend, nbce (attention-side), parameters as name:key=value, e.g. self-extend:group_size=8:window_size=64.",
+    ),
+    cost: bool = typer.Option(True, "--cost/--no-cost", help="Time and peak memory of one document per method and length (default on)."),
     lengths: str = typer.Option(..., "--lengths", "-l", help="Comma-separated lengths, e.g. 1k,2k,4k."),
     target: str | None = typer.Option(
         None, "--target", "-t", help="Target length of the baselines (and of .csv factors); default: the largest length."
@@ -485,6 +492,7 @@ def eval_command(
             segment=segment,
             progress=lambda done, total, what: bar.update(task, completed=done, total=total, description=what),
             command="longsearch " + shlex.join(sys.argv[1:]),
+            cost_repeats=3 if cost else 0,
         )
     paths = ev.write_eval(result, out_dir, force=force)
     console.print(_eval_summary(result))

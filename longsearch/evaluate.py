@@ -61,8 +61,8 @@ class EvalMethod:
     """One row of the evaluation: a label, how the model applies it, and where it came from."""
 
     label: str
-    kind: str  # "none", "baseline" or "factors"
-    spec: Any  # a Schedule or RopeFactors, as models.apply_rope takes it
+    kind: str  # "none", "baseline", "factors" or "attention" (an attention-side method: spec is an AttentionMethod)
+    spec: Any  # a Schedule or RopeFactors, as models.apply_rope takes it; an AttentionMethod for "attention"
     dynamic: bool
     source: str
     attention_factor: float | None = None
@@ -80,14 +80,22 @@ class EvalMethod:
 
 
 def parse_baselines(text: str | Sequence[str] | None) -> list[str]:
-    """``"pi,ntk,yarn"`` -> canonical names; an unknown name is an InputError listing the valid ones."""
+    """``"pi,ntk,yarn,rerope,self-extend:group_size=8"`` -> canonical names (RoPE baselines) and attention-side
+    baselines as written (``name`` or ``name:key=value:…``); an unknown name is an InputError listing the valid ones."""
+    from .attention import ATTENTION_METHODS, parse_attention_baseline
+
     if text is None:
         return []
     parts = text.split(",") if isinstance(text, str) else [p for t in text for p in str(t).split(",")]
-    valid = baseline_names()
+    valid = [*baseline_names(), *ATTENTION_METHODS]
     names: list[str] = []
     for raw in (p.strip() for p in parts):
         if not raw:
+            continue
+        attention_name, _ = parse_attention_baseline(raw)
+        if attention_name in ATTENTION_METHODS:
+            if raw not in names:
+                names.append(raw)
             continue
         try:
             method = get_method(raw)
@@ -144,10 +152,19 @@ def build_methods(
     names = parse_baselines(list(baselines)) if baselines else []
     if names and target_length is None:
         raise InputError("baselines need a target length: pass --target (default: the largest of --lengths)")
+    from .attention import ATTENTION_METHODS, make_attention_method, parse_attention_baseline
+
     for name in names:
         if name == "none":
             continue
         assert target_length is not None  # refused above
+        attention_name, params = parse_attention_baseline(name)
+        if attention_name in ATTENTION_METHODS:
+            am = make_attention_method(attention_name, geometry, target_length, **params)
+            methods.append(
+                EvalMethod(am.label, "attention", am, False, f"{am.describe()} for {format_length(target_length)}", None, target_length)
+            )
+            continue
         sched = method_schedule(name, geometry, target_length)
         dynamic = get_method(name).dynamic
         m_base = sched(target_length).m
@@ -211,6 +228,18 @@ class SegmentCell:
 
 
 @dataclass
+class CostCell:
+    """One method × length: one needle document's forward (median of a few) and the extra memory it peaked at."""
+
+    method: str
+    length: int
+    seconds: float
+    peak_bytes: float
+    memory: str  # how the peak was measured: "cuda allocator" or "process RSS"
+    error: str | None = None
+
+
+@dataclass
 class EvalResult:
     model: str
     geometry: dict[str, Any]
@@ -222,6 +251,7 @@ class EvalResult:
     settings: dict[str, Any]
     command: str = ""
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    costs: list[CostCell] = field(default_factory=list)
 
     @property
     def labels(self) -> list[str]:
@@ -245,6 +275,16 @@ class EvalResult:
             if s.method == method and s.length == length:
                 return s
         raise KeyError((method, length))
+
+    def cost_ratio(self, method: str, length: int) -> tuple[float, float]:
+        """(time, peak memory) of ``method`` at ``length`` relative to plain attention (``none``); NaN if unknown."""
+        cells = {c.method: c for c in self.costs if c.length == length and c.error is None}
+        mine, base = cells.get(method), cells.get("none")
+        if mine is None or base is None:
+            return float("nan"), float("nan")
+        t = mine.seconds / base.seconds if base.seconds > 0 else float("nan")
+        m = mine.peak_bytes / base.peak_bytes if base.peak_bytes > 0 else float("nan")
+        return t, m
 
     def accuracy_grid(self, method: str) -> np.ndarray:
         """depth × length accuracies (NaN for failed cells)."""
@@ -281,6 +321,7 @@ class EvalResult:
             "summary": summary,
             "needles": [{k: _num(v) for k, v in asdict(c).items()} for c in self.needles],
             "segments": [{k: _num(v) for k, v in asdict(s).items()} for s in self.segments],
+            "costs": [{k: _num(v) for k, v in asdict(c).items()} for c in self.costs],
         }
 
 
@@ -331,15 +372,15 @@ def run_eval(
     segment: int = DEFAULT_SEGMENT,
     progress: ProgressFn | None = None,
     command: str = "",
+    cost_repeats: int = 3,
 ) -> EvalResult:
     """Score every method × length × depth on needles and every method × length on the final segment.
 
     ``lm`` is a :class:`~longsearch.models.LoadedModel`. Needle sets are built once per length and depth
-    (the same for every method) from ``haystack`` with ``seed``.
+    (the same for every method) from ``haystack`` with ``seed``. ``cost_repeats`` > 0 also times one needle
+    document per method and length (median of that many forwards) and records its peak extra memory.
     """
-    from .models import patched
     from .needles import build_needle_set
-    from .scoring import score
 
     lengths = sorted(dict.fromkeys(int(n) for n in lengths))
     depths = [float(d) for d in depths]
@@ -372,12 +413,13 @@ def run_eval(
     prefix = _special_prefix_len(lm.tokenizer)
     needles: list[NeedleCell] = []
     segments: list[SegmentCell] = []
+    costs: list[CostCell] = []
     for m in methods:
         for n in lengths:
             for d in depths:
                 ns = sets[(n, d)]
                 try:  # the spec is a schedule or factors: it carries its own target; the set its length
-                    s = score(lm, ns, m.spec)
+                    s = _score_method(lm, ns, m)
                     cell = NeedleCell(m.label, n, d, float(s.nll), float(s.ppl), float(s.accuracy), len(ns), float(s.seconds), s.error)
                 except ModelError as e:  # out of memory at this length: record it, go on with the rest
                     cell = NeedleCell(m.label, n, d, math.nan, math.nan, math.nan, len(ns), 0.0, str(e))
@@ -385,8 +427,7 @@ def run_eval(
                 tick(f"{m.label} · {format_length(n)} · depth {d:g}")
             t0 = time.perf_counter()
             try:
-                with patched(lm.model, m.spec, m.target_length or n):
-                    nll = segment_nll(lm.model, document, prefix, n, seg)
+                nll = _segment_method(lm, m, document, prefix, n, seg)
                 err = None
             except _OOM_ERRORS as e:  # a length too long for this device: record it, go on with the rest
                 nll, err = float("nan"), f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
@@ -394,6 +435,8 @@ def run_eval(
             segments.append(
                 SegmentCell(m.label, n, nll, math.exp(nll) if math.isfinite(nll) else float("nan"), seg, time.perf_counter() - t0, err)
             )
+            if cost_repeats > 0:
+                costs.append(_cost_probe(lm, m, sets[(n, depths[0])].samples[0], cost_repeats))
             tick(f"{m.label} · {format_length(n)} · segment")
     g = lm.geometry
     settings = {
@@ -406,6 +449,7 @@ def run_eval(
         "device": str(getattr(lm, "device", "")),
         "dtype": str(getattr(lm, "dtype", "")),
     }
+    settings["cost"] = f"one needle document per length, median of {cost_repeats} forwards" if cost_repeats else "not measured"
     return EvalResult(
         model=str(lm.name),
         geometry={"rotary_dim": g.rotary_dim, "base": g.base, "original_length": g.original_length},
@@ -416,7 +460,80 @@ def run_eval(
         segments=segments,
         settings=settings,
         command=command,
+        costs=costs,
     )
+
+
+def _score_method(lm: Any, ns: Any, m: EvalMethod) -> Any:
+    """The needle score of one method: a RoPE spec patched in, or an attention-side method around the forward."""
+    from .scoring import score
+
+    if m.kind != "attention":
+        return score(lm, ns, m.spec)
+    from .attention import attention_method, nbce_score
+
+    if m.spec.name == "nbce":
+        return nbce_score(lm, ns, m.spec)
+    with attention_method(lm.model, m.spec):
+        return score(lm, ns, None)
+
+
+def _segment_method(lm: Any, m: EvalMethod, document: np.ndarray, prefix: int, n: int, seg: int) -> float:
+    from .models import patched
+
+    if m.kind != "attention":
+        with patched(lm.model, m.spec, m.target_length or n):
+            return segment_nll(lm.model, document, prefix, n, seg)
+    from .attention import attention_method, nbce_segment_nll
+
+    if m.spec.name == "nbce":
+        return nbce_segment_nll(lm, document, prefix, n, seg, m.spec)
+    with attention_method(lm.model, m.spec):
+        return segment_nll(lm.model, document, prefix, n, seg)
+
+
+def _forward_once(lm: Any, m: EvalMethod, sample: Any) -> None:
+    """One needle document through the model the way ``m`` runs it (what the cost probe measures)."""
+    import torch
+
+    from .models import patched
+
+    if m.kind == "attention" and m.spec.name == "nbce":
+        from .attention import nbce_logprobs
+
+        p = _special_prefix_len(lm.tokenizer)
+        q = int(sample.meta.get("question_start", sample.answer_start))
+        ids = sample.input_ids
+        nbce_logprobs(lm.model, ids[:p], ids[p:q], ids[q : sample.answer_end], lm.geometry.original_length, m.spec)
+        return
+    x = torch.as_tensor(sample.input_ids, dtype=torch.long, device=lm.device)[None]
+    if m.kind == "attention":
+        from .attention import attention_method
+
+        ctx: Any = attention_method(lm.model, m.spec)
+    else:
+        ctx = patched(lm.model, m.spec, m.target_length or len(sample.input_ids))
+    with ctx, torch.inference_mode():
+        lm.model(input_ids=x, logits_to_keep=1, use_cache=False)
+
+
+def _cost_probe(lm: Any, m: EvalMethod, sample: Any, repeats: int) -> CostCell:
+    """Time (median of ``repeats`` forwards) and peak extra memory (the first forward) of one needle document."""
+    from .memory import PeakMemory
+
+    n = len(sample.input_ids)
+    try:
+        with PeakMemory(lm.device) as peak:
+            _forward_once(lm, m, sample)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            _forward_once(lm, m, sample)
+            times.append(time.perf_counter() - t0)
+        return CostCell(m.label, n, float(np.median(times)), float(peak.bytes), peak.how)
+    except _OOM_ERRORS as e:
+        _empty_cache()
+        return CostCell(m.label, n, math.nan, math.nan, "", f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
 
 
 def _oom_errors() -> tuple[type[BaseException], ...]:
@@ -577,7 +694,20 @@ def render_report(result: EvalResult, plots: Sequence[str] = ()) -> str:
         f"\n## Final-segment perplexity (last {s['segment_tokens']} tokens)\n\n",
         table(lambda m, n: _cell(result.segment(m, n).ppl, ".3f")),
     ]
-    errors = [c for c in result.needles if c.error] + [c for c in result.segments if c.error]
+    if result.costs:
+        lines += [
+            "\n## Cost relative to plain attention (`none`): time · peak memory\n\n",
+            f"One needle document per length ({s.get('cost', '')}); peak memory is the extra "
+            f"{result.costs[0].memory or 'memory'} above the start of the forward.\n\n",
+            table(lambda m, n: f"{_cell(result.cost_ratio(m, n)[0], '.2f')} · {_cell(result.cost_ratio(m, n)[1], '.2f')}"),
+        ]
+    attention = [m for m in result.methods if m["kind"] == "attention"]
+    if attention:
+        lines.append(
+            "\nAttention-side methods (" + ", ".join(m["label"] for m in attention) + ") change attention, not the RoPE "
+            "frequencies: they cannot be exported as factors to transformers, vLLM or llama.cpp configs.\n"
+        )
+    errors = [c for c in result.needles if c.error] + [c for c in result.segments if c.error] + [c for c in result.costs if c.error]
     if errors:
         lines.append("\n## Failed cells\n\n")
         lines += [f"- {c.method} at {format_length(c.length)}: {c.error}\n" for c in errors]
@@ -603,6 +733,7 @@ def write_plots(result: EvalResult, out_dir: Path) -> list[str]:
 __all__ = [
     "DEFAULT_DEPTHS",
     "DEFAULT_SEED",
+    "CostCell",
     "EvalMethod",
     "EvalResult",
     "NeedleCell",

@@ -1,0 +1,422 @@
+"""Training-free extensions that change attention, not frequencies — eval baselines beside the rescale vectors.
+
+* ``lambda-window`` (LM-Infinite's Λ-shaped mask): a query sees the first ``n_global`` tokens and the last
+  ``n_local``; distances to the global tokens beyond the local window count as ``n_local − 1``, the largest a
+  window of ``n_local`` tokens holds.
+* ``rerope`` (ReRoPE): relative positions exact below ``window``, clamped to ``window`` beyond it.
+* ``leaky-rerope`` (Leaky ReRoPE): exact below ``window``, beyond it ``window + (d − window) / k``.
+* ``self-extend`` (Self-Extend): exact below the neighbour window ``window_size``; beyond it the grouped
+  positions ``⌊i / group_size⌋ + window_size − ⌊window_size / group_size⌋`` for the query and
+  ``⌊j / group_size⌋`` for the key.
+* ``nbce`` (naive Bayes context extension): the context is cut into chunks that fit the window with the
+  question; each chunk (and the question alone) is scored separately and the next-token log-probabilities
+  are pooled: ``(1 + beta) · pool_k log p(t | chunk_k) − beta · log p(t)``, ``pooling`` = ``min-entropy``
+  (the chunk whose prediction has the least entropy, per token) or ``average``.
+
+The first four are one attention function registered in transformers' ``AttentionInterface`` and selected
+with ``model.set_attn_implementation``: it receives the queries and keys already rotated by the model's own
+(plain) RoPE at the positions transformers passes, undoes that rotation, and builds two score maps — exact
+positions, and the method's far positions — merged by the window mask (the second map is what ReRoPE and
+Self-Extend call their extra attention pass). Layers with a sliding window of their own (Gemma2/3 local
+layers) are left to the default attention. NBCE is not attention at all: :func:`nbce_logprobs` runs the model
+once per chunk. None of them is a set of RoPE factors, so none can be exported to a serving tool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .rope import RopeGeometry
+
+ATTENTION_METHODS = ("lambda-window", "rerope", "leaky-rerope", "self-extend", "nbce")
+_PARAMS: dict[str, tuple[str, ...]] = {
+    "lambda-window": ("n_global", "n_local"),
+    "rerope": ("window",),
+    "leaky-rerope": ("window", "k"),
+    "self-extend": ("group_size", "window_size"),
+    "nbce": ("beta", "pooling"),
+}
+NBCE_POOLING = ("min-entropy", "average")
+REGISTERED_NAME = "longsearch_two_map"
+_QUERY_BLOCK = 1024  # queries per block of the two score maps (bounds their memory to block × keys)
+
+
+@dataclass
+class AttentionMethod:
+    """An attention-side method with its parameters (named as their authors name them)."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    geometry: RopeGeometry | None = None
+
+    @property
+    def label(self) -> str:
+        inner = ",".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{self.name}({inner})"
+
+    def describe(self) -> str:
+        return {
+            "lambda-window": "LM-Infinite Λ-shaped window",
+            "rerope": "ReRoPE",
+            "leaky-rerope": "Leaky ReRoPE",
+            "self-extend": "Self-Extend",
+            "nbce": "naive Bayes context extension",
+        }[self.name]
+
+
+def _number(method: str, key: str, value: Any, kind: type) -> Any:
+    try:
+        v = kind(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{method}: {key} must be a number, got {value!r}") from None
+    if not (math.isfinite(float(v)) and v > 0) and not (key == "beta" and v == 0):
+        raise InputError(f"{method}: {key} must be positive, got {value!r}")
+    return v
+
+
+def make_attention_method(name: str, g: RopeGeometry, target_length: int, **given: Any) -> AttentionMethod:
+    """A method with every parameter set: the given ones (checked), the rest derived from the window and target.
+
+    Defaults: ``rerope`` window = half the original window; ``leaky-rerope`` the same window and the
+    smallest k that keeps ``target_length`` within the original window; ``self-extend`` window_size = half the
+    window and the smallest group size that does the same; ``lambda-window`` n_global = 10, n_local = the
+    window; ``nbce`` beta = 0.25, pooling = min-entropy (its author's settings).
+    """
+    if name not in _PARAMS:
+        raise InputError(f"unknown attention baseline {name!r}: choose from {', '.join(ATTENTION_METHODS)}")
+    unknown = sorted(set(given) - set(_PARAMS[name]))
+    if unknown:
+        raise InputError(f"{name} has no parameter {', '.join(unknown)}: it takes {', '.join(_PARAMS[name])}")
+    L, T = g.original_length, int(target_length)
+    p: dict[str, Any] = {}
+    if name == "lambda-window":
+        p["n_global"] = _number(name, "n_global", given.get("n_global", 10), int)
+        p["n_local"] = _number(name, "n_local", given.get("n_local", L), int)
+        if p["n_local"] > L:
+            raise InputError(
+                f"lambda-window: n_local {p['n_local']} exceeds the original window ({L}): distances beyond it were never trained"
+            )
+    elif name in ("rerope", "leaky-rerope"):
+        p["window"] = _number(name, "window", given.get("window", L // 2), int)
+        if p["window"] >= L:
+            raise InputError(f"{name}: window {p['window']} must be below the original window ({L})")
+        if name == "leaky-rerope":
+            default_k = max(1.0, (T - p["window"]) / max(1, L - 1 - p["window"]))
+            p["k"] = _number(name, "k", given.get("k", round(math.ceil(default_k * 100) / 100, 2)), float)
+    elif name == "self-extend":
+        p["window_size"] = _number(name, "window_size", given.get("window_size", L // 2), int)
+        if p["window_size"] >= L:
+            raise InputError(f"self-extend: window_size {p['window_size']} must be below the original window ({L})")
+        default_g = max(1, math.ceil((T - p["window_size"]) / max(1, L - 1 - p["window_size"])))
+        p["group_size"] = _number(name, "group_size", given.get("group_size", default_g), int)
+    else:
+        p["beta"] = _number(name, "beta", given.get("beta", 0.25), float)
+        pooling = str(given.get("pooling", "min-entropy"))
+        if pooling not in NBCE_POOLING:
+            raise InputError(f"nbce: pooling must be one of {', '.join(NBCE_POOLING)}, got {pooling!r}")
+        p["pooling"] = pooling
+    return AttentionMethod(name, p, g)
+
+
+def parse_attention_baseline(text: str) -> tuple[str, dict[str, str]]:
+    """``"self-extend:group_size=8:window_size=64"`` -> (name, {key: value})."""
+    name, *rest = text.split(":")
+    params = {}
+    for item in rest:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise InputError(f"{text!r}: parameters are written name:key=value:key=value, e.g. self-extend:group_size=8")
+        params[key.strip()] = value.strip()
+    return name.strip(), params
+
+
+# ---------------------------------------------------------------- positions of the two maps
+
+
+def far_positions(method: AttentionMethod, q_pos: torch.Tensor, k_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(query positions, key positions, frequency divisor) of the far map: its relative position is q − k."""
+    p = method.params
+    if method.name == "rerope":
+        return torch.full_like(q_pos, float(p["window"])), torch.zeros_like(k_pos), 1.0
+    if method.name == "leaky-rerope":
+        w, k = float(p["window"]), float(p["k"])
+        return q_pos + w * (k - 1.0), k_pos, k  # ((i + w(k−1)) − j) / k = w + (d − w) / k
+    if method.name == "self-extend":
+        gsz, w = int(p["group_size"]), int(p["window_size"])
+        return torch.div(q_pos, gsz, rounding_mode="floor") + (w - w // gsz), torch.div(k_pos, gsz, rounding_mode="floor"), 1.0
+    if method.name == "lambda-window":
+        return torch.full_like(q_pos, float(p["n_local"] - 1)), torch.zeros_like(k_pos), 1.0
+    raise ValueError(method.name)
+
+
+def exact_window(method: AttentionMethod) -> int:
+    """Relative distances below this use exact positions."""
+    p = method.params
+    for key in ("window", "window_size", "n_local"):
+        if key in p:
+            return int(p[key])
+    raise ValueError(f"{method.name} has no exact window")
+
+
+def relative_distances(method: AttentionMethod, n: int) -> np.ndarray:
+    """The relative position each (query, key) pair of an n-token sequence sees (−1 = masked): the definition,
+    written pair by pair, for the tests' slow reference."""
+    out = np.full((n, n), -1.0)
+    w = exact_window(method)
+    p = method.params
+    for i in range(n):
+        for j in range(i + 1):
+            d = i - j
+            if d < w:
+                out[i, j] = d
+            elif method.name == "rerope":
+                out[i, j] = p["window"]
+            elif method.name == "leaky-rerope":
+                out[i, j] = p["window"] + (d - p["window"]) / p["k"]
+            elif method.name == "self-extend":
+                gsz, ws = p["group_size"], p["window_size"]
+                out[i, j] = i // gsz + ws - ws // gsz - j // gsz
+            elif method.name == "lambda-window":
+                out[i, j] = p["n_local"] - 1 if j < p["n_global"] else -1
+    return out
+
+
+# ---------------------------------------------------------------- the attention function
+
+
+_ACTIVE: contextvars.ContextVar[tuple[AttentionMethod, torch.Tensor, frozenset[int]] | None] = contextvars.ContextVar(
+    "longsearch_attention", default=None
+)
+
+
+def _rotate(x: torch.Tensor, pos: torch.Tensor, inv_freq: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
+    """RoPE (rotate-half convention, as every architecture longsearch patches) on the first rotary dims of x.
+
+    x [B, H, L, D]; pos [B or 1, L] (float); inv_freq [rd/2]. ``sign = −1`` undoes a rotation.
+    """
+    rd = inv_freq.numel() * 2
+    freqs = pos[..., None].to(torch.float32) * inv_freq.to(torch.float32)
+    emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, L, rd]
+    cos, sin = emb.cos(), emb.sin() * sign
+    xr, rest = x[..., :rd].to(torch.float32), x[..., rd:]
+    half = rd // 2
+    rotated_half = torch.cat((-xr[..., half:], xr[..., :half]), dim=-1)
+    out = xr * cos + rotated_half * sin
+    return torch.cat((out.to(x.dtype), rest), dim=-1) if rest.shape[-1] else out.to(x.dtype)
+
+
+def two_map_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention function: exact-position scores inside the method's window, far-position scores
+    beyond it, one softmax. Sequences must be unpadded (scoring never pads)."""
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    active = _ACTIVE.get()
+    if active is None or getattr(module, "layer_idx", None) in active[2]:  # a local layer with a RoPE of its own
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    method, inv_freq, _ = active
+    groups = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    b, _, lq, _ = query.shape
+    lk = key.shape[2]
+    position_ids = kwargs.get("position_ids")
+    if position_ids is not None and position_ids.shape[-1] == lk:
+        k_pos = position_ids.to(torch.float32).reshape(-1, lk)
+    else:
+        k_pos = torch.arange(lk, device=query.device, dtype=torch.float32)[None]
+    q_pos = k_pos[:, lk - lq :]
+    inv_freq = inv_freq.to(query.device)
+    q_raw = _rotate(query, q_pos, inv_freq, -1.0)  # the model rotated them at their true positions
+    k_raw = _rotate(key, k_pos, inv_freq, -1.0)
+    fq_pos, fk_pos, divisor = far_positions(method, q_pos, k_pos)
+    far_freq = inv_freq / divisor
+    k_exact = _rotate(k_raw, k_pos, inv_freq).to(torch.float32)
+    k_far = _rotate(k_raw, fk_pos, far_freq).to(torch.float32)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    softcap = kwargs.get("softcap")
+    window = exact_window(method)
+    out = torch.empty(b, query.shape[1], lq, query.shape[-1], dtype=torch.float32, device=query.device)
+    v32 = value.to(torch.float32)
+    for s in range(0, lq, _QUERY_BLOCK):
+        e = min(lq, s + _QUERY_BLOCK)
+        q_exact = _rotate(q_raw[:, :, s:e], q_pos[:, s:e], inv_freq).to(torch.float32)
+        q_far = _rotate(q_raw[:, :, s:e], fq_pos[:, s:e], far_freq).to(torch.float32)
+        exact = torch.matmul(q_exact, k_exact.transpose(-1, -2)) * scale
+        far = torch.matmul(q_far, k_far.transpose(-1, -2)) * scale
+        if softcap:
+            exact = torch.tanh(exact / softcap) * softcap
+            far = torch.tanh(far / softcap) * softcap
+        d = (q_pos[:, s:e, None] - k_pos[:, None, :])[:, None]  # [B, 1, q, k]
+        scores = torch.where(d < window, exact, far)
+        allowed = d >= 0
+        if attention_mask is not None:  # the model's own mask (a sliding window, padding) still applies
+            block = attention_mask[..., s:e, :lk] if attention_mask.shape[-2] == lq else attention_mask[..., :lk]
+            if block.dtype == torch.bool:
+                allowed = allowed & block
+            else:
+                scores = scores + block.to(torch.float32)
+        if method.name == "lambda-window":
+            allowed = allowed & ((d < window) | (k_pos[:, None, None, :] < method.params["n_global"]))
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        out[:, :, s:e] = torch.matmul(torch.softmax(scores, dim=-1), v32)
+    return out.to(query.dtype).transpose(1, 2).contiguous(), None
+
+
+def _register() -> None:
+    """The attention function, and its mask: transformers' sdpa mask (None where causality alone is the mask,
+    a boolean mask where a sliding window or padding adds to it), which the function honours."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    if REGISTERED_NAME not in AttentionInterface._global_mapping:
+        AttentionInterface.register(REGISTERED_NAME, two_map_attention)
+    if REGISTERED_NAME not in AttentionMaskInterface._global_mapping:
+        AttentionMaskInterface.register(REGISTERED_NAME, sdpa_mask)
+
+
+def _local_layers(model: Any, g: RopeGeometry) -> frozenset[int]:
+    """Layers whose RoPE is not the model's global one (Gemma3's sliding layers, with a local base): left alone,
+    as longsearch's RoPE patch leaves them."""
+    from .models import _patched_type, find_rotary_embeddings
+
+    patched_types = {_patched_type(module, g) for _, module in find_rotary_embeddings(model)}
+    patched_types.discard(None)
+    if not patched_types:
+        return frozenset()
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    layer_types = list(getattr(config, "layer_types", None) or [])
+    return frozenset(i for i, t in enumerate(layer_types) if t not in patched_types)
+
+
+@contextlib.contextmanager
+def attention_method(model: Any, method: AttentionMethod) -> Iterator[Any]:
+    """Run ``model`` with an attention-side method (not NBCE) inside the block; its attention is restored after.
+
+    The model's RoPE must be the plain one at this point (the function undoes it with the plain frequencies).
+    """
+    if method.name == "nbce":
+        raise InputError("nbce is not an attention function: score it with nbce_logprobs")
+    if method.geometry is None:
+        raise ValueError("the method needs its model's geometry")
+    _register()
+    g = method.geometry
+    inv_freq = 1.0 / (g.base ** (torch.arange(0, g.rotary_dim, 2, dtype=torch.int64).float() / g.rotary_dim))
+    previous = model.config._attn_implementation
+    token = _ACTIVE.set((method, inv_freq, _local_layers(model, g)))
+    try:
+        model.set_attn_implementation(REGISTERED_NAME)
+        yield model
+    finally:
+        _ACTIVE.reset(token)
+        model.set_attn_implementation(previous)
+
+
+# ---------------------------------------------------------------- NBCE
+
+
+def _chunks(context: np.ndarray, size: int) -> list[np.ndarray]:
+    if size < 1:
+        raise InputError("nbce: the question does not leave room for any context in the window: use a longer window")
+    return [context[i : i + size] for i in range(0, len(context), size)] or [context[:0]]
+
+
+@torch.no_grad()
+def nbce_logprobs(
+    model: Any, prefix: Sequence[int] | np.ndarray, context: np.ndarray, suffix: np.ndarray, window: int, method: AttentionMethod
+) -> torch.Tensor:
+    """Pooled log-probabilities [len(suffix), vocab]: row t is NBCE's distribution of ``suffix[t]``.
+
+    Each chunk sequence is ``prefix + chunk + suffix`` (≤ ``window`` tokens); the unconditional one is
+    ``prefix + suffix``. Row t predicts ``suffix[t]`` (row 0 from the end of the chunk). Returned rows are
+    normalised log-probabilities.
+    """
+    dev = next(model.parameters()).device
+    head = np.asarray(list(prefix), dtype=np.int64)
+    room = window - len(head) - len(suffix)
+    chunks = _chunks(np.asarray(context, dtype=np.int64), room)
+    beta = float(method.params["beta"])
+
+    def suffix_logprobs(body: np.ndarray) -> torch.Tensor:
+        ids = np.concatenate([head, body, suffix])
+        start = len(head) + len(body) - 1  # the position predicting suffix[0]
+        logits = model(input_ids=torch.from_numpy(ids)[None].to(dev)).logits[0, start : start + len(suffix)]
+        return torch.log_softmax(logits.float(), dim=-1)
+
+    if len(head) == 0:
+        raise InputError("nbce needs a tokenizer that starts sequences with a special token (BOS) to score the question alone")
+    cond = torch.stack([suffix_logprobs(c) for c in chunks])  # [chunks, S, V]
+    uncond = suffix_logprobs(np.zeros(0, dtype=np.int64))  # [S, V]
+    if method.params["pooling"] == "average":
+        pooled = cond.mean(dim=0)
+    else:
+        entropy = -(cond.exp() * cond).sum(dim=-1)  # [chunks, S]
+        pick = entropy.argmin(dim=0)  # per suffix position
+        pooled = cond[pick, torch.arange(cond.shape[1])]
+    return torch.log_softmax((1.0 + beta) * pooled - beta * uncond, dim=-1)
+
+
+def _prefix_len(tokenizer: Any) -> int:
+    from .evaluate import _special_prefix_len
+
+    return _special_prefix_len(tokenizer)
+
+
+def nbce_score(lm: Any, needle_set: Any, method: AttentionMethod) -> Any:
+    """:class:`~longsearch.scoring.Score` of NBCE on a needle set: each document's context (between the special
+    prefix and the question) cut into chunks that fit the window with the question and answer."""
+    import time
+
+    from .scoring import Score, check_compatible
+
+    check_compatible(lm, needle_set, None)
+    t0 = time.perf_counter()
+    p = _prefix_len(lm.tokenizer)
+    window = lm.geometry.original_length
+    per_sample, correct = [], []
+    for s in needle_set.samples:
+        ids = s.input_ids
+        q = int(s.meta.get("question_start", s.answer_start))
+        suffix = ids[q : s.answer_end]
+        rows = nbce_logprobs(lm.model, ids[:p], ids[p:q], suffix, window, method)
+        a = s.answer_start - q  # suffix[a:] is the answer; row t predicts suffix[t]
+        target = torch.as_tensor(suffix[a:], device=rows.device)
+        lp = rows[a:].gather(1, target[:, None])[:, 0]
+        per_sample.append(float(-lp.mean()))
+        correct.append(bool((rows[a:].argmax(dim=-1) == target).all()))
+    nll = float(np.mean(per_sample))
+    return Score(
+        nll=nll,
+        per_sample=per_sample,
+        ppl=math.exp(nll) if nll < 700 else math.inf,
+        accuracy=float(np.mean(correct)),
+        per_sample_correct=correct,
+        seconds=time.perf_counter() - t0,
+        n_scored=len(per_sample),
+    )
+
+
+def nbce_segment_nll(lm: Any, document: np.ndarray, prefix: int, length: int, tokens: int, method: AttentionMethod) -> float:
+    """NBCE's mean NLL of the same final segment :func:`~longsearch.evaluate.segment_nll` scores: the
+    ``length − prefix − tokens`` tokens before it are the context, cut into chunks."""
+    ids = np.concatenate([document[:prefix], document[len(document) - (length - prefix) :]])
+    suffix = ids[length - tokens :]
+    rows = nbce_logprobs(lm.model, ids[:prefix], ids[prefix : length - tokens], suffix, lm.geometry.original_length, method)
+    target = torch.as_tensor(suffix, device=rows.device)
+    return float(-rows.gather(1, target[:, None]).mean())

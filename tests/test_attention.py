@@ -1,0 +1,257 @@
+"""Attention-side eval baselines (issue 14), each against a slow computation of its definition.
+
+The slow reference works pair by pair in complex numbers (a RoPE rotation by angle θ·d is a multiplication by
+e^{iθd}), with the relative position each method's paper defines; the fast path is the attention function
+longsearch registers in transformers, fed queries and keys rotated by transformers' own RoPE code.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+
+import numpy as np
+import pytest
+import torch
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from longsearch import attention as A
+from longsearch.errors import InputError
+from longsearch.rope import RopeGeometry
+from tests.test_models import FAMILIES, L0, build
+
+torch.set_num_threads(1)
+
+
+def paper_distance(name: str, p: dict, i: int, j: int) -> float | None:
+    """The relative position of query i and key j as each method's authors define it (None: not attended)."""
+    d = i - j
+    if d < 0:
+        return None
+    if name == "rerope":  # exact inside the window, the window's size beyond
+        return d if d < p["window"] else p["window"]
+    if name == "leaky-rerope":  # exact inside, then slope 1/k
+        return d if d < p["window"] else p["window"] + (d - p["window"]) / p["k"]
+    if name == "self-extend":  # neighbours exact; grouped positions shifted so they continue the window
+        g, w = p["group_size"], p["window_size"]
+        return d if d < w else (i // g + w - w // g) - j // g
+    if name == "lambda-window":  # local window, plus the first n_global tokens at the largest local distance
+        if d < p["n_local"]:
+            return d
+        return p["n_local"] - 1 if j < p["n_global"] else None
+    raise ValueError(name)
+
+
+CASES = {
+    "rerope": {"window": 7},
+    "leaky-rerope": {"window": 7, "k": 3.0},
+    "self-extend": {"group_size": 4, "window_size": 6},
+    "lambda-window": {"n_global": 3, "n_local": 8},
+}
+
+
+def slow_attention(q, k, v, theta, rotary_dim, name, params, scale):
+    """q, k unrotated [H, L, D] (numpy); rotate-half pairs (m, m + rd/2) as complex numbers."""
+    h, n, _ = q.shape
+    half = rotary_dim // 2
+    out = np.zeros_like(v)
+    for head in range(h):
+        qc = q[head, :, :half] + 1j * q[head, :, half:rotary_dim]
+        kc = k[head, :, :half] + 1j * k[head, :, half:rotary_dim]
+        for i in range(n):
+            scores = np.full(n, -np.inf)
+            for j in range(n):
+                rel = paper_distance(name, params, i, j)
+                if rel is None:
+                    continue
+                rot = np.sum(qc[i] * np.conj(kc[j]) * np.exp(1j * theta * rel)).real
+                rest = float(q[head, i, rotary_dim:] @ k[head, j, rotary_dim:])
+                scores[j] = (rot + rest) * scale
+            w = np.exp(scores - scores.max())
+            w /= w.sum()
+            out[head, i] = w @ v[head]
+    return out
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("rotary_dim", [8, 4])  # full and partial rotary
+def test_two_map_attention_equals_the_definition(name, rotary_dim):
+    torch.manual_seed(0)
+    n, dim, heads, base = 30, 8, 2, 10000.0
+    g = RopeGeometry(rotary_dim, base, 16)
+    method = A.make_attention_method(name, g, 64, **CASES[name])
+    q_raw, k_raw, v = (torch.randn(1, heads, n, dim, dtype=torch.float64).float() for _ in range(3))
+    inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2).float() / rotary_dim))
+    pos = torch.arange(n)[None].float()
+    freqs = pos[..., None] * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    q_rot, k_rot = q_raw.clone(), k_raw.clone()
+    q_rot[..., :rotary_dim], k_rot[..., :rotary_dim] = apply_rotary_pos_emb(  # transformers' own rotation
+        q_raw[..., :rotary_dim], k_raw[..., :rotary_dim], emb.cos(), emb.sin()
+    )
+    module = types.SimpleNamespace(layer_idx=0)
+    token = A._ACTIVE.set((method, inv_freq, frozenset()))
+    try:
+        fast, _ = A.two_map_attention(module, q_rot, k_rot, v, None, scaling=dim**-0.5, position_ids=torch.arange(n)[None])
+    finally:
+        A._ACTIVE.reset(token)
+    slow = slow_attention(
+        q_raw[0].double().numpy(),
+        k_raw[0].double().numpy(),
+        v[0].double().numpy(),
+        inv_freq.double().numpy(),
+        rotary_dim,
+        name,
+        method.params,
+        dim**-0.5,
+    )
+    np.testing.assert_allclose(fast[0].transpose(0, 1).double().numpy(), slow, atol=2e-5, rtol=1e-4)
+    plain = torch.nn.functional.scaled_dot_product_attention(q_rot, k_rot, v, is_causal=True)
+    assert not torch.allclose(fast.transpose(1, 2), plain, atol=1e-3), "the method changes attention beyond its window"
+
+
+def test_relative_distances_follow_the_papers():
+    g = RopeGeometry(8, 10000.0, 16)
+    for name, params in CASES.items():
+        m = A.make_attention_method(name, g, 64, **params)
+        got = A.relative_distances(m, 25)
+        want = np.array([[(-1 if (r := paper_distance(name, m.params, i, j)) is None else r) for j in range(25)] for i in range(25)])
+        np.testing.assert_allclose(got, want)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_runs_the_methods_through_transformers(family):
+    """Inside its window ReRoPE is plain attention: logits equal the model's own (GQA, partial rotary, Gemma's
+    softcap and local layers, Mistral's sliding mask included); beyond it they differ, and the model's own
+    attention is back afterwards."""
+    from longsearch.models import model_geometry
+
+    model = build(family)
+    g = model_geometry(model.config)
+    x = torch.randint(0, 97, (1, 50), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        own = model(x).logits
+        inside = A.make_attention_method("rerope", g, 4 * L0, window=L0 - 1)  # every distance < 50 is exact
+        with A.attention_method(model, inside):
+            same = model(x).logits
+        narrow = A.make_attention_method("self-extend", g, 4 * L0, group_size=4, window_size=8)
+        with A.attention_method(model, narrow):
+            other = model(x).logits
+        back = model(x).logits
+    torch.testing.assert_close(same, own, atol=2e-5, rtol=1e-4)
+    assert (other - own).abs().max() > 1e-3
+    assert torch.equal(back, own) and model.config._attn_implementation == "eager"
+
+
+def test_gemma3_local_layers_are_left_alone():
+    from longsearch.models import model_geometry
+
+    model = build("gemma3")
+    m = A.make_attention_method("rerope", model_geometry(model.config), 256, window=8)
+    assert A._local_layers(model, m.geometry) == frozenset({0})  # layer 0 is sliding_attention
+
+
+def test_nbce_equals_plain_scoring_for_one_chunk_and_beta_0(tiny_byte_llama_dir):
+    from longsearch.models import load_model
+
+    lm = load_model(tiny_byte_llama_dir, device="cpu")
+    g = lm.geometry
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 250, size=120)
+    m = A.make_attention_method("nbce", g, 1024, beta=0.0)
+    rows = A.nbce_logprobs(lm.model, [256], ids[:90], ids[90:], g.original_length, m)
+    full = np.concatenate([[256], ids])
+    with torch.no_grad():
+        ref = torch.log_softmax(lm.model(torch.as_tensor(full)[None]).logits[0, 90:120].float(), dim=-1)
+    torch.testing.assert_close(rows, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["min-entropy", "average"])
+def test_nbce_pools_chunks_as_defined(tiny_byte_llama_dir, pooling):
+    from longsearch.models import load_model
+
+    lm = load_model(tiny_byte_llama_dir, device="cpu")
+    window = lm.geometry.original_length
+    rng = np.random.default_rng(1)
+    context, suffix = rng.integers(0, 250, size=500), rng.integers(0, 250, size=6)
+    beta = 0.25
+    m = A.make_attention_method("nbce", lm.geometry, 4096, beta=beta, pooling=pooling)
+    rows = A.nbce_logprobs(lm.model, [256], context, suffix, window, m)
+    room = window - 1 - len(suffix)
+    chunks = [context[i : i + room] for i in range(0, len(context), room)]
+    assert len(chunks) == 3
+
+    def logp(body):  # log p(suffix[t] | BOS, body, suffix[:t]) for every t, one forward per sequence
+        seq = torch.as_tensor(np.concatenate([[256], body, suffix]))[None]
+        with torch.no_grad():
+            out = torch.log_softmax(lm.model(seq).logits[0].float(), dim=-1)
+        return [out[len(body) + t] for t in range(len(suffix))]
+
+    per_chunk = [logp(c) for c in chunks]
+    uncond = logp(np.zeros(0, dtype=np.int64))
+    for t in range(len(suffix)):
+        if pooling == "average":
+            pooled = sum(pc[t] for pc in per_chunk) / len(chunks)
+        else:
+            entropies = [float(-(pc[t].exp() * pc[t]).sum()) for pc in per_chunk]
+            pooled = per_chunk[int(np.argmin(entropies))][t]
+        want = torch.log_softmax((1 + beta) * pooled - beta * uncond[t], dim=-1)
+        torch.testing.assert_close(rows[t], want, atol=1e-5, rtol=1e-5)
+
+
+def test_defaults_and_bad_parameters():
+    g = RopeGeometry(64, 10000.0, 256)
+    se = A.make_attention_method("self-extend", g, 4096)
+    assert se.params["window_size"] == 128
+    far = (4095 // se.params["group_size"]) + 128 - 128 // se.params["group_size"]
+    assert far <= 255, "the default group size keeps the target's largest distance inside the window"
+    lk = A.make_attention_method("leaky-rerope", g, 4096)
+    assert lk.params["window"] + (4095 - lk.params["window"]) / lk.params["k"] <= 255
+    assert A.make_attention_method("nbce", g, 4096).params == {"beta": 0.25, "pooling": "min-entropy"}
+    for name, bad in (
+        ("rerope", {"window": 256}),
+        ("self-extend", {"group": 4}),
+        ("nbce", {"pooling": "max"}),
+        ("leaky-rerope", {"k": "x"}),
+        ("lambda-window", {"n_local": 300}),
+        ("nope", {}),
+    ):
+        with pytest.raises(InputError):
+            A.make_attention_method(name, g, 4096, **bad)
+    assert A.parse_attention_baseline("self-extend:group_size=8:window_size=64") == (
+        "self-extend",
+        {"group_size": "8", "window_size": "64"},
+    )
+    with pytest.raises(InputError):
+        A.parse_attention_baseline("rerope:window")
+
+
+def test_eval_grid_has_the_methods_with_their_cost(tmp_path):
+    from longsearch import evaluate as ev
+    from longsearch.models import load_model
+
+    lm = load_model(None, device="cpu")
+    names = ev.parse_baselines("yarn,rerope,self-extend:group_size=4,nbce,lambda-window,leaky-rerope")
+    methods = ev.build_methods(lm.geometry, names, [], 1024)
+    assert [m.kind for m in methods] == ["none", "baseline"] + ["attention"] * 5
+    res = ev.run_eval(lm, methods, [256, 512], depths=[0.5], samples=1, template="passkey", segment=64, cost_repeats=1)
+    for m in methods:
+        for n in (256, 512):
+            nll, acc = res.needle_mean(m.label, n)
+            assert math.isfinite(nll) and 0.0 <= acc <= 1.0
+            assert math.isfinite(res.segment(m.label, n).ppl)
+            t, _ = res.cost_ratio(m.label, n)
+            assert t > 0 and math.isfinite(t)
+    assert all(c.peak_bytes >= 0 and c.memory == "process RSS" for c in res.costs) and len(res.costs) == 2 * len(methods)
+    # inside the window the Λ-window (n_local = the window) is plain attention: same needle score
+    assert res.needle_mean("lambda-window(n_global=10,n_local=256)", 256) == pytest.approx(res.needle_mean("none", 256), abs=1e-4)
+    report = ev.render_report(res)
+    assert "Cost relative to plain attention" in report and "cannot be exported" in report
+    paths = ev.write_eval(res, tmp_path / "ev")
+    assert any(p.name == "eval.json" for p in paths)
+
+
+def test_eval_cli_refuses_bad_attention_parameters(run_cli, capsys, tmp_path):
+    code = run_cli("eval", "--lengths", "512", "--baselines", "self-extend:groups=4", "--out", str(tmp_path / "ev"))
+    err = capsys.readouterr().err
+    assert code == 2 and "group_size" in err and not (tmp_path / "ev").exists()
