@@ -18,7 +18,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from longsearch import attention as A
 from longsearch.errors import InputError
 from longsearch.rope import RopeGeometry
-from tests.test_models import FAMILIES, L0, build
+from test_models import FAMILIES, L0, build
 
 torch.set_num_threads(1)
 
