@@ -13,12 +13,12 @@ import types
 import numpy as np
 import pytest
 import torch
+from test_models import FAMILIES, L0, build
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from longsearch import attention as A
 from longsearch.errors import InputError
 from longsearch.rope import RopeGeometry
-from test_models import FAMILIES, L0, build
 
 torch.set_num_threads(1)
 
