@@ -39,10 +39,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from longsearch.evaluate import build_methods, run_eval  # noqa: E402
-from longsearch.factors import RopeFactors, load_factors  # noqa: E402
-from longsearch.lengths import format_length, parse_length  # noqa: E402
-from longsearch.models import load_config, load_model, model_geometry  # noqa: E402
+from longsearch.evaluate import build_methods, run_eval
+from longsearch.factors import RopeFactors, load_factors
+from longsearch.lengths import format_length, parse_length
+from longsearch.models import load_config, load_model, model_geometry
 
 LENGTH_MULTIPLES = (1, 4, 8, 16)
 DEPTHS = (0.1, 0.5, 0.9)
