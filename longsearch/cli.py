@@ -464,6 +464,7 @@ def eval_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from . import evaluate as ev
+    from .atomic import destination_exists
     from .errors import RunError
     from .lengths import parse_length, parse_lengths
     from .models import load_config, load_model, model_geometry
@@ -473,7 +474,7 @@ def eval_command(
     names, depth_list = ev.parse_baselines(baselines), ev.parse_depths(depths)
     ev.validate_settings(samples, segment, template)
     out_dir = Path(out) if out else ev.default_out_dir()
-    if out_dir.exists() and not force:
+    if not force and destination_exists(out_dir):
         raise RunError(f"{out_dir} already exists: choose another --out or pass --force to replace it")
     geometry = model_geometry(load_config(model))  # check every input before loading weights
     methods = ev.build_methods(geometry, names, [*(factors or []), *(more_factors or [])], tgt)

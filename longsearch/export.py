@@ -18,21 +18,19 @@ ones, the original RoPE within the original window, and every result says which.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_dir, atomic_write_text, current_umask
+from .atomic import atomic_dir, atomic_path, atomic_write_text, destination_exists
 from .errors import ExportError, FactorsError
 from .factors import RopeFactors, load_factors, write_csv_factors
 from .rope import RopeGeometry
@@ -111,28 +109,8 @@ def default_out(source: str | Path, fmt: str, gguf_file: str | Path | None = Non
 
 
 def _refuse_existing(out: Path, force: bool) -> None:
-    if out.exists() or out.is_symlink():
+    if destination_exists(out):
         raise ExportError(f"{out} already exists: choose another --out or pass --force to replace it")
-
-
-@contextlib.contextmanager
-def _atomic_file(out: Path) -> Iterator[Path]:
-    """A temporary path next to ``out``; renamed onto it (after fsync) only if the block succeeds."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.fchmod(fd, 0o666 & ~current_umask())
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        if out.is_dir() and not out.is_symlink():
-            shutil.rmtree(out)
-        os.replace(tmp_path, out)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
 
 
 # ---------------------------------------------------------------- json / csv
@@ -533,7 +511,7 @@ def export_gguf(factors: RopeFactors, gguf_file: str | Path, out: str | Path, fo
 
     long = np.ascontiguousarray(factors.long_factor, dtype=np.float32)
     short = np.ascontiguousarray(factors.short_factor, dtype=np.float32)
-    with _atomic_file(out) as tmp:
+    with atomic_path(out) as tmp:
         writer = gguf.GGUFWriter(tmp, arch=arch, endianess=reader.endianess)
         writer.data_alignment = reader.alignment
         for f in reader.fields.values():

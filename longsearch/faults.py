@@ -5,10 +5,12 @@ Set ``LONGSEARCH_FAULT`` to one or more comma-separated ``FILE:N:WHEN:ACTION``:
 
 * ``FILE`` — the file name written (``journal.jsonl``, ``best.json``, ``baselines.json``, ``final.json``,
   ``config.json``, ...), or a class: ``checkpoint`` (any ``gen-NNNN.json``), ``plot`` (any ``.png``),
-  ``dir`` (an output directory built by :func:`~longsearch.atomic.atomic_dir`, e.g. an export);
+  ``dir`` (an output built under a temporary name and renamed: an export, an eval directory, a GGUF file —
+  :func:`~longsearch.atomic.atomic_dir` and :func:`~longsearch.atomic.atomic_path`);
 * ``N`` — the N-th such write of this process (from 1);
 * ``WHEN`` — ``before`` (the data is written to a temporary file / not yet appended), ``after`` (the write is
-  complete), or ``partial`` (journal only: half of the line is appended);
+  complete), ``partial`` (journal only: half of the line is appended) or ``aside`` (``dir`` only: the output
+  being replaced has been moved aside, the new one not yet renamed onto it);
 * ``ACTION`` — ``kill`` (SIGKILL: no handler, no cleanup) or ``enospc`` (raise ``OSError(ENOSPC)``).
 
 Unset (the normal case), :func:`point` returns at once. Nothing else reads the variable.

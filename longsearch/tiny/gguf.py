@@ -181,8 +181,8 @@ def write_gguf(model: Any, out: str | Path, arch: str = "llama", name: str = "lo
 def testbed_gguf(out: str | Path, model: str | None = None, arch: str = "llama", force: bool = False) -> Path:
     """``longsearch testbed gguf``: the testbed (or ``model``, a small Llama directory) as a GGUF file at ``out``,
     written whole or not at all; an existing file is replaced only with ``force``."""
+    from ..atomic import atomic_path, destination_exists
     from ..errors import InputError
-    from ..export import _atomic_file
     from ..models import load_model
 
     out = Path(out)
@@ -190,12 +190,12 @@ def testbed_gguf(out: str | Path, model: str | None = None, arch: str = "llama",
         raise InputError(f"--arch {arch!r}: choose one of {', '.join(ARCHS)}")
     if out.is_dir():
         raise InputError(f"{out} is a directory: --out names the .gguf file to write")
-    if out.exists() and not force:
+    if not force and destination_exists(out):
         raise InputError(f"{out} already exists: choose another --out or pass --force to replace it")
     lm = load_model(model, device="cpu", dtype="float32")
     if getattr(lm.model.config, "model_type", None) != "llama":
         raise InputError(f"{model} is a {lm.model.config.model_type!r} model: testbed gguf writes Llama models only")
-    with _atomic_file(out) as tmp:
+    with atomic_path(out) as tmp:
         write_gguf(lm.model, tmp, arch=arch, name="longsearch-testbed" if model is None else Path(str(model)).name)
     return out
 

@@ -24,8 +24,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write_bytes, atomic_write_json
+from ..atomic import atomic_dir, atomic_write_bytes, atomic_write_json, destination_exists
 from ..errors import RunError
 from .tokenizer import BOS_ID, EOS_ID, PAD_ID, encode_bytes, save_tokenizer
 
@@ -405,7 +403,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: ProgressFn | N
     import torch
 
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if not overwrite and destination_exists(out) and (not out.is_dir() or any(out.iterdir())):
         raise RunError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -520,10 +518,7 @@ def _save_weights(model, directory: Path) -> None:
 
 
 def _save(model, cfg, out: Path, losses, answer_losses, evals, seconds, n_params) -> TrainResult:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)
-    try:
+    with atomic_dir(out) as tmp:  # written whole, then renamed onto out
         _save_weights(model, tmp)
         save_tokenizer(tmp)
         atomic_write_json(tmp / "train_config.json", dataclasses.asdict(cfg))
@@ -532,17 +527,6 @@ def _save(model, cfg, out: Path, losses, answer_losses, evals, seconds, n_params
             {"seconds": round(seconds, 1), "n_params": n_params, "losses": losses, "answer_losses": answer_losses, "evals": evals},
         )
         plot_curve(losses, answer_losses, evals, tmp / "loss_curve.png")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return TrainResult(out, cfg, losses, answer_losses, evals, seconds, n_params, out / "loss_curve.png")
 
 
