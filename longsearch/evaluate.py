@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_dir, atomic_write_json, atomic_write_text
+from .atomic import atomic_dir, atomic_write_json, atomic_write_text, destination_exists
 from .errors import InputError, ModelError, NeedleError, RunError
 from .factors import RopeFactors, load_factors
 from .lengths import format_length
@@ -229,7 +229,10 @@ class SegmentCell:
 
 @dataclass
 class CostCell:
-    """One method × length: one needle document's forward (median of a few) and the extra memory it peaked at."""
+    """One method × length: one needle document's forward (median of a few) and the extra memory it peaked at.
+
+    ``times`` are the timed forwards in the order they ran; the k-th of every method at one length ran in the
+    same round (methods interleaved), so their ratios to plain attention's k-th are paired."""
 
     method: str
     length: int
@@ -237,6 +240,7 @@ class CostCell:
     peak_bytes: float
     memory: str  # how the peak was measured: "cuda allocator" or "process RSS"
     error: str | None = None
+    times: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -277,12 +281,17 @@ class EvalResult:
         raise KeyError((method, length))
 
     def cost_ratio(self, method: str, length: int) -> tuple[float, float]:
-        """(time, peak memory) of ``method`` at ``length`` relative to plain attention (``none``); NaN if unknown."""
+        """(time, peak memory) of ``method`` at ``length`` relative to plain attention (``none``); NaN if unknown.
+
+        Time: the median over rounds of the paired ratio (both forwards ran in the same round)."""
         cells = {c.method: c for c in self.costs if c.length == length and c.error is None}
         mine, base = cells.get(method), cells.get("none")
         if mine is None or base is None:
             return float("nan"), float("nan")
-        t = mine.seconds / base.seconds if base.seconds > 0 else float("nan")
+        if mine.times and len(mine.times) == len(base.times) and min(base.times) > 0:
+            t = float(np.median(np.asarray(mine.times) / np.asarray(base.times)))  # paired by round
+        else:
+            t = mine.seconds / base.seconds if base.seconds > 0 else float("nan")
         m = mine.peak_bytes / base.peak_bytes if base.peak_bytes > 0 else float("nan")
         return t, m
 
@@ -393,7 +402,7 @@ def run_eval(
     if seg < segment:
         log.warning("final segment shortened to %d tokens: the shortest length is %d", seg, lengths[0])
 
-    total = len(methods) * len(lengths) * (len(depths) + 1)
+    total = len(methods) * len(lengths) * (len(depths) + 1) + (len(lengths) if cost_repeats > 0 else 0)
     done = 0
 
     def tick(what: str) -> None:
@@ -435,9 +444,11 @@ def run_eval(
             segments.append(
                 SegmentCell(m.label, n, nll, math.exp(nll) if math.isfinite(nll) else float("nan"), seg, time.perf_counter() - t0, err)
             )
-            if cost_repeats > 0:
-                costs.append(_cost_probe(lm, m, sets[(n, depths[0])].samples[0], cost_repeats))
             tick(f"{m.label} · {format_length(n)} · segment")
+    if cost_repeats > 0:
+        for n in lengths:
+            costs += _cost_probe(lm, methods, sets[(n, depths[0])].samples[0], cost_repeats)
+            tick(f"cost · {format_length(n)}")
     g = lm.geometry
     settings = {
         "samples": samples,
@@ -449,7 +460,12 @@ def run_eval(
         "device": str(getattr(lm, "device", "")),
         "dtype": str(getattr(lm, "dtype", "")),
     }
-    settings["cost"] = f"one needle document per length, median of {cost_repeats} forwards" if cost_repeats else "not measured"
+    settings["cost"] = (
+        f"one needle document per length; {cost_repeats} rounds of one forward per method, methods interleaved; "
+        "time ratio = median over rounds of the ratio within a round"
+        if cost_repeats
+        else "not measured"
+    )
     return EvalResult(
         model=str(lm.name),
         geometry={"rotary_dim": g.rotary_dim, "base": g.base, "original_length": g.original_length},
@@ -517,23 +533,39 @@ def _forward_once(lm: Any, m: EvalMethod, sample: Any) -> None:
         lm.model(input_ids=x, logits_to_keep=1, use_cache=False)
 
 
-def _cost_probe(lm: Any, m: EvalMethod, sample: Any, repeats: int) -> CostCell:
-    """Time (median of ``repeats`` forwards) and peak extra memory (the first forward) of one needle document."""
+def _cost_probe(lm: Any, methods: Sequence[EvalMethod], sample: Any, repeats: int) -> list[CostCell]:
+    """Each method's cost on one needle document: peak extra memory of one forward (which also warms it up),
+    then ``repeats`` rounds of one timed forward per method, the order rotated each round, so that a machine
+    slowing down or speeding up weighs on every method alike."""
     from .memory import PeakMemory
 
     n = len(sample.input_ids)
-    try:
-        with PeakMemory(lm.device) as peak:
-            _forward_once(lm, m, sample)
-        times = []
-        for _ in range(repeats):
+    peaks: dict[str, tuple[float, str]] = {}
+    errors: dict[str, str] = {}
+    for m in methods:
+        try:
+            with PeakMemory(lm.device) as peak:
+                _forward_once(lm, m, sample)
+            peaks[m.label] = (float(peak.bytes), peak.how)
+        except _OOM_ERRORS as e:
+            _empty_cache()
+            errors[m.label] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    ok = [m for m in methods if m.label not in errors]
+    times: dict[str, list[float]] = {m.label: [] for m in ok}
+    for r in range(repeats):
+        k = r % len(ok) if ok else 0
+        for m in ok[k:] + ok[:k]:
             t0 = time.perf_counter()
             _forward_once(lm, m, sample)
-            times.append(time.perf_counter() - t0)
-        return CostCell(m.label, n, float(np.median(times)), float(peak.bytes), peak.how)
-    except _OOM_ERRORS as e:
-        _empty_cache()
-        return CostCell(m.label, n, math.nan, math.nan, "", f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            times[m.label].append(time.perf_counter() - t0)
+    cells = []
+    for m in methods:
+        if m.label in errors:
+            cells.append(CostCell(m.label, n, math.nan, math.nan, "", errors[m.label]))
+        else:
+            b, how = peaks[m.label]
+            cells.append(CostCell(m.label, n, float(np.median(times[m.label])), b, how, times=times[m.label]))
+    return cells
 
 
 def _oom_errors() -> tuple[type[BaseException], ...]:
@@ -605,7 +637,7 @@ def safe_name(label: str) -> str:
 def write_eval(result: EvalResult, out: str | Path, force: bool = False) -> list[Path]:
     """Write eval.json, eval.csv, report.md and the PNG plots into ``out`` (refused if it exists, unless ``force``)."""
     out = Path(out)
-    if (out.exists() or out.is_symlink()) and not force:
+    if not force and destination_exists(out):
         raise RunError(f"{out} already exists: choose another --out or pass --force to replace it")
     names: list[str] = []
     with atomic_dir(out) as tmp:
@@ -697,8 +729,7 @@ def render_report(result: EvalResult, plots: Sequence[str] = ()) -> str:
     if result.costs:
         lines += [
             "\n## Cost relative to plain attention (`none`): time · peak memory\n\n",
-            f"One needle document per length ({s.get('cost', '')}); peak memory is the extra "
-            f"{result.costs[0].memory or 'memory'} above the start of the forward.\n\n",
+            f"Cost: {s.get('cost', '')}; peak memory is the extra {result.costs[0].memory or 'memory'} above the start of the forward.\n\n",
             table(lambda m, n: f"{_cell(result.cost_ratio(m, n)[0], '.2f')} · {_cell(result.cost_ratio(m, n)[1], '.2f')}"),
         ]
     attention = [m for m in result.methods if m["kind"] == "attention"]

@@ -234,7 +234,8 @@ def test_eval_grid_has_the_methods_with_their_cost(tmp_path):
     names = ev.parse_baselines("yarn,rerope,self-extend:group_size=4,nbce,lambda-window,leaky-rerope")
     methods = ev.build_methods(lm.geometry, names, [], 1024)
     assert [m.kind for m in methods] == ["none", "baseline"] + ["attention"] * 5
-    res = ev.run_eval(lm, methods, [256, 512], depths=[0.5], samples=1, template="passkey", segment=64, cost_repeats=1)
+    res = ev.run_eval(lm, methods, [256, 512], depths=[0.5], samples=1, template="passkey", segment=64, cost_repeats=2)
+    assert all(len(c.times) == 2 for c in res.costs)  # one timed forward per method and round
     for m in methods:
         for n in (256, 512):
             nll, acc = res.needle_mean(m.label, n)
@@ -255,3 +256,16 @@ def test_eval_cli_refuses_bad_attention_parameters(run_cli, capsys, tmp_path):
     code = run_cli("eval", "--lengths", "512", "--baselines", "self-extend:groups=4", "--out", str(tmp_path / "ev"))
     err = capsys.readouterr().err
     assert code == 2 and "group_size" in err and not (tmp_path / "ev").exists()
+
+
+def test_cost_time_ratio_is_paired_by_round():
+    """A machine slowing down in round 3 weighs on both methods alike: the median of the per-round ratios (2)
+    is what the report gives, not the ratio of the medians (1)."""
+    from longsearch.evaluate import CostCell, EvalResult
+
+    res = EvalResult("m", {}, [256], [0.5], [], [], [], {})
+    res.costs = [
+        CostCell("none", 256, 4.0, 100.0, "process RSS", times=[1.0, 4.0, 9.0]),
+        CostCell("x", 256, 4.0, 250.0, "process RSS", times=[2.0, 4.0, 27.0]),
+    ]
+    assert res.cost_ratio("x", 256) == pytest.approx((2.0, 2.5))
