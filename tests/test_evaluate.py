@@ -112,9 +112,10 @@ def test_grid_holds_the_scorers_numbers(lm, evaluated):
     assert result.labels == ["none", "yarn", "dynamic-ntk", "searched"]
     assert len(result.needles) == 4 * len(LENGTHS) * len(DEPTHS) and len(result.segments) == 4 * len(LENGTHS)
     assert all(c.error is None and math.isfinite(c.nll) and 0 <= c.accuracy <= 1 for c in result.needles)
-    # the progress callback covered the whole grid, in order
+    # the progress callback covered the whole grid and the cost pass (one step per length), in order
     done = [d for d, _ in calls]
-    assert done == sorted(done) and done[-1] == calls[-1][1] == 4 * len(LENGTHS) * (len(DEPTHS) + 1)
+    assert done == sorted(done) and done[-1] == calls[-1][1] == 4 * len(LENGTHS) * (len(DEPTHS) + 1) + len(LENGTHS)
+    assert len(result.costs) == 4 * len(LENGTHS) and all(len(c.times) == 3 for c in result.costs)
 
     # cross-check cells against the scorer called directly on a freshly built needle set
     for label, n, d in [("searched", 768, 0.8), ("dynamic-ntk", 512, 0.2), ("none", 768, 0.2)]:
