@@ -120,10 +120,14 @@ class RichReporter(EvolveReporter):
             f"depths {c.depths or 'start'}"
         )
         b = run.optimizer.budget
-        self._print(
-            f"  search   {c.optimizer}, budget {c.budget}: {b.generations + 1} generations, "
-            f"{b.evaluations} evaluations; {c.samples} needle samples; seed {c.seed}"
-        )
+        if b.max_cost is not None:  # a cost budget: the number of generations is whatever the cost allows
+            shape = (
+                f"{b.max_cost:g} full evaluations' worth of token-forwards (population {b.population}, then "
+                f"{b.per_generation} per generation)"
+            )
+        else:
+            shape = f"{b.generations + 1} generations, {b.evaluations} evaluations"
+        self._print(f"  search   {c.optimizer}, budget {c.budget}: {shape}; {c.samples} needle samples; seed {c.seed}")
 
     def pool_started(self, workers: int, device: str, seconds: float) -> None:
         self._print(f"  workers  {workers} on {device}, ready in {seconds:.1f} s")

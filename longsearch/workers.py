@@ -713,11 +713,12 @@ def is_this_machine(address: str) -> bool:
 
 
 def use_ray_token(address: str) -> str | None:
-    """Joining a cluster: clusters started with ``ray start --head`` (Ray ≥ 2.59) require token authentication,
-    and a client sends a token only with ``RAY_AUTH_MODE=token``; Ray itself never turns that on for an
-    explicit address, so as not to send a token to a cluster it was not made for. longsearch turns it on only
-    for a cluster on this machine — whose token is this machine's own (``~/.ray/auth_token``, written by
-    ``ray start --head``) — when the mode is unset. Anywhere else, set ``RAY_AUTH_MODE=token`` yourself.
+    """Joining a cluster: clusters started with ``ray start --head`` (Ray ≥ 2.59) require token authentication
+    whenever a token exists on their machine (any earlier ``ray.init()`` makes one), and a client sends a token
+    only with ``RAY_AUTH_MODE=token`` (a cluster without authentication accepts such a client as well); Ray
+    itself never turns that on for an explicit address, so as not to send a token to a cluster it was not made for. longsearch turns it on only
+    for a cluster on this machine — whose token is this machine's own (``~/.ray/auth_token``) — when the mode
+    is unset and a token exists. Anywhere else, set ``RAY_AUTH_MODE=token`` yourself.
     Returns the token's source when it is used."""
     source = ray_token_source()
     if source is None or os.environ.get("RAY_AUTH_MODE") or not is_this_machine(address):
@@ -739,7 +740,7 @@ def ray_auth_hint() -> str:
             f"(copy the head node's {RAY_TOKEN_FILE})"
         )
     return (
-        f"; if the cluster uses token authentication (the default of `ray start` since Ray 2.59), set "
+        f"; if the cluster uses token authentication (Ray ≥ 2.59 turns it on whenever a token exists), set "
         f"RAY_AUTH_MODE=token with its token in {RAY_TOKEN_FILE}, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH"
     )
 

@@ -1,8 +1,10 @@
-"""A real Ray cluster: ``ray start --head`` on 127.0.0.1 (token authentication, Ray's default since 2.59) and a
+"""A real Ray cluster: ``ray start --head`` on 127.0.0.1 with token authentication (Ray ≥ 2.59 turns it on for
+``ray start --head`` when a token exists, as it does on any machine where ``ray.init()`` has run) and a
 second node, a search through ``--address`` whose second node is killed mid-run, against a local run.
 
-The test starts its own head node and node with their own temp dir and ports, and stops only the processes
-it started (every Ray process of that temp dir), never the machine's other Ray sessions.
+The test makes its own HOME with a token in it (so token authentication is on whatever the machine holds),
+starts its own head node and node, each in a session of its own, with their own temp dir and ports, and stops
+only the processes of those two sessions, never the machine's other Ray sessions.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -32,108 +35,107 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _procs_with(text: str) -> list[int]:
-    out = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmd and int(pid) != os.getpid():
-            out.append(int(pid))
-    return out
+def _session_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2 :].split()[3])  # field 6: the session id
 
 
-def _kill(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+def _procs_in_session(sid: int) -> list[int]:
+    """Every process of one session. Ray's daemons and workers keep the session of the `ray start` that made
+    them (they rename themselves, e.g. ``ray::DashboardAgent``, so their command lines cannot be matched)."""
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid() and _session_of(int(p)) == sid]
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
-    env.update(RAY_USAGE_STATS_ENABLED="0", COLUMNS="120", **extra)
+def _kill_session(sid: int) -> None:
+    for _ in range(3):  # Ray restarts nothing once its raylet is gone, but a process may be forking as we look
+        pids = _procs_in_session(sid)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.5)
+
+
+def _env(home: str, **extra: str) -> dict[str, str]:
+    """The test's own HOME, so that ``~/.ray/auth_token`` is the token this test made, whatever the machine holds."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    env.update(HOME=home, RAY_USAGE_STATS_ENABLED="0", COLUMNS="120", **extra)
     return env
+
+
+def _ray_start(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """``ray start ARGS`` in a session of its own; returns (session id, its output)."""
+    proc = subprocess.Popen(
+        [RAY, "start", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    return proc.pid, out
+
+
+@dataclass
+class Cluster:
+    address: str
+    home: str
+    head_session: int
+    node_session: int
 
 
 @pytest.fixture
 def cluster():
-    """A head node and a second node on 127.0.0.1, one CPU each; yields (address, second node's raylet port)."""
+    """A head node and a second node on 127.0.0.1, one CPU each, with token authentication on: the test makes a
+    token in its own HOME (``ray get-auth-token --generate``), as a machine that has run Ray before has one, and
+    ``ray start --head`` then enables it. Only the two sessions this fixture started are stopped."""
     if RAY is None:
         pytest.skip("the ray command is not installed")
     temp = tempfile.mkdtemp(prefix="lsc-", dir="/tmp")  # short: Ray's unix sockets live under it
+    home = tempfile.mkdtemp(prefix="lsh-", dir="/tmp")
     port, node_port = _free_port(), _free_port()
     address = f"127.0.0.1:{port}"
+    sessions: list[int] = []
     try:
-        subprocess.run(
-            [
-                RAY,
-                "start",
-                "--head",
-                "--port",
-                str(port),
-                "--node-ip-address",
-                "127.0.0.1",
-                "--num-cpus",
-                "1",
-                "--temp-dir",
-                temp,
-                "--include-dashboard",
-                "false",
-                "--disable-usage-stats",
-            ],
-            env=_env(),
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
+        made = subprocess.run([RAY, "get-auth-token", "--generate"], env=_env(home), capture_output=True, text=True, timeout=60)
+        assert made.returncode == 0 and (Path(home) / ".ray" / "auth_token").is_file(), made.stdout + made.stderr
+        common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats"]
+        sid, out = _ray_start(["--head", "--port", str(port), "--temp-dir", temp, "--include-dashboard", "false", *common], _env(home))
+        sessions.append(sid)
+        assert "Token authentication is enabled" in out, out[-3000:]
         # joining as a node needs the token mode set, as Ray documents for `ray start --address`
-        subprocess.run(
-            [
-                RAY,
-                "start",
-                "--address",
-                address,
-                "--node-ip-address",
-                "127.0.0.1",
-                "--num-cpus",
-                "1",
-                "--node-manager-port",
-                str(node_port),
-                "--disable-usage-stats",
-            ],
-            env=_env(RAY_AUTH_MODE="token"),
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        yield address, node_port
+        sid, _ = _ray_start(["--address", address, "--node-manager-port", str(node_port), *common], _env(home, RAY_AUTH_MODE="token"))
+        sessions.append(sid)
+        yield Cluster(address, home, sessions[0], sessions[1])
     finally:
-        _kill(_procs_with(temp))
-        time.sleep(1)
-        _kill(_procs_with(temp))
+        for sid in sessions:
+            _kill_session(sid)
         shutil.rmtree(temp, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)
+        for sid in sessions:
+            assert not _procs_in_session(sid), f"processes of the test cluster are still running: {_procs_in_session(sid)}"
 
 
 def _journal(run: Path) -> dict:
     out = {}
     for line in (run / "journal.jsonl").read_text().splitlines():
         r = json.loads(line)
-        out[(r["kind"], r["id"])] = (r["score"], r["lam"], r.get("m"), r.get("failed", False))
+        # a candidate is named by its optimizer id, a baseline by its method (baselines all have id None)
+        key = r["id"] if r["kind"] == "candidate" else r["name"]
+        assert (r["kind"], key) not in out, f"journal line for {r['kind']} {key} appears twice"
+        out[(r["kind"], key)] = (r["score"], r["lam"], r.get("m"), r.get("failed", False))
     return out
 
 
 def test_search_on_a_real_cluster_survives_a_lost_node_and_equals_a_local_run(cluster, tiny_byte_llama_dir, tmp_path):
     model_dir = tiny_byte_llama_dir
-    address, node_port = cluster
     local = tmp_path / "local"
     done = subprocess.run(
         [sys.executable, "-m", "longsearch.cli", *evolve_args(model_dir, local, workers=2)],
-        env=_env(),
+        env=_env(cluster.home),
         capture_output=True,
         text=True,
         timeout=900,
@@ -144,8 +146,8 @@ def test_search_on_a_real_cluster_survives_a_lost_node_and_equals_a_local_run(cl
     log = open(tmp_path / "remote.log", "w")
     # RAY_AUTH_MODE unset: longsearch finds the cluster on this machine and uses its token, as `ray` does
     proc = subprocess.Popen(
-        [sys.executable, "-m", "longsearch.cli", *evolve_args(model_dir, remote, "--address", address, workers=2)],
-        env=_env(),
+        [sys.executable, "-m", "longsearch.cli", *evolve_args(model_dir, remote, "--address", cluster.address, workers=2)],
+        env=_env(cluster.home),
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -157,9 +159,9 @@ def test_search_on_a_real_cluster_survives_a_lost_node_and_equals_a_local_run(cl
                 break
             time.sleep(0.2)
         assert proc.poll() is None, (tmp_path / "remote.log").read_text()[-3000:]
-        raylet = _procs_with(f"--node_manager_port={node_port}")
-        assert raylet, "the second node's raylet is not running"
-        _kill(raylet)  # the second node is lost mid-run, with the worker it held
+        node = _procs_in_session(cluster.node_session)
+        assert node, "the second node is not running"
+        _kill_session(cluster.node_session)  # the second node is lost mid-run: its raylet, agents and the worker it held
         rc = proc.wait(timeout=900)
     finally:
         if proc.poll() is None:
