@@ -365,6 +365,8 @@ def finetune(
         keep_checkpoints=keep_checkpoints,
     )
     result = run_finetune(opts, resume=resume, force=force, accept_model_change=accept_model_change)
+    if not result.main_process:  # another process of a multi-process launch: the first one reports
+        return
     how = f" (resumed from step {result.resumed_from})" if result.resumed_from is not None else ""
     console.print(f"[bold green]trained[/] {result.steps} steps in {result.seconds:.1f} s{how}", highlight=False)
     console.print(f"  model    {result.model_dir}", highlight=False)
@@ -396,9 +398,10 @@ def export_command(
     link: bool = typer.Option(
         False,
         "--link",
-        help="Hard-link weight files instead of copying them (the default copies, as a reflink where the file system "
-        "offers one). Saves disk, but the export then shares those files with the original model: anything that "
-        "later writes into an exported weight file in place rewrites the original too.",
+        help="Hard-link the weight files (.safetensors, .bin, .pt, .pth, .gguf, …) and every other file of 1 MiB or "
+        "more instead of copying them (the default copies, as a reflink where the file system offers one). Saves "
+        "disk, but the export then shares those files with the original model: anything that later writes into a "
+        "linked file in place rewrites the original too.",
     ),
 ) -> None:
     """Export searched factors to transformers, vLLM, llama.cpp (GGUF), LongRoPE CSV or JSON."""

@@ -39,8 +39,10 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("hf", "vllm", "gguf", "longrope-csv", "json")
 FACTORS_FILE = "longsearch_factors.json"  # written next to an exported config, for traceability
-_SMALL_FILE = 1 << 20  # files below this are copied unless they are weights; larger ones linked
+_SMALL_FILE = 1 << 20  # with --link: files below this are copied unless they are weights; larger ones linked
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".npz")
+# what --link hard-links, in words (for help texts and notes): exactly the rule _copy_tree applies
+LINKED_FILES = f"weight files ({', '.join(_WEIGHT_SUFFIXES)}) and every other file of 1 MiB or more"
 
 
 @dataclass
@@ -113,6 +115,47 @@ def _refuse_existing(out: Path, force: bool) -> None:
         raise ExportError(f"{out} already exists: choose another --out or pass --force to replace it")
 
 
+def _forms(path: Path) -> list[Path]:
+    """``path`` made absolute as written, and with every symlink resolved (where it can be)."""
+    forms = [Path(os.path.abspath(path))]
+    try:
+        forms.append(path.resolve())
+    except (OSError, RuntimeError):  # a symlink loop
+        pass
+    return forms
+
+
+def _overlap(out: Path, src: Path) -> str | None:
+    """How ``out`` lies relative to ``src``: ``"same"``, ``"inside"`` (below it), ``"contains"`` (above it) or None.
+
+    Paths are compared as written and with symlinks resolved, so a link to either side counts."""
+    try:
+        if os.path.samefile(out, src):
+            return "same"
+    except OSError:  # one of them does not exist
+        pass
+    pairs = list(zip(_forms(out), _forms(src), strict=False))
+    if any(o == s for o, s in pairs):
+        return "same"
+    if any(s in o.parents for o, s in pairs):
+        return "inside"
+    if any(o in s.parents for o, s in pairs):
+        return "contains"
+    return None
+
+
+def _refuse_overlap(out: Path, src: Path, what: str, *, allow_inside: bool = False) -> None:
+    """Refuse an output that is ``src``, contains it (replacing the output would delete ``src``) or, unless
+    ``allow_inside``, lies inside it: checked before anything is written, with or without --force."""
+    rel = _overlap(out, src)
+    if rel == "same":
+        raise ExportError(f"--out {out} is {what} itself: export to a new path; {what} is never modified in place")
+    if rel == "contains":
+        raise ExportError(f"--out {out} contains {what} {src}: replacing it would delete {what}; export to a path apart from it")
+    if rel == "inside" and not allow_inside:
+        raise ExportError(f"--out {out} is inside {what} {src}: export to a path apart from it; {what} is never written into")
+
+
 # ---------------------------------------------------------------- json / csv
 
 
@@ -177,9 +220,9 @@ def _clone_or_copy(src: Path, dst: Path) -> str:
 def _copy_tree(src: Path, dst: Path, link: bool, exclude: Sequence[Path] = ()) -> tuple[list[Path], dict[str, int]]:
     """Copy ``src`` into ``dst`` except config.json, each file a copy of its own (a reflink where possible).
 
-    Only with ``link`` are weights and other large files hard-linked instead (copied where a link is
-    impossible): the export then shares those files with ``src``. Returns the files written and how many
-    were copied, reflinked and linked."""
+    Only with ``link`` are weight files and every other file of 1 MiB or more hard-linked instead (copied
+    where a link is impossible): the export then shares those files with ``src``. Returns the files written
+    and how many were copied, reflinked and linked."""
     written = []
     how = {"copy": 0, "reflink": 0, "link": 0}
     skip = [Path(e).resolve() for e in (*exclude, dst)]
@@ -214,7 +257,10 @@ def _copy_note(n: int, src: Path, how: dict[str, int]) -> str:
     parts = [f"{k} {how[k]}" for k in ("copy", "reflink", "link") if how[k]]
     text = f"copied {n} file(s) from {src} ({', '.join(parts) or 'none'}); config.json patched"
     if how["link"]:
-        text += "; hard-linked files are the original model's own: anything that writes into one in place rewrites the original"
+        text += (
+            f"; --link hard-linked {how['link']} of them ({LINKED_FILES}): they are the original model's own files, "
+            "and anything that writes into one in place rewrites the original"
+        )
     return text
 
 
@@ -232,20 +278,26 @@ def export_hf(
 
     The exported directory also holds ``longsearch_factors.json``. Every file is a copy of its own (a
     reflink where the file system offers it), so nothing written into the export can reach the original;
-    only with ``link`` are large files hard-linked to the originals (copied where that is impossible).
+    only with ``link`` are weight files and every other file of 1 MiB or more hard-linked to the originals
+    (copied where that is impossible). An ``out`` that is the model directory, lies inside it or contains it
+    is refused, with or without ``force``.
     """
-    from .models import load_config
+    from .models import TESTBED_DIR, load_config
 
     out = Path(out)
-    if not force:
-        _refuse_existing(out, force)
     if model_dir is not None:
         model_dir = Path(model_dir)
         cfg_path = model_dir / "config.json"
         if not cfg_path.is_file():
             raise ExportError(f"{model_dir} has no config.json: --model-dir must be a transformers model directory")
-        if out.resolve() == model_dir.resolve():
-            raise ExportError("--out is the model directory itself: export into a new directory; weights are never modified in place")
+        _refuse_overlap(out, model_dir, "the model directory")
+    else:  # a config only; still never written into, over or above a local model directory
+        local = TESTBED_DIR if model is None else Path(os.path.expanduser(model))
+        if local.is_dir():
+            _refuse_overlap(out, local, "the model directory")
+    if not force:
+        _refuse_existing(out, force)
+    if model_dir is not None:
         try:
             raw = json.loads(cfg_path.read_text())
         except (OSError, json.JSONDecodeError) as e:
@@ -257,7 +309,7 @@ def export_hf(
         raw = None
         source_desc = model or "the testbed model"
     _check_config_geometry(cfg_obj, factors, source_desc)
-    from .models import patch_config_dict
+    from .models import patch_config_dict, text_config_dict
 
     # a model directory's own config.json is patched as written (keys transformers would add stay out);
     # a hub id's config comes as transformers reads it
@@ -265,7 +317,7 @@ def export_hf(
     overrides = None
     if _vllm:  # vLLM and SGLang read m from short_mscale / long_mscale, never from attention_factor
         patched = add_mscale_keys(patched, factors)
-        overrides = vllm_overrides(factors, _longrope_params_of(patched))
+        overrides = vllm_overrides(factors, _longrope_params_of(patched), text_config=text_config_dict(patched) is not patched)
     notes = [short_factor_note(factors)]
     paths: list[Path] = []
     with atomic_dir(out) as tmp:
@@ -295,11 +347,16 @@ def add_mscale_keys(cfg: dict[str, Any], factors: RopeFactors) -> dict[str, Any]
 
     vLLM's and SGLang's longrope rotary embedding take the attention factor only from these two keys
     (their default is √(1 + ln s / ln L)); transformers reads ``attention_factor`` and warns about the
-    two extra keys without using them. Both multiply cos/sin, as transformers does at every length."""
+    two extra keys without using them. Both multiply cos/sin, as transformers does at every length. The
+    settings are looked for where :func:`~longsearch.models.patch_config_dict` put them (``text_config`` in a
+    multimodal config)."""
+    from .models import text_config_dict
+
     out = json.loads(json.dumps(cfg))
+    text = text_config_dict(out)
     m = float(factors.attention_factor)
     for key in ("rope_parameters", "rope_scaling"):
-        rp = out.get(key)
+        rp = text.get(key)
         if not isinstance(rp, dict):
             continue
         targets = (
@@ -314,16 +371,26 @@ def add_mscale_keys(cfg: dict[str, Any], factors: RopeFactors) -> dict[str, Any]
 
 
 def _longrope_params_of(cfg: dict[str, Any]) -> dict[str, Any]:
-    return dict(cfg["rope_parameters"])
+    """The ``rope_parameters`` of a patched config dict, wherever the text model keeps them."""
+    from .models import text_config_dict
+
+    rp = text_config_dict(cfg).get("rope_parameters")
+    if not isinstance(rp, dict):
+        raise ExportError("the patched config has no rope_parameters: this model's config layout is not supported for vLLM")
+    return dict(rp)
 
 
-def vllm_overrides(factors: RopeFactors, rope_parameters: dict[str, Any]) -> dict[str, Any]:
-    """The ``--hf-overrides`` JSON for ``vllm serve``: the longrope settings (m as short/long_mscale too) and the new window."""
+def vllm_overrides(factors: RopeFactors, rope_parameters: dict[str, Any], *, text_config: bool = False) -> dict[str, Any]:
+    """The ``--hf-overrides`` JSON for ``vllm serve``: the longrope settings (m as short/long_mscale too) and the new window.
+
+    With ``text_config`` (a multimodal model, whose text settings live there) both go under ``text_config``,
+    which vLLM merges into the nested config."""
     params = dict(rope_parameters)
     if params.get("rope_type") == "longrope":
         params.setdefault("short_mscale", float(factors.attention_factor))
         params.setdefault("long_mscale", float(factors.attention_factor))
-    return {"rope_parameters": params, "max_position_embeddings": int(factors.target_length)}
+    body = {"rope_parameters": params, "max_position_embeddings": int(factors.target_length)}
+    return {"text_config": body} if text_config else body
 
 
 def export_vllm(
@@ -362,6 +429,13 @@ def export_vllm(
 GGUF_LONG = "rope_factors_long.weight"
 GGUF_SHORT = "rope_factors_short.weight"
 GGUF_FREQS = "rope_freqs.weight"
+
+# Architectures whose llama.cpp loader (src/llama-model.cpp, load_tensors) creates rope_factors_long/short:
+# always (Phi-3 style) ...
+LLAMA_CPP_LONGROPE_ALWAYS = frozenset({"phi3", "phimoe", "minicpm3"})
+# ... or only when {arch}.rope.scaling.type is longrope (else rope_freqs), which the export writes: the
+# llama-family loaders (llama, refact, minicpm, granite, granitemoe share one; deci and mistral3 do the same)
+LLAMA_CPP_LONGROPE_TYPED = frozenset({"llama", "refact", "minicpm", "granite", "granitemoe", "deci", "mistral3"})
 
 
 @dataclass
@@ -454,17 +528,17 @@ def export_gguf(factors: RopeFactors, gguf_file: str | Path, out: str | Path, fo
     and a Llama-3.1 ``rope_freqs.weight``), ``{arch}.context_length`` = target,
     ``{arch}.rope.scaling.type`` = ``longrope``, ``{arch}.rope.scaling.original_context_length`` and
     ``{arch}.rope.scaling.attn_factor`` = m (llama.cpp multiplies cos and sin by it, as transformers does), and
-    drops ``{arch}.rope.scaling.factor`` (llama.cpp would scale positions by it on top). llama.cpp chooses the
-    long or short factors once, from the context size it is given: long when ``n_ctx`` exceeds the original
-    window.
+    drops ``{arch}.rope.scaling.factor`` and the legacy ``{arch}.rope.scale_linear`` (llama.cpp would scale
+    positions by either on top) and any ``{arch}.rope.scaling.yarn_*`` (settings of another scaling). llama.cpp
+    chooses the long or short factors once, from the context size it is given: long when ``n_ctx`` exceeds the
+    original window. An ``out`` that is the input, contains it or lies inside it is refused, even with ``force``.
     """
     import gguf
 
     src, out = Path(gguf_file), Path(out)
+    _refuse_overlap(out, src, "the input GGUF")
     if not force:
         _refuse_existing(out, force)
-    if out.resolve() == src.resolve():
-        raise ExportError("--out is the input GGUF itself: write a copy; the input is never modified in place")
     reader = _open_gguf(src)
     info = gguf_rope_info(reader, src)
     _check_gguf_fit(info, factors, src)
@@ -493,6 +567,13 @@ def export_gguf(factors: RopeFactors, gguf_file: str | Path, out: str | Path, fo
     if _field(reader, f"{arch}.rope.scaling.factor") is not None:
         drop_kv.add(f"{arch}.rope.scaling.factor")
         notes.append("removed rope.scaling.factor (it would scale positions on top of the factors)")
+    if _field(reader, f"{arch}.rope.scale_linear") is not None:  # llama.cpp reads it when scaling.factor is absent
+        drop_kv.add(f"{arch}.rope.scale_linear")
+        notes.append("removed rope.scale_linear (the legacy linear scale: it would scale positions on top of the factors)")
+    yarn = sorted(name for name in reader.fields if name.startswith(f"{arch}.rope.scaling.yarn_"))
+    if yarn:
+        drop_kv.update(yarn)
+        notes.append(f"removed {', '.join(n[len(arch) + 1 :] for n in yarn)} (YaRN settings of the input: they describe another scaling)")
 
     drop_tensors = {GGUF_LONG, GGUF_SHORT}
     names = {t.name for t in reader.tensors}
@@ -502,11 +583,12 @@ def export_gguf(factors: RopeFactors, gguf_file: str | Path, out: str | Path, fo
     if GGUF_LONG in names:
         notes.append("replaced the file's existing rope_factors_long/short tensors")
 
-    supported = _archs_with_longrope_tensors()
-    if supported and arch not in supported:
+    readers = LLAMA_CPP_LONGROPE_ALWAYS | LLAMA_CPP_LONGROPE_TYPED | _archs_with_longrope_tensors()
+    if arch not in readers:
         warnings.append(
-            f"the gguf package lists rope_factors_long/short tensors only for {', '.join(sorted(supported))}; "
-            f"check that your llama.cpp reads them for architecture {arch!r}"
+            f"llama.cpp's loader for architecture {arch!r} does not read rope_factors_long/short (those of "
+            f"{', '.join(sorted(readers))} do) and refuses a file with tensors it does not ask for: "
+            "check that your llama.cpp loads this file before relying on it"
         )
 
     long = np.ascontiguousarray(factors.long_factor, dtype=np.float32)
@@ -542,6 +624,7 @@ def export_gguf(factors: RopeFactors, gguf_file: str | Path, out: str | Path, fo
 
 
 def _archs_with_longrope_tensors() -> set[str]:
+    """The architectures the gguf package's tensor table gives rope_factors_long (a subset of llama.cpp's readers)."""
     try:
         import gguf
 
@@ -607,6 +690,10 @@ def export(
             f"these factors were made for target {factors.target_length}, not {target_length}: drop --target or use matching factors"
         )
     out = Path(out) if out is not None else default_out(source, fmt, gguf_file)
+    src = Path(source)
+    # an output may lie inside a run directory (the default does) but never be the source or hold it
+    for dest in (out, short_csv_path(out)) if fmt == "longrope-csv" else (out,):
+        _refuse_overlap(dest, src, "the factors source", allow_inside=src.is_dir())
     if fmt == "json":
         return export_json(factors, out, force)
     if fmt == "longrope-csv":

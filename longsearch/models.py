@@ -330,6 +330,13 @@ def longrope_rope_parameters(factors: RopeFactors, config: Any | None = None) ->
     return params
 
 
+def text_config_dict(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Where a config dict keeps the text model's settings, RoPE included: its ``text_config`` in a multimodal
+    config (Gemma3, Llava, ...), else the dict itself. The same object, not a copy: changes land in ``cfg``."""
+    sub = cfg.get("text_config")
+    return sub if isinstance(sub, dict) else cfg
+
+
 def patch_config_dict(cfg: dict[str, Any], factors: RopeFactors, config: Any | None = None) -> dict[str, Any]:
     """A copy of a config dict (a config.json, or ``config.to_dict()``) whose RoPE is ``longrope`` with these
     factors and whose window is the target: the one place the quirks of model families live.
@@ -344,7 +351,7 @@ def patch_config_dict(cfg: dict[str, Any], factors: RopeFactors, config: Any | N
     ``config`` (the same config as an object) carries ``partial_rotary_factor`` over when given.
     """
     out = copy.deepcopy(cfg)
-    text = out["text_config"] if isinstance(out.get("text_config"), dict) else out
+    text = text_config_dict(out)
     params = longrope_rope_parameters(factors, config)
     current = text.get("rope_parameters") or text.get("rope_scaling")
     nested = (

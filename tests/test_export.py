@@ -218,6 +218,83 @@ def test_vllm_overrides_carry_m_as_mscale(llama_dir, tmp_path):
     assert "short_mscale" not in json.loads((h.out / "config.json").read_text())["rope_parameters"]
 
 
+def _save_gemma3_config(path):
+    """A Gemma3-style multimodal config (text settings, RoPE per layer type, under text_config); no weights needed."""
+    from transformers import Gemma3Config, Gemma3TextConfig, SiglipVisionConfig
+
+    text = Gemma3TextConfig(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=WINDOW,
+        sliding_window=16,
+    )
+    vision = SiglipVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
+    )
+    Gemma3Config(text_config=text, vision_config=vision).save_pretrained(path)
+
+
+def _merge_like_vllm(cfg: dict, overrides: dict) -> dict:
+    """vLLM's ``--hf-overrides`` on a config, as a dict: nested configs and dicts are merged key by key, the rest set."""
+    import copy
+
+    out = copy.deepcopy(cfg)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge_like_vllm(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def test_vllm_multimodal_text_config(tmp_path):
+    from transformers import AutoConfig
+
+    from longsearch.export import add_mscale_keys
+    from longsearch.models import patch_config_dict
+
+    src = tmp_path / "gemma3"
+    _save_gemma3_config(src)
+    raw = json.loads((src / "config.json").read_text())
+    assert "rope_parameters" not in raw and "full_attention" in raw["text_config"]["rope_parameters"]
+    g = model_geometry(load_config(str(src)))
+    f = _factors(g, m=1.11)
+    r = export_vllm(f, tmp_path / "v", model_dir=src)
+    cfg = json.loads((tmp_path / "v" / "config.json").read_text())
+    assert "rope_parameters" not in cfg and "max_position_embeddings" not in cfg  # the outer config is untouched
+    rp = cfg["text_config"]["rope_parameters"]
+    full, sliding = rp["full_attention"], rp["sliding_attention"]
+    assert full["rope_type"] == "longrope" and full["long_factor"] == pytest.approx(list(f.long_factor))
+    assert full["short_mscale"] == full["long_mscale"] == pytest.approx(1.11) == full["attention_factor"]
+    assert sliding == raw["text_config"]["rope_parameters"]["sliding_attention"]  # local RoPE kept, no mscale
+    assert cfg["text_config"]["max_position_embeddings"] == TARGET
+
+    # hf_overrides.json targets text_config: applied to the original config as vLLM applies them, they give
+    # the exported config's text settings
+    over = json.loads((tmp_path / "v" / "hf_overrides.json").read_text())
+    assert over == r.hf_overrides and set(over) == {"text_config"}
+    assert set(over["text_config"]) == {"rope_parameters", "max_position_embeddings"}
+    merged = _merge_like_vllm(raw, over)
+    for key in ("rope_parameters", "max_position_embeddings"):
+        assert merged["text_config"][key] == cfg["text_config"][key]
+    assert json.loads(r.serve_command.split("--hf-overrides '")[1].rstrip("'")) == over
+
+    # transformers reads the exported config back with longrope for full attention
+    back = AutoConfig.from_pretrained(tmp_path / "v").get_text_config()
+    assert back.rope_parameters["full_attention"]["rope_type"] == "longrope"
+    assert back.rope_parameters["full_attention"]["short_factor"] == pytest.approx(list(f.short_factor))
+
+    # the dict helpers alone, on a config dict: mscale keys land under text_config only
+    patched = add_mscale_keys(patch_config_dict(raw, f), f)
+    assert "rope_parameters" not in patched
+    assert patched["text_config"]["rope_parameters"]["full_attention"]["long_mscale"] == pytest.approx(1.11)
+
+
 def test_export_never_shares_files_with_the_model_unless_asked(llama_dir, tmp_path):
     from longsearch.export import _clone_or_copy
 
@@ -239,6 +316,29 @@ def test_export_never_shares_files_with_the_model_unless_asked(llama_dir, tmp_pa
     linked = export_hf(f, tmp_path / "linked", model_dir=llama_dir, link=True)
     assert (tmp_path / "linked" / weights.name).stat().st_ino == weights.stat().st_ino
     assert any("rewrites the original" in n for n in linked.notes)
+
+
+def test_link_links_weights_and_every_file_of_1_mib_or_more(llama_dir, tmp_path):
+    """What --link links is what its notes say: weight files of any size, and every other file of 1 MiB or more."""
+    import shutil
+
+    from longsearch.export import LINKED_FILES
+
+    model = tmp_path / "m"
+    shutil.copytree(llama_dir, model)
+    (model / "big.txt").write_bytes(b"x" * (1 << 20))  # not a weight, 1 MiB: linked
+    (model / "almost.txt").write_bytes(b"x" * ((1 << 20) - 1))  # not a weight, below 1 MiB: copied
+    (model / "tiny.bin").write_bytes(b"w")  # a weight suffix, 1 byte: linked
+    r = export_hf(_factors(model_geometry(load_config(str(model)))), tmp_path / "o", model_dir=model, link=True)
+
+    def same(name: str) -> bool:
+        return (tmp_path / "o" / name).stat().st_ino == (model / name).stat().st_ino
+
+    assert same("big.txt") and same("tiny.bin") and same("model.safetensors")
+    assert not same("almost.txt") and not same("generation_config.json")
+    note = next(n for n in r.notes if "hard-linked" in n)
+    assert "hard-linked 3 of them" in note and LINKED_FILES in note
+    assert "1 MiB or more" in LINKED_FILES and ".safetensors" in LINKED_FILES
 
 
 def test_vllm_and_sglang_own_rope_code_match_transformers(llama_dir, tmp_path):
@@ -318,11 +418,20 @@ def test_export_dispatch_csv_source_and_json(llama_dir, tmp_path):
 # ---------------------------------------------------------------- gguf
 
 
-def _write_gguf(path, arch="phi3", rotary_dim=16, *, extra_keys=True, rope_freqs=False, base=10000.0, ctx=WINDOW):
+def _write_gguf(path, arch="phi3", rotary_dim=16, *, extra_keys=True, rope_freqs=False, base=10000.0, ctx=WINDOW, kv=None):
+    """A small GGUF file; ``kv`` adds keys (``{arch}`` in a name is the architecture): str, int (uint32) or float (float32)."""
     import gguf
 
     w = gguf.GGUFWriter(path, arch)
     w.add_string("general.name", "tiny")
+    for key, value in (kv or {}).items():
+        key = key.format(arch=arch)
+        if isinstance(value, str):
+            w.add_string(key, value)
+        elif isinstance(value, int):
+            w.add_uint32(key, value)
+        else:
+            w.add_float32(key, value)
     w.add_uint32(f"{arch}.context_length", ctx)
     if extra_keys:
         w.add_uint32(f"{arch}.embedding_length", 64)
@@ -400,7 +509,109 @@ def test_gguf_llama_arch_rope_freqs_and_fallback_dim(tmp_path):
     names = [t.name for t in gguf.GGUFReader(tmp_path / "o.gguf").tensors]
     assert GGUF_FREQS not in names and GGUF_LONG in names
     assert any("rope_freqs" in n for n in r.notes)
-    assert r.warnings and "llama" in r.warnings[0]
+    # llama.cpp's llama loader reads the factor tensors under rope.scaling.type longrope, which the export writes
+    assert r.warnings == []
+    assert gguf.GGUFReader(tmp_path / "o.gguf").get_field("llama.rope.scaling.type").contents() == "longrope"
+
+
+@pytest.mark.parametrize(
+    ("arch", "warns"),
+    [(a, False) for a in ("llama", "granite", "mistral3", "deci", "phi3", "minicpm3")] + [(a, True) for a in ("qwen2", "gemma3", "gpt2")],
+)
+def test_gguf_warns_only_for_architectures_whose_loader_ignores_the_factors(tmp_path, arch, warns):
+    import gguf
+
+    # the gguf package's own tensor table lists the factor tensors for few architectures: not the criterion
+    tables = {gguf.MODEL_ARCH_NAMES[a] for a, t in gguf.MODEL_TENSORS.items() if gguf.MODEL_TENSOR.ROPE_FACTORS_LONG in t}
+    assert "llama" not in tables and "granite" not in tables
+    src = tmp_path / f"{arch}.gguf"
+    _write_gguf(src, arch=arch)
+    r = export_gguf(_gguf_factors(), src, tmp_path / "o.gguf")
+    assert bool(r.warnings) == warns, r.warnings
+    if warns:
+        assert len(r.warnings) == 1 and repr(arch) in r.warnings[0] and "llama" in r.warnings[0]
+
+
+def test_gguf_drops_scale_linear_and_yarn_keys(tmp_path):
+    import gguf
+
+    yarn = {
+        "{arch}.rope.scaling.yarn_log_multiplier": 0.1,
+        "{arch}.rope.scaling.yarn_ext_factor": 1.0,
+        "{arch}.rope.scaling.yarn_attn_factor": 1.0,
+        "{arch}.rope.scaling.yarn_beta_fast": 32.0,
+        "{arch}.rope.scaling.yarn_beta_slow": 1.0,
+    }
+    legacy = {"{arch}.rope.scale_linear": 4.0}
+    kept = {"{arch}.rope.scaling.finetuned": "no", "general.license": "mit"}
+    src = tmp_path / "yarn.gguf"
+    scaling = {"{arch}.rope.scaling.type": "yarn", "{arch}.rope.scaling.factor": 4.0}
+    _write_gguf(src, arch="llama", kv={**yarn, **legacy, **kept, **scaling})
+    before = {f.name: f.contents() for f in gguf.GGUFReader(src).fields.values()}
+    for key in (*yarn, *legacy, *scaling):  # the input really has them: the test can fail
+        assert key.format(arch="llama") in before
+    out = tmp_path / "o.gguf"
+    r = export_gguf(_gguf_factors(), src, out)
+    after = {f.name: f.contents() for f in gguf.GGUFReader(out).fields.values()}
+    gone = {k.format(arch="llama") for k in (*yarn, *legacy, "{arch}.rope.scaling.factor")}
+    assert not gone & set(after)
+    assert after["llama.rope.scaling.type"] == "longrope"
+    for key in kept:  # everything else is carried over
+        assert after[key.format(arch="llama")] == before[key.format(arch="llama")]
+    changed = {"llama.context_length", "llama.rope.scaling.type"}
+    for key, value in before.items():
+        if key not in gone and key not in changed and not key.startswith("GGUF."):
+            assert after[key] == value, key
+    notes = " | ".join(r.notes)
+    assert "rope.scale_linear" in notes and "rope.scaling.factor" in notes
+    assert all(k.format(arch="llama")[len("llama.") :] in notes for k in yarn)
+
+    # a file with scale_linear alone (no scaling.factor, which llama.cpp would read first) loses it too
+    plain = tmp_path / "linear.gguf"
+    _write_gguf(plain, arch="llama", kv=legacy)
+    r2 = export_gguf(_gguf_factors(), plain, tmp_path / "o2.gguf")
+    assert gguf.GGUFReader(tmp_path / "o2.gguf").get_field("llama.rope.scale_linear") is None
+    assert any("scale_linear" in n for n in r2.notes) and not any("yarn" in n for n in r2.notes)
+
+
+@pytest.mark.parametrize("force", [True, False])
+@pytest.mark.parametrize("case", ["out is the gguf", "out is a dir holding the gguf", "out is a symlink to the gguf", "out under the gguf"])
+def test_gguf_refuses_every_overlap_of_out_and_input(tmp_path, case, force):
+    models = tmp_path / "models"
+    models.mkdir()
+    src = models / "m.gguf"
+    _write_gguf(src)
+    out = {
+        "out is the gguf": src,
+        "out is a dir holding the gguf": models,
+        "out is a symlink to the gguf": tmp_path / "link.gguf",
+        "out under the gguf": src / "x.gguf",
+    }[case]
+    if case == "out is a symlink to the gguf":
+        out.symlink_to(src)
+    before = _snapshot(tmp_path)
+    with pytest.raises(ExportError, match=r"--out .* (is the input GGUF itself|contains the input GGUF|is inside the input GGUF)"):
+        export_gguf(_gguf_factors(), src, out, force=force)
+    assert _snapshot(tmp_path) == before
+
+
+def test_export_never_replaces_its_factors_source(tmp_path):
+    run = tmp_path / "runs" / "run-1"
+    run.mkdir(parents=True)
+    g = RopeGeometry(16, 10000.0, WINDOW)
+    _factors(g).save(run / "best.json")
+    before = _snapshot(tmp_path)
+    for source, out, fmt in (
+        (run, run, "json"),  # the run directory itself
+        (run, run.parent, "json"),  # what holds it
+        (run / "best.json", run / "best.json", "json"),
+        (run / "best.json", run, "longrope-csv"),
+        (run / "best.json", run / "best.json" / "x.csv", "longrope-csv"),
+    ):
+        with pytest.raises(ExportError, match="the factors source"):
+            export(source, fmt, out, force=True)
+    assert _snapshot(tmp_path) == before
+    assert export(run, "json").out == run / "export" / "factors.json"  # inside a run directory: the default
 
 
 def test_gguf_refusals(tmp_path):
@@ -501,18 +712,110 @@ def test_default_out_and_run_directory_source(llama_dir, tmp_path):
         export(run, "longrope-csv")
 
 
-def test_hf_out_inside_model_dir(tmp_path):
-    src = tmp_path / "model"
-    _save_llama(src)
-    g = model_geometry(load_config(str(src)))
-    out = src / "exports" / "long"
-    export_hf(_factors(g), out, model_dir=src)
-    export_hf(_factors(g), out, model_dir=src, force=True)  # the old export is not copied into the new one
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == sorted(
-        ["config.json", "longsearch_factors.json", "generation_config.json", "model.safetensors"]
-    )
-    with pytest.raises(ExportError, match="model directory itself"):
-        export_hf(_factors(g), src, model_dir=src, force=True)
+def _snapshot(root) -> dict[str, str]:
+    """Every entry under ``root``: files by content hash, symlinks by target, directories as such."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        key = p.relative_to(root).as_posix()
+        if p.is_symlink():
+            out[key] = "-> " + str(p.readlink())
+        elif p.is_dir():
+            out[key] = "dir"
+        else:
+            out[key] = _sha(p)
+    return out
+
+
+def _overlap_layout(tmp_path, llama_dir, case: str):
+    """A model directory (a copy of ``llama_dir``) and an --out that overlaps it in the way ``case`` names."""
+    import shutil
+
+    root = tmp_path / "root"
+    models = root / "models"
+    model = models / "llama"
+    shutil.copytree(llama_dir, model)
+    if case == "out is the model dir":
+        return model, model
+    if case == "out contains the model dir":  # the audit's reproduction: --out models/ --model-dir models/llama
+        return model, models
+    if case == "out is the model dir's grandparent":
+        return model, root
+    if case == "out inside the model dir":
+        return model, model / "exports" / "long"
+    if case == "out is a symlink to the model dir":
+        (root / "link").symlink_to(model, target_is_directory=True)
+        return model, root / "link"
+    if case == "out is a symlink to an ancestor":
+        (root / "link").symlink_to(models, target_is_directory=True)
+        return model, root / "link"
+    if case == "model dir through a symlink into out":
+        elsewhere = root / "elsewhere"
+        elsewhere.mkdir()
+        (elsewhere / "llama").symlink_to(model, target_is_directory=True)
+        return elsewhere / "llama", models
+    if case == "model dir spelled with ..":
+        (models / "other").mkdir()
+        return models / "other" / ".." / "llama", models
+    raise AssertionError(case)
+
+
+OVERLAPS = [
+    "out is the model dir",
+    "out contains the model dir",
+    "out is the model dir's grandparent",
+    "out inside the model dir",
+    "out is a symlink to the model dir",
+    "out is a symlink to an ancestor",
+    "model dir through a symlink into out",
+    "model dir spelled with ..",
+]
+
+
+@pytest.mark.parametrize("force", [True, False])
+@pytest.mark.parametrize("fmt", ["hf", "vllm"])
+@pytest.mark.parametrize("case", OVERLAPS)
+def test_hf_and_vllm_refuse_every_overlap_of_out_and_model_dir(llama_dir, tmp_path, case, fmt, force):
+    model, out = _overlap_layout(tmp_path, llama_dir, case)
+    f = _factors(model_geometry(load_config(str(llama_dir))))
+    before = _snapshot(tmp_path)
+    assert "root/models/llama/model.safetensors" in before
+    fn = export_hf if fmt == "hf" else export_vllm
+    with pytest.raises(
+        ExportError, match=r"--out .* (is the model directory itself|contains the model directory|is inside the model directory)"
+    ):
+        fn(f, out, model_dir=model, force=force)
+    assert _snapshot(tmp_path) == before  # nothing written, moved or removed: the model is intact
+
+
+def test_config_only_export_refuses_to_replace_a_local_model(llama_dir, tmp_path):
+    import shutil
+
+    model = tmp_path / "models" / "llama"
+    shutil.copytree(llama_dir, model)
+    f = _factors(model_geometry(load_config(str(llama_dir))))
+    before = _snapshot(tmp_path)
+    for out in (model, model.parent, tmp_path):
+        with pytest.raises(ExportError, match="model directory"):
+            export_hf(f, out, model=str(model), force=True)
+    assert _snapshot(tmp_path) == before
+    export_hf(f, tmp_path / "apart", model=str(model))  # apart from it: fine
+
+
+def test_cli_overlap_exits_2_and_keeps_the_model(llama_dir, run_cli, capsys, tmp_path):
+    model, out = _overlap_layout(tmp_path, llama_dir, "out contains the model dir")
+    factors = tmp_path / "f.json"
+    _factors(model_geometry(load_config(str(llama_dir)))).save(factors)
+    before = _snapshot(tmp_path)
+    args = ("export", str(factors), "--format", "hf", "--model-dir", str(model), "--out", str(out), "--force")
+    assert run_cli(*args) == 2
+    err = capsys.readouterr().err
+    assert "contains the model directory" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert _snapshot(tmp_path) == before
+    # a sibling of the model directory does not overlap it: written as usual, the model untouched
+    assert run_cli(*args[:-3], "--out", str(out / "llama-long")) == 0
+    assert (out / "llama-long" / "config.json").is_file()
+    after = _snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if "llama-long" not in k} == before
 
 
 # ---------------------------------------------------------------- the testbed as GGUF (tests/test_llama_cpp.py runs it)
