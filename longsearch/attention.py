@@ -14,12 +14,19 @@
   (the chunk whose prediction has the least entropy, per token) or ``average``.
 
 The first four are one attention function registered in transformers' ``AttentionInterface`` and selected
-with ``model.set_attn_implementation``: it receives the queries and keys already rotated by the model's own
-(plain) RoPE at the positions transformers passes, undoes that rotation, and builds two score maps — exact
-positions, and the method's far positions — merged by the window mask (the second map is what ReRoPE and
-Self-Extend call their extra attention pass). Layers with a sliding window of their own (Gemma2/3 local
-layers) are left to the default attention. NBCE is not attention at all: :func:`nbce_logprobs` runs the model
-once per chunk. None of them is a set of RoPE factors, so none can be exported to a serving tool.
+with ``model.set_attn_implementation``: it receives the queries and keys already rotated by the model's RoPE
+at the positions transformers passes, and builds two score maps — exact positions (the queries and keys as
+received), and the method's far positions (their rotation undone and redone at the far positions) — merged by
+the window mask (the second map is what ReRoPE and Self-Extend call their extra attention pass). The rotation
+undone is the one the forward applied: a hook on the model-level rotary module reads, after each of its
+forwards, the frequencies it used (a scaled ``rope_type`` — linear, llama3, yarn, longrope, dynamic, recomputed
+per forward for the last two —, or longsearch's patched factors) and checks that they reproduce the cos/sin it
+returned. Its attention factor m needs nothing: a rotation undone and redone keeps the m each query and key
+carries, so every score keeps the model's m². Layers whose RoPE is not the global one (Gemma3's local layers,
+with a local base) are left to the default attention; layers with only a sliding mask (Mistral, Gemma2's local
+layers, which share the global RoPE) get the method under that mask. NBCE is not attention at all:
+:func:`nbce_logprobs` runs the model once per chunk. None of them is a set of RoPE factors, so none can be
+exported to a serving tool.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import InputError
+from .errors import InputError, ModelError
 from .rope import RopeGeometry
 
 ATTENTION_METHODS = ("lambda-window", "rerope", "leaky-rerope", "self-extend", "nbce")
@@ -193,9 +200,60 @@ def relative_distances(method: AttentionMethod, n: int) -> np.ndarray:
 # ---------------------------------------------------------------- the attention function
 
 
-_ACTIVE: contextvars.ContextVar[tuple[AttentionMethod, torch.Tensor, frozenset[int]] | None] = contextvars.ContextVar(
-    "longsearch_attention", default=None
-)
+@dataclass
+class _Active:
+    """What the attention function needs while a method is on: the method, the layers left to the default
+    attention, and per rotary layer type (None: a module without types) the frequencies and positions of the
+    last rotary forward."""
+
+    method: AttentionMethod
+    local_layers: frozenset[int]
+    rotations: dict[str | None, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+
+_ACTIVE: contextvars.ContextVar[_Active | None] = contextvars.ContextVar("longsearch_attention", default=None)
+
+
+def _used_rotation(module: Any, position_ids: torch.Tensor, layer_type: str | None, device: torch.device) -> tuple[torch.Tensor, float]:
+    """(inv_freq, attention factor) a model-level rotary module used in the forward that just ran."""
+    from .models import LongsearchRotaryEmbedding
+
+    if isinstance(module, LongsearchRotaryEmbedding):
+        if layer_type is not None and layer_type != module.patched_type:  # delegated to the original module
+            return _used_rotation(module.original, position_ids, layer_type, device)
+        return module._inv_freq_and_m(position_ids, device)
+    prefix = "" if layer_type is None else f"{layer_type}_"
+    inv_freq, m = getattr(module, f"{prefix}inv_freq", None), getattr(module, f"{prefix}attention_scaling", None)
+    if not isinstance(inv_freq, torch.Tensor) or not isinstance(m, (int, float)):
+        raise ModelError(
+            f"{type(module).__name__} has no {prefix}inv_freq and {prefix}attention_scaling: the attention baselines cannot read its RoPE"
+        )
+    return inv_freq, float(m)
+
+
+def _rotation_hook(active: _Active) -> Any:
+    """A forward hook for a model-level rotary module: records the frequencies its forward used (read after it,
+    so transformers' per-forward recomputation for dynamic and longrope types is in), checked against its cos/sin."""
+
+    def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        x = args[0] if args else kwargs["x"]
+        position_ids = args[1] if len(args) > 1 else kwargs["position_ids"]
+        layer_type = args[2] if len(args) > 2 else kwargs.get("layer_type")
+        inv_freq, m = _used_rotation(module, position_ids, layer_type, x.device)
+        cos, sin = output
+        freqs = position_ids[..., None].float() * inv_freq.to(device=x.device, dtype=torch.float)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        tol = 4 * torch.finfo(cos.dtype).eps * max(1.0, abs(m))
+        if emb.shape != cos.shape or not (
+            torch.allclose((emb.cos() * m).to(cos.dtype).float(), cos.float(), atol=tol, rtol=0)
+            and torch.allclose((emb.sin() * m).to(sin.dtype).float(), sin.float(), atol=tol, rtol=0)
+        ):
+            raise ModelError(
+                f"{type(module).__name__} returns cos/sin its inv_freq and attention factor do not reproduce: the attention baselines cannot undo its RoPE"
+            )
+        active.rotations[layer_type] = (inv_freq.detach().to(torch.float32), position_ids.detach())
+
+    return hook
 
 
 def _rotate(x: torch.Tensor, pos: torch.Tensor, inv_freq: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
@@ -225,20 +283,28 @@ def two_map_attention(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers attention function: exact-position scores inside the method's window, far-position scores
-    beyond it, one softmax. Sequences must be unpadded (scoring never pads)."""
+    beyond it, one softmax. Sequences must be unpadded (scoring never pads). With a KV cache, the cached keys are
+    taken as rotated with this forward's frequencies (untrue only where a dynamic or longrope RoPE changed them
+    between forwards)."""
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
     active = _ACTIVE.get()
-    if active is None or getattr(module, "layer_idx", None) in active[2]:  # a local layer with a RoPE of its own
+    if active is None or getattr(module, "layer_idx", None) in active.local_layers:  # a local layer with a RoPE of its own
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
-    method, inv_freq, _ = active
+    method = active.method
+    rotation = active.rotations.get(getattr(module, "layer_type", None)) or active.rotations.get(None)
+    if rotation is None:
+        raise ModelError("no rotary module ran before this attention layer: the attention baselines cannot tell its RoPE")
+    inv_freq, rotary_pos = rotation
     groups = query.shape[1] // key.shape[1]
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     b, _, lq, _ = query.shape
     lk = key.shape[2]
     position_ids = kwargs.get("position_ids")
-    if position_ids is not None and position_ids.shape[-1] == lk:
-        k_pos = position_ids.to(torch.float32).reshape(-1, lk)
+    if rotary_pos.shape[-1] == lk:  # the positions the rotary module rotated q and k at
+        k_pos = rotary_pos.to(device=query.device, dtype=torch.float32).reshape(-1, lk)
+    elif position_ids is not None and position_ids.shape[-1] == lk:
+        k_pos = position_ids.to(device=query.device, dtype=torch.float32).reshape(-1, lk)
     else:
         k_pos = torch.arange(lk, device=query.device, dtype=torch.float32)[None]
     q_pos = k_pos[:, lk - lq :]
@@ -247,7 +313,7 @@ def two_map_attention(
     k_raw = _rotate(key, k_pos, inv_freq, -1.0)
     fq_pos, fk_pos, divisor = far_positions(method, q_pos, k_pos)
     far_freq = inv_freq / divisor
-    k_exact = _rotate(k_raw, k_pos, inv_freq).to(torch.float32)
+    k_exact = key.to(torch.float32)  # exact positions: the scores the model itself computes
     k_far = _rotate(k_raw, fk_pos, far_freq).to(torch.float32)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     softcap = kwargs.get("softcap")
@@ -256,7 +322,7 @@ def two_map_attention(
     v32 = value.to(torch.float32)
     for s in range(0, lq, _QUERY_BLOCK):
         e = min(lq, s + _QUERY_BLOCK)
-        q_exact = _rotate(q_raw[:, :, s:e], q_pos[:, s:e], inv_freq).to(torch.float32)
+        q_exact = query[:, :, s:e].to(torch.float32)
         q_far = _rotate(q_raw[:, :, s:e], fq_pos[:, s:e], far_freq).to(torch.float32)
         exact = torch.matmul(q_exact, k_exact.transpose(-1, -2)) * scale
         far = torch.matmul(q_far, k_far.transpose(-1, -2)) * scale
@@ -309,22 +375,31 @@ def _local_layers(model: Any, g: RopeGeometry) -> frozenset[int]:
 def attention_method(model: Any, method: AttentionMethod) -> Iterator[Any]:
     """Run ``model`` with an attention-side method (not NBCE) inside the block; its attention is restored after.
 
-    The model's RoPE must be the plain one at this point (the function undoes it with the plain frequencies).
+    The model's RoPE may be any the forward computes: its config's type (scaled or not) or longsearch's patched
+    factors; the frequencies are read from the model-level rotary module in every forward.
     """
+    from .models import find_rotary_embeddings
+
     if method.name == "nbce":
         raise InputError("nbce is not an attention function: score it with nbce_logprobs")
     if method.geometry is None:
         raise ValueError("the method needs its model's geometry")
     _register()
-    g = method.geometry
-    inv_freq = 1.0 / (g.base ** (torch.arange(0, g.rotary_dim, 2, dtype=torch.int64).float() / g.rotary_dim))
+    active = _Active(method, _local_layers(model, method.geometry))
+    hook = _rotation_hook(active)
+    rotary = find_rotary_embeddings(model)
+    handles = [module.register_forward_hook(hook, with_kwargs=True) for _, module in rotary]
+    for parent in {name.rpartition(".")[0] for name, _ in rotary}:  # each forward starts with no frequencies
+        handles.append(model.get_submodule(parent).register_forward_pre_hook(lambda *_: active.rotations.clear()))
     previous = model.config._attn_implementation
-    token = _ACTIVE.set((method, inv_freq, _local_layers(model, g)))
+    token = _ACTIVE.set(active)
     try:
         model.set_attn_implementation(REGISTERED_NAME)
         yield model
     finally:
         _ACTIVE.reset(token)
+        for handle in handles:
+            handle.remove()
         model.set_attn_implementation(previous)
 
 

@@ -2,7 +2,9 @@
 
 The slow reference works pair by pair in complex numbers (a RoPE rotation by angle θ·d is a multiplication by
 e^{iθd}), with the relative position each method's paper defines; the fast path is the attention function
-longsearch registers in transformers, fed queries and keys rotated by transformers' own RoPE code.
+longsearch registers in transformers, fed queries and keys rotated by transformers' own RoPE code — on bare
+tensors, and through tiny models (scaled RoPE types, patched factors, Gemma's softcap and local layers) whose
+logits are compared with the same model run with the slow definition as its attention function.
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ CASES = {
 }
 
 
-def slow_attention(q, k, v, theta, rotary_dim, name, params, scale):
-    """q, k unrotated [H, L, D] (numpy); rotate-half pairs (m, m + rd/2) as complex numbers."""
+def slow_attention(q, k, v, theta, rotary_dim, name, params, scale, softcap=None, sliding_window=None):
+    """q, k unrotated [H, L, D] (numpy); rotate-half pairs (m, m + rd/2) as complex numbers. ``softcap``:
+    Gemma2's tanh cap on every score; ``sliding_window``: the model's own mask (key within that many tokens)."""
     h, n, _ = q.shape
     half = rotary_dim // 2
     out = np.zeros_like(v)
@@ -62,11 +65,13 @@ def slow_attention(q, k, v, theta, rotary_dim, name, params, scale):
             scores = np.full(n, -np.inf)
             for j in range(n):
                 rel = paper_distance(name, params, i, j)
-                if rel is None:
+                if rel is None or (sliding_window and i - j >= sliding_window):
                     continue
                 rot = np.sum(qc[i] * np.conj(kc[j]) * np.exp(1j * theta * rel)).real
                 rest = float(q[head, i, rotary_dim:] @ k[head, j, rotary_dim:])
                 scores[j] = (rot + rest) * scale
+                if softcap:
+                    scores[j] = np.tanh(scores[j] / softcap) * softcap
             w = np.exp(scores - scores.max())
             w /= w.sum()
             out[head, i] = w @ v[head]
@@ -90,7 +95,7 @@ def test_two_map_attention_equals_the_definition(name, rotary_dim):
         q_raw[..., :rotary_dim], k_raw[..., :rotary_dim], emb.cos(), emb.sin()
     )
     module = types.SimpleNamespace(layer_idx=0)
-    token = A._ACTIVE.set((method, inv_freq, frozenset()))
+    token = A._ACTIVE.set(A._Active(method, frozenset(), {None: (inv_freq, torch.arange(n)[None])}))
     try:
         fast, _ = A.two_map_attention(module, q_rot, k_rot, v, None, scaling=dim**-0.5, position_ids=torch.arange(n)[None])
     finally:
@@ -108,6 +113,201 @@ def test_two_map_attention_equals_the_definition(name, rotary_dim):
     np.testing.assert_allclose(fast[0].transpose(0, 1).double().numpy(), slow, atol=2e-5, rtol=1e-4)
     plain = torch.nn.functional.scaled_dot_product_attention(q_rot, k_rot, v, is_causal=True)
     assert not torch.allclose(fast.transpose(1, 2), plain, atol=1e-3), "the method changes attention beyond its window"
+
+
+# ---------------------------------------------------------------- through a model, beyond the window
+
+N = 40  # tokens: beyond every window of CASES
+REFERENCE_NAME = "longsearch_test_slow_reference"
+_REFERENCE: dict = {}  # the reference attention's method, params, θ; no_softcap, plain_layers (left to sdpa)
+
+
+def unrotate(x, theta, pos):
+    """x [H, L, D] rotated by a rotate-half RoPE at positions pos: the vectors before it (complex numbers)."""
+    half = len(theta)
+    c = (x[..., :half] + 1j * x[..., half : 2 * half]) * np.exp(-1j * np.outer(pos, theta))
+    out = x.copy()
+    out[..., :half], out[..., half : 2 * half] = c.real, c.imag
+    return out
+
+
+def reference_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None, sliding_window=None, **kwargs):
+    """The slow definition as a transformers attention function: the queries and keys the model rotated (at
+    positions 0…n−1, one unpadded sequence) are unrotated with the θ the test gives, then scored pair by pair."""
+    r = _REFERENCE
+    if getattr(module, "layer_idx", None) in r.get("plain_layers", ()):  # a layer the method leaves alone
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    groups = query.shape[1] // key.shape[1]
+    k, v = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    theta, pos = r["theta"], np.arange(query.shape[2])
+    out = slow_attention(
+        unrotate(query[0].double().numpy(), theta, pos),
+        unrotate(k[0].double().numpy(), theta, pos),
+        v[0].double().numpy(),
+        theta,
+        2 * len(theta),
+        r["name"],
+        r["params"],
+        scaling,
+        softcap=None if r.get("no_softcap") else softcap,
+        sliding_window=sliding_window,
+    )
+    return torch.from_numpy(out).to(query.dtype)[None].transpose(1, 2).contiguous(), None
+
+
+def slow_logits(model, x, method, theta, **flags):
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(REFERENCE_NAME, reference_attention)
+    AttentionMaskInterface.register(REFERENCE_NAME, sdpa_mask)
+    _REFERENCE.clear()
+    _REFERENCE.update(name=method.name, params=method.params, theta=np.asarray(theta, dtype=np.float64), **flags)
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(REFERENCE_NAME)
+    try:
+        with torch.no_grad():
+            return model(x).logits
+    finally:
+        model.set_attn_implementation(previous)
+
+
+def fast_logits(model, x, method):
+    with torch.no_grad(), A.attention_method(model, method):
+        return model(x).logits
+
+
+def plain_theta(model):
+    from longsearch.models import model_geometry
+
+    g = model_geometry(model.config)
+    return 1.0 / (g.base ** (np.arange(0, g.rotary_dim, 2) / g.rotary_dim))
+
+
+SCALED = {  # Llama configs with a scaled RoPE (window 32 or 64 tokens, the sequence N beyond it where it matters)
+    "linear": {"rope_type": "linear", "factor": 4.0},
+    "llama3": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": L0,
+    },
+    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": L0},  # attention factor 1.14
+    "dynamic": {"rope_type": "dynamic", "factor": 4.0},  # inv_freq recomputed in the forward: N > 32
+    "longrope": {
+        "rope_type": "longrope",
+        "long_factor": [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 8.0],
+        "short_factor": [1.0] * 8,
+        "original_max_position_embeddings": 32,  # N > 32: the long factors, chosen in the forward
+        "factor": 8.0,
+        "attention_factor": 1.3,
+    },
+}
+
+
+def scaled_llama(rope):
+    params = dict(SCALED[rope], rope_theta=10000.0)
+    return build("llama", rope_parameters=params, max_position_embeddings=32 if rope == "dynamic" else 4 * L0)
+
+
+def test_scaled_configs_scale():
+    """The configs the next test runs: each has frequencies, at the forward's length, unlike the plain ones."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    for rope in SCALED:
+        model = scaled_llama(rope)
+        theta, m = ROPE_INIT_FUNCTIONS[rope](model.config, None, seq_len=N)
+        assert np.abs(theta.double().numpy() / plain_theta(model) - 1).max() > 0.5, rope
+        assert (m != 1.0) == (rope in ("yarn", "longrope")), rope
+
+
+@pytest.mark.parametrize("name", ["rerope", "self-extend", "leaky-rerope"])
+@pytest.mark.parametrize("rope", list(SCALED))
+def test_scaled_rope_through_the_model_equals_the_definition(rope, name):
+    """A model whose config scales its RoPE (Llama 3.1's llama3, linear, yarn's attention factor, the per-forward
+    dynamic and longrope types): beyond the window the logits equal the slow definition with the θ transformers
+    defines for that type at this length — not the plain θ of the base, which the far positions would get wrong."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from longsearch.models import model_geometry
+
+    model = scaled_llama(rope)
+    method = A.make_attention_method(name, model_geometry(model.config), 4 * L0, **CASES[name])
+    x = torch.randint(0, 97, (1, N), generator=torch.Generator().manual_seed(2))
+    theta = ROPE_INIT_FUNCTIONS[rope](model.config, None, seq_len=N)[0]
+    fast = fast_logits(model, x, method)
+    torch.testing.assert_close(fast, slow_logits(model, x, method, theta), atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        assert (fast - model(x).logits).abs().max() > 1e-3, "the method changes attention beyond its window"
+    if name == "rerope":  # the plain θ (what a base-only un-rotation assumes) is another computation
+        assert (fast - slow_logits(model, x, method, plain_theta(model))).abs().max() > 1e-3
+
+
+def test_patched_factors_through_the_model_equal_the_definition():
+    """Under longsearch's own patched RoPE (λ divides θ, m multiplies cos and sin) the frequencies are λ's."""
+    from longsearch.models import model_geometry, patched
+    from longsearch.rope import Rescale
+
+    model = build("llama")
+    g = model_geometry(model.config)
+    lam = np.linspace(1.0, 6.0, g.n_freq)
+    method = A.make_attention_method("self-extend", g, 4 * L0, **CASES["self-extend"])
+    x = torch.randint(0, 97, (1, N), generator=torch.Generator().manual_seed(3))
+    with patched(model, Rescale(lam, 1.25)):
+        fast = fast_logits(model, x, method)
+        slow = slow_logits(model, x, method, plain_theta(model) / lam)
+    torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_every_method_through_a_plain_llama_equals_the_definition(name):
+    from longsearch.models import model_geometry
+
+    model = build("llama")
+    method = A.make_attention_method(name, model_geometry(model.config), 4 * L0, **CASES[name])
+    x = torch.randint(0, 97, (1, N), generator=torch.Generator().manual_seed(4))
+    fast = fast_logits(model, x, method)
+    torch.testing.assert_close(fast, slow_logits(model, x, method, plain_theta(model)), atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        assert (fast - model(x).logits).abs().max() > 1e-3
+
+
+def test_gemma3_linear_global_rope_beyond_the_window():
+    """Gemma3 4B+ (linear ×8 on the full-attention RoPE, a local RoPE on the sliding layers): the global layer
+    follows the definition with the scaled global θ; the sliding layer keeps the model's own attention."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from longsearch.models import model_geometry
+
+    rope = {
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+    }
+    model = build("gemma3", rope_parameters=rope)
+    method = A.make_attention_method("rerope", model_geometry(model.config), 4 * L0, **CASES["rerope"])
+    x = torch.randint(0, 97, (1, N), generator=torch.Generator().manual_seed(6))
+    theta = ROPE_INIT_FUNCTIONS["linear"](model.config, None, layer_type="full_attention")[0]
+    fast = fast_logits(model, x, method)
+    torch.testing.assert_close(fast, slow_logits(model, x, method, theta, plain_layers={0}), atol=1e-4, rtol=1e-4)
+    assert (fast - slow_logits(model, x, method, theta * 8.0, plain_layers={0})).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["lambda-window", "leaky-rerope"])
+def test_gemma2_softcap_and_sliding_layer_beyond_the_window(name):
+    """Gemma2 (a tight score softcap, layer 0 sliding over 32 tokens with the global RoPE): the method applies in
+    both layers under the model's mask, each far score capped as the near ones."""
+    from longsearch.models import model_geometry
+
+    model = build("gemma2", attn_logit_softcapping=2.0)
+    assert A._local_layers(model, model_geometry(model.config)) == frozenset()
+    method = A.make_attention_method(name, model_geometry(model.config), 4 * L0, **CASES[name])
+    x = torch.randint(0, 97, (1, N), generator=torch.Generator().manual_seed(5))
+    fast = fast_logits(model, x, method)
+    torch.testing.assert_close(fast, slow_logits(model, x, method, plain_theta(model)), atol=1e-4, rtol=1e-4)
+    assert (fast - slow_logits(model, x, method, plain_theta(model), no_softcap=True)).abs().max() > 1e-3
 
 
 def test_relative_distances_follow_the_papers():
@@ -141,6 +341,7 @@ def test_every_family_runs_the_methods_through_transformers(family):
     torch.testing.assert_close(same, own, atol=2e-5, rtol=1e-4)
     assert (other - own).abs().max() > 1e-3
     assert torch.equal(back, own) and model.config._attn_implementation == "eager"
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()), "the rotary hooks are removed"
 
 
 def test_gemma3_local_layers_are_left_alone():
