@@ -9,11 +9,13 @@ On the testbed (window 256), at equal steps and tokens per step (``--steps``, on
 * (c) YaRN (β 32/1, its m) + the same mixed training;
 * (d) searched factors, no training; and YaRN, no training.
 
-The searched factors are the README quick start's (``longsearch evolve --target 2k --budget quick``, run here
-unless ``--factors`` is given). Each model is then scored on held-out needles (pass key, held-out prose, another
-seed than training, depths 0.1 / 0.5 / 0.9, ``--samples`` per depth) at 1×, 4×, 8× and 16× the window, and on
-the perplexity of one fixed final segment (128 tokens) of a held-out document at each length — with its own
-RoPE: the trained directories as transformers loads them (longrope config), the untrained rows with the
+The searched factors are the README quick start's (``longsearch evolve --target 2k --budget quick``: GA, 20
+candidates; run here unless ``--factors`` is given; ``--search-budget`` picks another budget, e.g. ``200evals``).
+The committed results (bench/results/finetune.md) used that default ``quick`` search; the report names the
+budget of the search it used (read from the search run's config.json). Each model is then scored on held-out
+needles (pass key, held-out prose, another seed than training, depths 0.1 / 0.5 / 0.9, ``--samples`` per
+depth) at 1×, 4×, 8× and 16× the window, and on the perplexity of one fixed final segment (128 tokens) of a
+held-out document at each length — with its own RoPE: the trained directories as transformers loads them (longrope config), the untrained rows with the
 factors applied by longsearch (the same arithmetic).
 
     python bench/finetune.py                      # ≈ 20 min on 2 CPU cores
@@ -65,6 +67,7 @@ def _longsearch(*args: str) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--factors", help="searched factors (default: run the README quick-start search at 8×)")
+    ap.add_argument("--search-budget", default="quick", help="budget of that search (default quick, as the README quick start)")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--long-length", default="2k")
@@ -86,10 +89,15 @@ def main() -> None:
         searched = Path(args.factors)
     else:
         searched = out / "search" / "best.json"
+        cached = out / "search" / "config.json"
+        if searched.is_file() and cached.is_file() and json.loads(cached.read_text()).get("budget") != args.search_budget:
+            sys.exit(f"{out / 'search'} was searched with another budget than {args.search_budget}: give another --out")
         if not searched.is_file():
-            print(f"search: longsearch evolve --target {format_length(long_length)} --budget quick", flush=True)
+            print(f"search: longsearch evolve --target {format_length(long_length)} --budget {args.search_budget}", flush=True)
             timings["search"] = _run(
-                _longsearch("evolve", "--target", str(long_length), "--budget", "quick", "--out", str(out / "search"), "--force"),
+                _longsearch(
+                    "evolve", "--target", str(long_length), "--budget", args.search_budget, "--out", str(out / "search"), "--force"
+                ),
                 out / "search.log",
             )
     factors = load_factors(searched, geometry=g, target_length=long_length)
@@ -156,6 +164,7 @@ def main() -> None:
             ("--samples", args.samples, 14),
             ("--seed", args.seed, 0),
             ("--factors", args.factors, None),
+            ("--search-budget", args.search_budget, "quick"),
         )
         if val != default
     )
@@ -166,11 +175,17 @@ def main() -> None:
         return [head, sep] + [f"| ({r['key']}) {r['label']} | " + " | ".join(fmt(r["cells"][str(n)]) for n in lengths) + " |" for r in rows]
 
     train_times = {k: states[k].get("seconds") for k in states}
+    search_config = searched.parent / "config.json"  # a run directory's: what the search was asked
+    search = json.loads(search_config.read_text()) if search_config.is_file() else {}
+    searched_how = ""
+    if "budget" in search:
+        searched_how = f"searched by {search.get('optimizer')}, budget {search['budget']}, "
+        searched_how += f"{search.get('samples')} documents per evaluation, seed {search.get('seed')}; "
     lines = [
         "# Mixed context window training on the testbed (bench/finetune.py)",
         "",
         f"Command: `{cmd}`  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, CPU, fp32. Factors: `{searched}` (scale "
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, CPU, fp32. Factors: `{searched}` ({searched_how}scale "
         f"{factors.scale:g}, m = {factors.attention_factor:.3f}); training: {args.steps} steps × one micro-batch of "
         f"{long_length} tokens (one long row, or {long_length // g.original_length} short rows of {g.original_length}), "
         f"lr {args.lr:g} cosine, answer weight {args.answer_weight:g}, needle share 0.5, seed {args.seed}; "
@@ -195,7 +210,7 @@ def main() -> None:
     results.mkdir(parents=True, exist_ok=True)
     (results / "finetune.md").write_text("\n".join(lines))
     (results / "finetune.json").write_text(
-        json.dumps({"command": cmd, "rows": rows, "timings": timings, "train_seconds": train_times}, indent=1) + "\n"
+        json.dumps({"command": cmd, "search": search, "rows": rows, "timings": timings, "train_seconds": train_times}, indent=1) + "\n"
     )
     _plot(rows, lengths, g.original_length, results / "finetune.png")
     print("\n".join(lines))

@@ -13,9 +13,14 @@ Training runs through transformers' :class:`~transformers.Trainer` (so ``--deeps
 ordinary Trainer settings, passed through). Rows are needle documents (the project's templates, haystack from
 the training split) and plain prose, each micro-batch drawn from its own seed ``(seed, index)``, read in
 order: on CPU a run is deterministic and a resumed run ends with the same weights as an uninterrupted one.
+Launched as several processes (``torchrun --nproc_per_node N -m longsearch.cli finetune ...``), process k
+reads items k, k + N, k + 2N, ...: N × steps × grad_accum distinct micro-batches, one pass over them (one
+process reads exactly the items a single-process run always read). The per-kind losses of all processes are
+gathered into the log, and only the first process writes the run directory (the others wait for it).
 
-A run directory holds ``finetune.json`` (options, factors, model fingerprint, status, log), ``checkpoints/``
-(Trainer checkpoints; one is complete once its ``longsearch_complete`` marker is written), ``loss.png`` and,
+A run directory holds ``finetune.json`` (options, factors, model fingerprint, status, log, and at the end the
+training seconds of all invocations), ``checkpoints/`` (Trainer checkpoints; one is complete once its
+``longsearch_complete`` marker, which holds the training seconds until then, is written), ``loss.png`` and,
 at the end, ``model/``: a transformers model directory whose config carries the factors (long and short),
 with the tokenizer and ``longsearch_factors.json``.
 """
@@ -35,9 +40,10 @@ from typing import Any, cast
 import numpy as np
 
 from . import faults
-from .atomic import atomic_write_json, atomic_write_text
+from .atomic import atomic_write_json
 from .errors import InputError, LongsearchError, RunError
 from .factors import RopeFactors, load_factors
+from .plots import finetune_loss_plot
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +105,11 @@ class FinetuneResult:
     out: Path
     model_dir: Path
     steps: int
-    seconds: float
+    seconds: float  # training seconds, over every invocation of a resumed run (until the checkpoint it resumed from)
     log_history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from: int | None = None
     model: Any = None  # the trained model (in memory, eval mode) when run in-process
+    main_process: bool = True  # False in the other processes of a multi-process launch (they write nothing)
 
 
 # ---------------------------------------------------------------- options
@@ -303,52 +310,68 @@ def _make_trainer_class() -> type:
             return SequentialSampler(cast(Any, self.train_dataset))  # items are random already; order fixed for exact resume
 
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-            if "loss" in logs:
+            if "loss" in logs:  # Trainer logs the loss on every process: the per-kind losses of all are gathered
+                gathered = _gather_lists(self._kind_losses)
                 for kind, values in self._kind_losses.items():
-                    if values:
-                        logs[f"loss_{kind}"] = round(float(np.mean(values)), 6)
+                    if gathered[kind]:
+                        logs[f"loss_{kind}"] = round(float(np.mean(gathered[kind])), 6)
                     values.clear()
             super().log(logs, start_time)
 
     return MixedWindowTrainer
 
 
-def _make_callback(run: Path) -> Any:
+def _distributed() -> Any | None:
+    """``torch.distributed`` when this process is one of several of a launch (torchrun, accelerate, DeepSpeed), else None."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist
+    return None
+
+
+def _gather_lists(values: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Each key's values from every process, in process order (this process's own when it runs alone)."""
+    dist = _distributed()
+    if dist is None:
+        return values
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, values)
+    return {k: [v for part in parts for v in part.get(k, [])] for k in values}
+
+
+def _wait_for_everyone(args: Any) -> None:
+    """A barrier over the launch's processes (nothing when there is one); ``args``: Trainer's TrainingArguments."""
+    state = getattr(args, "distributed_state", None)
+    if state is not None:
+        state.wait_for_everyone()
+
+
+def checkpoint_seconds(ckpt: Path) -> float | None:
+    """Training seconds (all invocations) until checkpoint ``ckpt`` was written, from its completion marker."""
+    try:
+        return float(json.loads((ckpt / COMPLETE_MARKER).read_text())["seconds"])
+    except (OSError, ValueError, TypeError, KeyError):  # absent, or a marker holding the step alone
+        return None
+
+
+def _make_callback(run: Path, seconds: Any) -> Any:
+    """``seconds()``: training seconds so far, across resumed invocations."""
     from transformers import TrainerCallback
 
     class RunCallback(TrainerCallback):
-        """Marks each checkpoint complete once Trainer has written all of it; redraws the loss curves."""
+        """Marks each checkpoint complete once every process has written its part; redraws the loss curves."""
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            _wait_for_everyone(args)  # on_save runs on every process, after its share of the checkpoint
             if state.is_world_process_zero:
                 ckpt = run / CHECKPOINTS / f"checkpoint-{state.global_step}"
                 if ckpt.is_dir():
-                    atomic_write_text(ckpt / COMPLETE_MARKER, f"{state.global_step}\n")
-                loss_plot(state.log_history, run / "loss.png")
+                    atomic_write_json(ckpt / COMPLETE_MARKER, {"step": int(state.global_step), "seconds": round(seconds(), 3)})
+                finetune_loss_plot(state.log_history, run / "loss.png")
             faults.point(FAULT_POINT, "after")
 
     return RunCallback()
-
-
-def loss_plot(history: list[dict[str, Any]], path: Path) -> Path | None:
-    """Training loss per window kind (short rows: original RoPE; long rows: long factors) against the step."""
-    from .plots import _figure, _save
-
-    rows = {k: [(h["step"], h[f"loss_{k}"]) for h in history if f"loss_{k}" in h] for k in ("short", "long")}
-    if not any(rows.values()):
-        return None
-    fig = _figure()
-    ax = fig.add_subplot()
-    for kind, color in (("short", "tab:blue"), ("long", "tab:red")):
-        if rows[kind]:
-            xs, ys = zip(*rows[kind], strict=True)
-            ax.plot(xs, ys, color=color, label=f"{kind} rows", linewidth=1.2)
-    ax.set_xlabel("step")
-    ax.set_ylabel("weighted cross entropy (nats/token)")
-    ax.set_title("mixed context window training")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return _save(fig, path)
 
 
 def complete_checkpoints(run: Path) -> list[Path]:
@@ -445,47 +468,20 @@ def run_finetune(
     from .export import FACTORS_FILE
     from .models import config_with_factors, load_config, load_model, resolve_device
 
-    state = prepare(opts, resume, force, accept_model_change)
+    state = prepare(opts, resume, force, accept_model_change)  # every process checks; none has written yet
     run = Path(state.pop("run"))
     o = state["options"]
     factors = RopeFactors.from_dict(state["factors"], source=str(run / STATE_FILE))
     resume_from: Path | None = None
+    seconds_before = 0.0
     if resume is not None:
         done = complete_checkpoints(run)
         resume_from = done[-1] if done else None
-        marked = set(done)
-        for p in (run / CHECKPOINTS).glob("checkpoint-*") if (run / CHECKPOINTS).is_dir() else []:
-            if p not in marked:  # a checkpoint cut off while being written
-                shutil.rmtree(p, ignore_errors=True)
-    else:
-        if run.exists():  # --force: checked by prepare
-            shutil.rmtree(run)
-        run.mkdir(parents=True)
-    state["status"] = "running"
-    atomic_write_json(run / STATE_FILE, state)
+        seconds_before = (checkpoint_seconds(resume_from) if resume_from else None) or 0.0
 
     device = resolve_device(o["device"])
     bf16 = o["bf16"] if o["bf16"] is not None else (device.type == "cuda" and torch.cuda.is_bf16_supported())
-    config = config_with_factors(load_config(o["model"]), factors)
-    # loaded on the CPU in float32: Trainer places it (one device, or sharded by DeepSpeed / FSDP) and runs
-    # bf16 as mixed precision over float32 weights
-    lm = load_model(o["model"], device="cpu", dtype="float32", config=config)
-    model = lm.model
-    model.train()
-    if o["gradient_checkpointing"]:
-        model.gradient_checkpointing_enable()
     grad_accum = int(o["grad_accum"])
-    data = MixedWindowData(
-        lm.tokenizer,
-        int(o["steps"]) * grad_accum,
-        o["long_length"],
-        o["short_length"],
-        float(o["short_ratio"]),
-        float(o["needle_share"]),
-        o["template"],
-        float(o["answer_weight"]),
-        int(o["seed"]),
-    )
     args = TrainingArguments(
         output_dir=str(run / CHECKPOINTS),
         max_steps=int(o["steps"]),
@@ -511,11 +507,57 @@ def run_finetune(
         fsdp=o["fsdp"] or "",
         fsdp_config=o["fsdp_config"],
     )
+    # with several processes (one per device), the first one alone writes the run directory, once all have
+    # checked it; the others wait for it
+    world_size = int(args.world_size)
+    main = int(args.process_index) == 0
+    _wait_for_everyone(args)
+    if main:
+        if resume is not None:
+            marked = set(complete_checkpoints(run))
+            for p in (run / CHECKPOINTS).glob("checkpoint-*") if (run / CHECKPOINTS).is_dir() else []:
+                if p not in marked:  # a checkpoint cut off while being written
+                    shutil.rmtree(p, ignore_errors=True)
+        else:
+            if run.exists():  # --force: checked by prepare
+                shutil.rmtree(run)
+            run.mkdir(parents=True)
+        state["status"] = "running"
+        atomic_write_json(run / STATE_FILE, state)
+    _wait_for_everyone(args)
+
+    config = config_with_factors(load_config(o["model"]), factors)
+    # loaded on the CPU in float32: Trainer places it (one device, or sharded by DeepSpeed / FSDP) and runs
+    # bf16 as mixed precision over float32 weights
+    lm = load_model(o["model"], device="cpu", dtype="float32", config=config)
+    model = lm.model
+    model.train()
+    if o["gradient_checkpointing"]:
+        model.gradient_checkpointing_enable()
+    # every process reads its own share of the items (process k: items k, k + world_size, ...): world_size
+    # micro-batches per accumulation step, none of them read twice
+    data = MixedWindowData(
+        lm.tokenizer,
+        world_size * int(o["steps"]) * grad_accum,
+        o["long_length"],
+        o["short_length"],
+        float(o["short_ratio"]),
+        float(o["needle_share"]),
+        o["template"],
+        float(o["answer_weight"]),
+        int(o["seed"]),
+    )
+
+    def seconds_so_far() -> float:  # training seconds: this invocation's trainer.train() and those before it
+        return seconds_before + time.perf_counter() - t0
+
     trainer_cls = _make_trainer_class()
-    trainer = trainer_cls(model=model, args=args, train_dataset=data, data_collator=_collate, callbacks=[_make_callback(run)])
+    trainer = trainer_cls(
+        model=model, args=args, train_dataset=data, data_collator=_collate, callbacks=[_make_callback(run, seconds_so_far)]
+    )
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    seconds = time.perf_counter() - t0 + float(state.get("seconds", 0.0))
+    seconds = seconds_so_far()
 
     # the model directory: written whole under a temporary name, then renamed (every process takes part in
     # gathering sharded weights; the first one writes)
@@ -534,7 +576,7 @@ def run_finetune(
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        loss_plot(history, run / "loss.png")
+        finetune_loss_plot(history, run / "loss.png")
         if not o["keep_checkpoints"]:
             shutil.rmtree(run / CHECKPOINTS, ignore_errors=True)
         state.update(status="complete", seconds=seconds, log_history=history, steps_done=int(trainer.state.global_step))
@@ -549,4 +591,5 @@ def run_finetune(
         log_history=history,
         resumed_from=int(resume_from.name.split("-")[1]) if resume_from else None,
         model=model,
+        main_process=main,
     )

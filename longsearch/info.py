@@ -1,4 +1,5 @@
-"""``longsearch info``: a model's RoPE geometry and what each baseline does to every frequency.
+"""``longsearch info``: a model's RoPE geometry and what each baseline does to every frequency (the data;
+:func:`longsearch.render.render_info` shows it).
 
 Only the config is read (no weights), so a hub id works as well as a local directory.
 
@@ -12,8 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from rich.console import Console
-from rich.table import Table
 
 from .errors import InputError
 from .lengths import format_length, parse_length
@@ -36,6 +35,7 @@ class InfoReport:
     beyond_window: np.ndarray
     lambdas: dict[str, np.ndarray]
     attention: dict[str, float]
+    model: str | None = None  # what was asked for (None = the embedded testbed)
 
 
 def info_report(g: RopeGeometry, target_length: int) -> InfoReport:
@@ -60,44 +60,14 @@ def info_report(g: RopeGeometry, target_length: int) -> InfoReport:
     )
 
 
-def _fmt_period(p: float) -> str:
-    return f"{p:,.1f}" if p < 1e6 else f"{p:.3e}"
-
-
-def render_info(console: Console, model: str | None, target: str | int) -> InfoReport:
-    """Print the summary and the per-frequency table for ``model`` (None = the testbed) at ``target``."""
+def model_info(model: str | None, target: str | int) -> InfoReport:
+    """:func:`info_report` for ``model`` (hub id or local directory; None = the testbed) at ``target`` (e.g. "128k")."""
     from .models import load_config, model_geometry  # torch/transformers only when the command runs
 
     target_length = parse_length(target)
-    config = load_config(model)
-    g = model_geometry(config)
-    report = info_report(g, target_length)
-    name = model if model is not None else "embedded testbed"
-
-    console.print(f"[bold]model[/]             {name}", highlight=False)
-    console.print(f"rotary dim d      {g.rotary_dim}  ({g.n_freq} frequencies)")
-    console.print(f"base b            {g.base:g}")
-    console.print(f"original window L {g.original_length}")
-    console.print(f"target L'         {target_length} ({format_length(target_length)})")
-    console.print(f"scale s           {report.scale:g}")
-    console.print(f"d_tcd             {report.critical_index}  (first frequency whose period exceeds L)")
-    console.print(f"d_rcd range       [{report.critical_index_lower}, {report.critical_index}]  (LongRoPE2's search range)")
-    m = ", ".join(f"{title} {report.attention[key]:.4f}" for key, title in INFO_METHODS)
-    console.print(f"attention factor  {m}")
-
-    table = Table(title=f"per-frequency λ at {format_length(target_length)}", show_lines=False)
-    table.add_column("i", justify="right")
-    table.add_column("period (tokens)", justify="right")
-    table.add_column("> L", justify="center")
-    for _, title in INFO_METHODS:
-        table.add_column(f"λ {title}", justify="right")
-    for i in range(g.n_freq):
-        marker = " ◂ d_tcd" if i == report.critical_index else ""
-        row = [f"{i}{marker}", _fmt_period(float(report.periods[i])), "yes" if report.beyond_window[i] else "no"]
-        row += [f"{report.lambdas[key][i]:.4f}" for key, _ in INFO_METHODS]
-        table.add_row(*row, style="bold" if i == report.critical_index else None)
-    console.print(table)
+    report = info_report(model_geometry(load_config(model)), target_length)
+    report.model = model
     return report
 
 
-__all__ = ["INFO_METHODS", "InfoReport", "info_report", "render_info"]
+__all__ = ["INFO_METHODS", "InfoReport", "info_report", "model_info"]

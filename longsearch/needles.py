@@ -872,7 +872,7 @@ def default_set_name(template: str, length: int, seed: int, tokenizer_name: str)
     return f"{template}-{format_length(length)}-s{seed}-{tok}"
 
 
-# ---------------------------------------------------------------- CLI support: tokenizers, output dirs, display
+# ---------------------------------------------------------------- the tokenizer a set records
 
 TESTBED_NAME = "testbed"
 
@@ -889,14 +889,7 @@ def load_tokenizer(model: str | None = None):
     return models.load_tokenizer(None if testbed else model), (TESTBED_NAME if testbed else str(model))
 
 
-def prepare_out_dir(out: str | Path, force: bool = False) -> Path:
-    """Refuse an existing non-empty directory unless ``force`` (then the set's files in it are replaced)."""
-    p = Path(out)
-    if p.exists() and not p.is_dir():
-        raise NeedleError(f"{p} exists and is not a directory: choose another --out")
-    if p.is_dir() and any(p.iterdir()) and not force:
-        raise NeedleError(f"{p} already exists and is not empty: choose another --out, or pass --force to replace the needle set in it")
-    return p
+# ---------------------------------------------------------------- a sample's parts (data for render.render_needle_set)
 
 
 def sample_segments(ns: NeedleSet, index: int, tokenizer, context: int | None = 160) -> list[tuple[str, str]]:

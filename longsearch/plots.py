@@ -3,7 +3,10 @@
 - a search (evolve): ``progress.png`` (best score per generation against the baselines) and ``factors.png``
   (the best λ per frequency against PI, NTK and YaRN, with d_tcd and d_rcd marked);
 - an evaluation (eval): ``nll_vs_length.png``, ``segment_ppl_vs_length.png`` and one needle-accuracy
-  heatmap per method (:func:`eval_plots`).
+  heatmap per method (:func:`eval_plots`);
+- a finetune run: ``loss.png``, the training loss per window kind (:func:`finetune_loss_plot`);
+- the testbed's training (``longsearch testbed train``): ``loss_curve.png``, the loss and the held-out needle
+  accuracy per step (:func:`testbed_curve_plot`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import io
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -195,4 +198,73 @@ def _heatmap(result: EvalResult, label: str, path: Path) -> str:
     return _save(fig, path).name
 
 
-__all__ = ["eval_plots", "factors_plot", "progress_plot"]
+# ---------------------------------------------------------------- training
+
+
+def finetune_loss_plot(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path | None:
+    """Training loss per window kind (short rows: original RoPE; long rows: long factors) against the step.
+
+    ``history`` is Trainer's log history (entries with ``step`` and ``loss_short`` / ``loss_long``); None (and
+    nothing written) when it holds no per-kind loss yet.
+    """
+    rows = {k: [(h["step"], h[f"loss_{k}"]) for h in history if f"loss_{k}" in h] for k in ("short", "long")}
+    if not any(rows.values()):
+        return None
+    fig = _figure()
+    ax = fig.add_subplot()
+    for kind, color in (("short", "tab:blue"), ("long", "tab:red")):
+        if rows[kind]:
+            xs, ys = zip(*rows[kind], strict=True)
+            ax.plot(xs, ys, color=color, label=f"{kind} rows", linewidth=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("weighted cross entropy (nats/token)")
+    ax.set_title("mixed context window training")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def trailing_mean(xs: Sequence[float], k: int = 25) -> np.ndarray:
+    """Mean of the last ``k`` values up to each position, NaNs left out (NaN where a window holds none)."""
+    a = np.asarray(xs, dtype=np.float64)
+    out = np.empty_like(a)
+    for i in range(len(a)):
+        window = a[max(0, i - k + 1) : i + 1]
+        window = window[~np.isnan(window)]
+        out[i] = window.mean() if len(window) else np.nan
+    return out
+
+
+def testbed_curve_plot(
+    losses: Sequence[float],
+    answer_losses: Sequence[float],
+    evals: Sequence[tuple[int, float]],
+    path: str | Path,
+    window: int = 256,
+) -> Path:
+    """Loss per step (prose/copy tokens and answer tokens, smoothed over 25 steps) and held-out needle accuracy
+    (``evals``: (step, accuracy) on documents of ``window`` tokens)."""
+    fig = _figure(7.0, 4.0)
+    ax = fig.add_subplot()
+    steps = np.arange(1, len(losses) + 1)
+    ax.plot(steps, trailing_mean(losses), label="loss, other tokens (nats)")
+    ax.plot(steps, trailing_mean(answer_losses), label="loss, answer tokens (nats)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/byte)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    if evals:
+        ax2 = ax.twinx()
+        ax2.plot([e[0] for e in evals], [e[1] for e in evals], "o-", color="tab:green", label="held-out needle accuracy")
+        ax2.set_ylim(-0.02, 1.02)
+        ax2.set_ylabel(f"needle accuracy ({window} tokens)")
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, loc="center right", fontsize=8)
+    else:
+        ax.legend(fontsize=8)
+    ax.set_title("testbed training")
+    return _save(fig, path)
+
+
+__all__ = ["eval_plots", "factors_plot", "finetune_loss_plot", "progress_plot", "testbed_curve_plot", "trailing_mean"]

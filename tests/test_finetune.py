@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from longsearch.factors import RopeFactors, load_factors
-from longsearch.finetune import COMPLETE_MARKER, FinetuneOptions, MixedWindowData, run_finetune, short_items
+from longsearch.finetune import COMPLETE_MARKER, FinetuneOptions, MixedWindowData, checkpoint_seconds, run_finetune, short_items
 from longsearch.models import load_config, load_tokenizer, model_geometry
 
 WINDOW = 256
@@ -170,6 +170,8 @@ def test_killed_run_resumes_to_the_same_weights(tiny_byte_llama_dir, factors_fil
     assert json.loads((cut / "finetune.json").read_text())["status"] == "running"
     assert (cut / "checkpoints" / "checkpoint-4" / COMPLETE_MARKER).is_file()
     assert not (cut / "model").exists()
+    seconds_at_4 = checkpoint_seconds(cut / "checkpoints" / "checkpoint-4")
+    assert seconds_at_4 is not None and seconds_at_4 > 0
     resumed = _cli("--resume", str(cut))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from step 4" in resumed.stdout
@@ -182,8 +184,51 @@ def test_killed_run_resumes_to_the_same_weights(tiny_byte_llama_dir, factors_fil
     sb = json.loads((cut / "finetune.json").read_text())
     losses = lambda s: [(h["step"], h["loss"]) for h in s["log_history"] if "loss" in h]  # noqa: E731
     assert losses(sa) == losses(sb)
+    # the training seconds add up over the invocations: those until checkpoint 4, then the resumed part's
+    assert sb["seconds"] > seconds_at_4
     again = _cli("--resume", str(cut))
     assert again.returncode == 2 and "is complete" in again.stderr
+
+
+def _weighted_ce(model, item) -> float:
+    """The loss a micro-batch should get, written out: Σ w·CE / Σ w over the predicted tokens."""
+    ids, w = item["input_ids"], item["loss_weight"][:, 1:].double()
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[:, :-1].double(), dim=-1)
+    ce = -logp.gather(-1, ids[:, 1:, None])[..., 0]
+    return float((ce * w).sum() / w.sum())
+
+
+def test_two_processes_read_distinct_items_and_log_both_kinds(tiny_byte_llama_dir, factors_file, tmp_path):
+    """A real 2-process torchrun (gloo on the CPU): each process reads its own items (process k: k, k + 2, …),
+    every process's per-kind losses reach the log, and the first process alone writes the run."""
+    from transformers import AutoModelForCausalLM
+
+    from longsearch.models import config_with_factors
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "longsearch.cli"]
+    cmd += ["finetune", "--model", tiny_byte_llama_dir, "--factors", str(factors_file), "--out", str(run)]
+    cmd += ["--steps", "2", "--save-every", "2", "--lr", "1e-3", "--seed", "3", "--device", "cpu"]
+    env = {k: v for k, v in os.environ.items() if k != "LONGSEARCH_FAULT"} | {"OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("trained 2 steps") == 1, res.stdout  # the first process reports
+    state = json.loads((run / "finetune.json").read_text())
+    assert state["status"] == "complete" and state["steps_done"] == 2
+    steps = {h["step"]: h for h in state["log_history"] if "loss" in h}
+    # 2 processes × 2 steps = 4 distinct micro-batches, one pass over them: half an epoch per step
+    assert [steps[1]["epoch"], steps[2]["epoch"]] == [0.5, 1.0]
+    assert all({"loss_short", "loss_long"} <= set(h) for h in steps.values()), steps
+    # step 1 (the untrained weights): process 0 read item 0 (long), process 1 item 1 (short)
+    data = MixedWindowData(load_tokenizer(tiny_byte_llama_dir), 4, LONG, WINDOW, 0.5, 0.5, "passkey", 1.0, seed=3)
+    assert data.short.tolist() == [False, True, False, True]
+    cfg = config_with_factors(load_config(tiny_byte_llama_dir), load_factors(factors_file))
+    base = AutoModelForCausalLM.from_pretrained(tiny_byte_llama_dir, config=cfg).eval()
+    assert steps[1]["loss_long"] == pytest.approx(_weighted_ce(base, data[0]), abs=2e-6)
+    assert steps[1]["loss_short"] == pytest.approx(_weighted_ce(base, data[1]), abs=2e-6)
+    assert steps[1]["loss"] == pytest.approx((steps[1]["loss_long"] + steps[1]["loss_short"]) / 2, abs=2e-6)
+    assert sorted(p.name for p in run.iterdir()) == ["finetune.json", "loss.png", "model"]
 
 
 @pytest.mark.parametrize(

@@ -170,6 +170,16 @@ def test_recipe_runs_end_to_end_and_is_deterministic(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directory left behind
 
 
+def test_loss_curve_smoothing_is_a_trailing_mean_without_nans():
+    from longsearch.plots import trailing_mean
+
+    xs = [1.0, float("nan"), 3.0, 5.0, float("nan"), float("nan")]
+    got = trailing_mean(xs, k=2)
+    # windows [1], [1, nan], [nan, 3], [3, 5], [5, nan], [nan, nan]
+    np.testing.assert_array_equal(got[:5], [1.0, 1.0, 3.0, 4.0, 5.0])
+    assert np.isnan(got[5])
+
+
 def test_cli_train_quick_and_refusal(tmp_path):
     from typer.testing import CliRunner
 

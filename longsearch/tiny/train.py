@@ -33,6 +33,7 @@ import numpy as np
 
 from ..atomic import atomic_dir, atomic_write_bytes, atomic_write_json, destination_exists
 from ..errors import RunError
+from ..plots import testbed_curve_plot
 from .tokenizer import BOS_ID, EOS_ID, PAD_ID, encode_bytes, save_tokenizer
 
 log = logging.getLogger(__name__)
@@ -460,51 +461,6 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: ProgressFn | N
     return _save(model, cfg, out, losses, answer_losses, evals, seconds, n_params)
 
 
-def _smooth(xs: list[float], k: int = 25) -> np.ndarray:
-    a = np.asarray(xs, dtype=np.float64)
-    out = np.empty_like(a)
-    for i in range(len(a)):
-        window = a[max(0, i - k + 1) : i + 1]
-        window = window[~np.isnan(window)]
-        out[i] = window.mean() if len(window) else np.nan
-    return out
-
-
-def plot_curve(losses: list[float], answer_losses: list[float], evals: list[tuple[int, float]], path: Path) -> None:
-    """Loss per step (prose/copy tokens and answer tokens, smoothed) and held-out needle accuracy, as a PNG."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    steps = np.arange(1, len(losses) + 1)
-    ax.plot(steps, _smooth(losses), label="loss, other tokens (nats)")
-    ax.plot(steps, _smooth(answer_losses), label="loss, answer tokens (nats)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/byte)")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    if evals:
-        ax2 = ax.twinx()
-        ax2.plot([e[0] for e in evals], [e[1] for e in evals], "o-", color="tab:green", label="held-out needle accuracy")
-        ax2.set_ylim(-0.02, 1.02)
-        ax2.set_ylabel("needle accuracy (256 tokens)")
-        h1, l1 = ax.get_legend_handles_labels()
-        h2, l2 = ax2.get_legend_handles_labels()
-        ax.legend(h1 + h2, l1 + l2, loc="center right", fontsize=8)
-    else:
-        ax.legend(fontsize=8)
-    ax.set_title("testbed training")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def _save_weights(model, directory: Path) -> None:
     """config.json and model.safetensors (the tied output matrix is stored once, as transformers does)."""
     from safetensors.torch import save
@@ -526,7 +482,7 @@ def _save(model, cfg, out: Path, losses, answer_losses, evals, seconds, n_params
             tmp / "train_log.json",
             {"seconds": round(seconds, 1), "n_params": n_params, "losses": losses, "answer_losses": answer_losses, "evals": evals},
         )
-        plot_curve(losses, answer_losses, evals, tmp / "loss_curve.png")
+        testbed_curve_plot(losses, answer_losses, evals, tmp / "loss_curve.png", window=cfg.window)
     return TrainResult(out, cfg, losses, answer_losses, evals, seconds, n_params, out / "loss_curve.png")
 
 
