@@ -36,21 +36,25 @@ def _free_port() -> int:
 
 
 def _session_of(pid: int) -> int | None:
+    """The session id of a live process (None for one that is gone, or a zombie: dead, only not yet reaped —
+    in a container whose init does not reap, orphans stay zombies for good)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return int(stat[stat.rindex(")") + 2 :].split()[3])  # field 6: the session id
+    fields = stat[stat.rindex(")") + 2 :].split()  # after the command name: state, ppid, pgrp, session, ...
+    return None if fields[0] in ("Z", "X") else int(fields[3])
 
 
 def _procs_in_session(sid: int) -> list[int]:
-    """Every process of one session. Ray's daemons and workers keep the session of the `ray start` that made
-    them (they rename themselves, e.g. ``ray::DashboardAgent``, so their command lines cannot be matched)."""
+    """Every live process of one session. Ray's daemons and workers keep the session of the `ray start` that
+    made them (they rename themselves, e.g. ``ray::DashboardAgent``, so their command lines cannot be matched)."""
     return [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid() and _session_of(int(p)) == sid]
 
 
 def _kill_session(sid: int) -> None:
-    for _ in range(3):  # Ray restarts nothing once its raylet is gone, but a process may be forking as we look
+    deadline = time.time() + 20
+    while time.time() < deadline:  # a process may be forking as we look; a killed one takes a moment to die
         pids = _procs_in_session(sid)
         if not pids:
             return
