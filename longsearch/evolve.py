@@ -5,12 +5,15 @@
 
 Reads top to bottom:
 
-1. :func:`prepare` checks everything a user can get wrong (model, target, space, optimizer, an
-   existing or foreign run directory, a damaged journal or checkpoint) *before* anything is written,
-   then creates (or reopens) the run directory.
-2. :func:`search` runs generations: ``ask()`` a batch, re-use scores already in the journal (resume),
-   send the rest to the workers (with the baselines PI / NTK / YaRN / none in generation 0), append
-   each result to the journal as it arrives, ``tell()`` the batch, checkpoint, write best.json.
+1. :func:`prepare` checks everything a user can get wrong (every option, model, target, space, optimizer,
+   an existing or foreign run directory, options that contradict the run being resumed, a damaged journal
+   or checkpoint) *before* anything is written, then creates (or reopens) the run directory. A new run
+   directory appears whole or not at all (:meth:`RunStore.creating`); a resumed one is first written —
+   its truncated journal line dropped, stale temporaries removed — once the workers are up.
+2. :func:`search` runs generations: first, on resume, it evaluates again the failures of generations
+   already told (:func:`retry_failures`); then ``ask()`` a batch, re-use scores already in the journal
+   (resume), send the rest to the workers (with the baselines PI / NTK / YaRN / none in generation 0),
+   append each result to the journal as it arrives, ``tell()`` the batch, checkpoint, write best.json.
 3. :func:`heldout` scores the best factors and the baselines on a held-out needle set (another
    seed), writes final.json and the plots.
 
@@ -20,6 +23,7 @@ Library code never prints: progress goes to an :class:`EvolveReporter` (the CLI 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -31,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from . import __version__, faults
 from .errors import InputError, LongsearchError, NeedleError, RunError
 from .factors import RopeFactors
 from .lengths import format_length
@@ -47,7 +51,7 @@ from .runs import (
     RunStore,
     check_resume_options,
 )
-from .workers import ScoreOutcome, ScoreTask, WorkerPool
+from .workers import ScoreOutcome, ScoreTask, WorkerPool, check_pool_options
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +75,9 @@ SIGNAL_SEED_OFFSET = 2000
 #: ranks candidates the way the held-out score does.
 RANK_CANDIDATES = 8
 HELDOUT_SEED_OFFSET = 1000
-#: A failed evaluation is retried when the run is resumed, until it has failed this many times in all.
+#: A failed evaluation is evaluated again when the run is resumed — in the generation it belongs to if that one
+#: was interrupted, else before the search goes on (:func:`retry_failures`) — until it has failed this many times
+#: in all; then its failure stands (never a parent nor the best, listed in final.json).
 MAX_FAILED_ATTEMPTS = 3
 
 
@@ -101,7 +107,7 @@ class EvolveOptions:
     racing: bool | None = None  # None: the default (on), or the run's own setting on resume
     template: str | None = None  # needle template(s) of the search: auto (default), a name, or a comma list
     depths: str | None = None  # needle depths: spread (default), uniform, start, or a list
-    signal_check: bool = True  # measure in-window which templates the model solves (before anything is written)
+    signal_check: bool | None = None  # measure in-window which templates the model solves (None: on; on resume, the run's)
     accept_model_change: bool = False  # resume although the model's files changed since the run started
 
 
@@ -124,6 +130,7 @@ class GenerationSummary:
     spent: float = 0.0  # full evaluations' worth of scoring so far (the optimizer's count)
     token_forwards: int = 0  # documents × tokens run so far, baselines included
     best_m: float | None = None
+    failed: int = 0  # evaluations of this generation (baselines included) that failed
 
     @property
     def evals_per_second(self) -> float:
@@ -167,6 +174,12 @@ class EvolveReporter:
 
     def evaluated(self, record: JournalRecord) -> None: ...
 
+    def retry_started(self, to_evaluate: int, reused: int) -> None:
+        """A resume evaluates again ``to_evaluate`` failures of generations already told (``reused``: retried by an
+        earlier resume that stopped before its checkpoint)."""
+
+    def retry_finished(self, recovered: int, still_failed: int) -> None: ...
+
     def generation_finished(self, summary: GenerationSummary) -> None: ...
 
     def heldout_started(self, to_evaluate: int) -> None: ...
@@ -193,7 +206,17 @@ class PreparedRun:
     journal: JournalContents
     checkpoint: dict[str, Any] | None
     resumed: bool
-    dropped_bytes: int = 0
+    dropped_bytes: int = 0  # a truncated last journal line (dropped at the first write)
+    writing: bool = False  # the run has been written by this process (a new run: from its creation)
+
+    def begin_writing(self) -> None:
+        """Before the first write of a resumed run: drop a truncated last journal line and remove temporaries
+        left by a killed write. Deferred to here so that a refused or failed start leaves the run as it was."""
+        if self.writing:
+            return
+        self.store.sweep_temporaries()
+        self.store.repair_journal(self.journal)
+        self.writing = True
 
 
 def model_short_name(model: str | None) -> str:
@@ -261,6 +284,7 @@ def plan(opts: EvolveOptions) -> Plan:
     from .optimizers import make_optimizer, resolve_budget
     from .space import SearchSpace
 
+    check_options(opts)
     if opts.target is None:
         raise InputError("--target is required (e.g. --target 4k), or pass --resume RUN to continue a run")
     model = _normalize_model(opts.model)
@@ -271,10 +295,10 @@ def plan(opts: EvolveOptions) -> Plan:
     seed = int(opts.seed if opts.seed is not None else DEFAULTS["seed"])
     if samples < 1:
         raise InputError(f"--samples must be at least 1, got {samples}")
-    if opts.workers is not None and opts.workers < 1:
-        raise InputError(f"--workers must be at least 1, got {opts.workers}")
     template = str(opts.template or DEFAULTS["template"]).strip().lower()
     templates = None if template == "auto" else template_names(template)
+    if opts.signal_check is False and templates is None:
+        raise InputError("--no-signal-check needs a named --template (e.g. --template passkey): auto chooses by the check")
     depths = str(opts.depths or DEFAULTS["depths"])
     from .needles import _resolve_depths
 
@@ -312,6 +336,12 @@ def plan(opts: EvolveOptions) -> Plan:
         depths=depths,
     )
     return Plan(config, geometry, space, optimizer, tokenizer, out, opts.force, templates, depths)
+
+
+def check_options(opts: EvolveOptions) -> None:
+    """The options a new run and a resume share, checked before anything starts or is written."""
+    faults.check()
+    check_pool_options(opts.workers, opts.gpus_per_worker, opts.max_attempts, opts.task_timeout)
 
 
 def signal_needles(p: Plan, template: str) -> Any:
@@ -393,16 +423,24 @@ def create_run(p: Plan, template: str, signal: dict[str, Any] | None) -> Prepare
     config.signal = signal
     config.model_fingerprint = model_fingerprint(config.model)
     needles = _build_needles(p.tokenizer, config.target_length, config.samples, config.seed, template, p.depths)
-    store = RunStore.create(p.out, config, force=p.force)
     try:
-        store.write_json(SPACE, p.space.to_dict())
-        needles.save(store.needles_dir)
-        config.needles_fingerprint = _fingerprint_dir(store.needles_dir)
-        store.write_config(config)
-    except BaseException:
-        store.close()
-        raise
-    return PreparedRun(store, config, p.geometry, p.space, p.optimizer, needles, p.tokenizer, JournalContents([]), None, False)
+        with RunStore.creating(p.out, config, force=p.force) as store:  # renamed into place whole, or not at all
+            store.write_json(SPACE, p.space.to_dict())
+            needles.save(store.needles_dir)
+            config.needles_fingerprint = _fingerprint_dir(store.needles_dir)
+            store.write_config(config)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        raise _disk_full(e, f"then start the run again (nothing of {p.out} was kept)") from None
+    run = PreparedRun(store, config, p.geometry, p.space, p.optimizer, needles, p.tokenizer, JournalContents([]), None, False)
+    run.writing = True
+    return run
+
+
+def _disk_full(e: OSError, then: str) -> RunError:
+    where = Path(e.filename).name if e.filename else "a file of the run"
+    return RunError(f"the disk is full (writing {where}): free some space, {then}")
 
 
 def prepare(opts: EvolveOptions, pool: WorkerPool | None = None, reporter: EvolveReporter | None = None) -> PreparedRun:
@@ -411,7 +449,7 @@ def prepare(opts: EvolveOptions, pool: WorkerPool | None = None, reporter: Evolv
     if opts.resume is not None:
         return _prepare_resume(opts)
     p = plan(opts)
-    if opts.signal_check and pool is not None:
+    if opts.signal_check is not False and pool is not None:
         template, signal = check_signal(p, pool, reporter)
     elif p.templates is None:
         raise InputError(
@@ -446,8 +484,17 @@ def _prepare_resume(opts: EvolveOptions) -> PreparedRun:
     from .space import SearchSpace
 
     path = Path(opts.resume)  # type: ignore[arg-type]
+    check_options(opts)
+    if opts.force:
+        raise InputError(
+            f"--force starts a run over and --resume {path} continues it: drop --force to continue, or drop --resume "
+            "(and keep --force) to start over"
+        )
     store = RunStore.open(path)
     config = store.read_config()
+    template = opts.template
+    if template is not None and template.strip().lower() == "auto":  # what auto chose when the run started
+        template = "+".join(config.signal["solved"]) if config.signal and config.signal.get("solved") else "auto"
     given = {
         "model": opts.model,
         "target_length": opts.target,
@@ -457,11 +504,14 @@ def _prepare_resume(opts: EvolveOptions) -> PreparedRun:
         "samples": opts.samples,
         "seed": opts.seed,
         "racing": opts.racing,
+        "template": template,
+        "depths": opts.depths,
+        "signal_check": opts.signal_check,
     }
     check_resume_options(config, given, path)
     if opts.out is not None and Path(opts.out).resolve() != path.resolve():
         raise InputError(f"--out {opts.out} contradicts --resume {path}: a resumed run continues in its own directory")
-    store.lock()
+    store.lock()  # every option checked; from here on only reads until the first write (PreparedRun.begin_writing)
     try:
         geometry, tokenizer = load_model_info(config.model)
         _check_same_model(config, path, opts.accept_model_change)
@@ -488,15 +538,14 @@ def _prepare_resume(opts: EvolveOptions) -> PreparedRun:
                 p = store.checkpoint_path(int(checkpoint["generation"]))
                 reason = str(e) if isinstance(e, LongsearchError) else f"{type(e).__name__}: {str(e)[:80]}"
                 raise RunError(f"checkpoint {p} is corrupted ({reason}): delete it to resume from the generation before") from None
-        dropped = store.repair_journal(journal)  # everything checked: now the one recovery write
         if opts.workers is not None:
             config.workers = opts.workers
         if opts.address is not None:
             config.address = opts.address
     except BaseException:
-        store.close()
+        store.abandon()  # nothing written: not even a lock file this process made
         raise
-    return PreparedRun(store, config, geometry, space, optimizer, needles, tokenizer, journal, checkpoint, True, dropped)
+    return PreparedRun(store, config, geometry, space, optimizer, needles, tokenizer, journal, checkpoint, True, journal.truncated_bytes)
 
 
 # ---------------------------------------------------------------- the search
@@ -561,90 +610,184 @@ def best_factors(run: PreparedRun, result: Any, generation: int | None) -> RopeF
 def search(run: PreparedRun, pool: WorkerPool, reporter: EvolveReporter) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Run the remaining generations. Returns the baseline scores and the per-generation history.
 
-    Each generation: ``ask()`` a batch; take the scores the journal already holds (resume); race the rest
-    against the optimizer's bar (with the baselines in generation 0, scored in full); journal each outcome
-    as it arrives; ``tell()``; checkpoint; best.json.
+    First (a resumed run) the failures of generations already told are evaluated again
+    (:func:`retry_failures`). Each generation: ``ask()`` a batch; take the scores the journal already holds
+    (resume); race the rest against the optimizer's bar (with the baselines in generation 0, scored in full);
+    journal each outcome as it arrives; ``tell()``; checkpoint; best.json.
     """
+    run.begin_writing()
     store, opt = run.store, run.optimizer
     journal = run.journal.candidates()
     failures = run.journal.failures()
-    baselines = baseline_factors(run.geometry, run.config.target_length)
-    baseline_scores = {
-        n: r.score
-        for n, r in run.journal.baselines().items()
-        if n in baselines and (not r.failed or failures.get(("baseline", n), 0) >= MAX_FAILED_ATTEMPTS)
-    }
+    book = _Book(run, reporter, baseline_factors(run.geometry, run.config.target_length))
     history: list[dict[str, Any]] = list((run.checkpoint or {}).get("history", []))
     racing = run.config.racing
-    n_docs = len(run.needles.samples)
-    length = run.config.target_length
-    token_forwards = sum(r.token_forwards or 0 for r in run.journal.records)
-    evaluations = len(run.journal.records)
+    retry_failures(run, pool, reporter, book, history, journal, failures)
     while not opt.done:
         t0 = time.perf_counter()
         generation = opt.generation
         batch = opt.ask()
         bar = opt.race_bar() if racing else math.inf
-        results = _reuse_from_journal(batch, journal, failures, store, n_docs)
+        results = _reuse_from_journal(batch, journal, failures, store, book.n_docs)
         by_key = {f"c{c.id}": c for c in batch if c.id not in results}
         tasks = [ScoreTask(key, c.lam, c.m, bar=bar) for key, c in by_key.items()]
-        tasks += [ScoreTask(f"b:{name}", f.long_factor, f.attention_factor) for name, f in baselines.items() if name not in baseline_scores]
+        tasks += book.baseline_tasks()
         reporter.generation_started(generation, opt.budget.generations + 1, len(tasks), len(results))
+        failed_before = book.failed
         for outcome in pool.map_unordered(tasks):
-            if outcome.key.startswith("b:"):
-                name = outcome.key[2:]
-                f = baselines[name]
-                rec = _record(
-                    outcome,
-                    length,
-                    kind="baseline",
-                    name=name,
-                    generation=generation,
-                    origin=f"baseline:{name}",
-                    lam=[float(x) for x in f.long_factor],
-                    m=f.attention_factor,
-                )
-                baseline_scores[name] = rec.score
-            else:
-                c = by_key[outcome.key]
-                rec = _record(
-                    outcome,
-                    length,
-                    kind="candidate",
-                    id=int(c.id),
-                    generation=int(c.generation),
-                    origin=c.origin,
-                    lam=[float(x) for x in c.lam],
-                    m=float(c.m),
-                    d_rcd=c.params.get("d_rcd"),
-                    params={k: v for k, v in c.params.items() if k != "parents"},
-                )
-                results[c.id] = _result_of(c, rec, n_docs)
-            store.append(rec)
-            evaluations += 1
-            token_forwards += rec.token_forwards or 0
-            reporter.evaluated(rec)
-        if not store.file(BASELINES).exists() and len(baseline_scores) == len(baselines):
-            _write_baselines(store, baselines, baseline_scores)
+            book.take(outcome, by_key, results, generation)
+        book.write_baselines()
         opt.tell([results[c.id] for c in batch])
         summary = _summary(
-            opt, generation, baseline_scores, len(tasks), len(batch) - len(by_key), bar, token_forwards, time.perf_counter() - t0
+            opt, generation, book.scores, len(tasks), len(batch) - len(by_key), bar, book.token_forwards, time.perf_counter() - t0
         )
+        summary.failed = book.failed - failed_before
         history.append({k: _json_float(v) for k, v in asdict(summary).items() if k not in ("seconds",)})
-        store.save_checkpoint(
-            generation,
-            {
-                "optimizer": opt.state_dict(),
-                "history": history,
-                "baselines": {k: _json_float(v) for k, v in baseline_scores.items()},
-                "evaluations": evaluations,
-            },
-        )
-        best = opt.best()
-        if best is not None:
-            best_factors(run, best, _generation_of(best, history)).save(store.file(BEST))
+        _checkpoint(run, generation, history, book)
         reporter.generation_finished(summary)
-    return baseline_scores, history
+    book.write_baselines()  # unchanged unless a baseline was scored again since it was written
+    return book.scores, history
+
+
+class _Book:
+    """What :func:`search` keeps while it journals outcomes: baseline scores, counters, whether baselines.json is due."""
+
+    def __init__(self, run: PreparedRun, reporter: EvolveReporter, baselines: dict[str, RopeFactors]) -> None:
+        self.run, self.reporter, self.baselines = run, reporter, baselines
+        failures = run.journal.failures()
+        self.scores: dict[str, float] = {
+            n: r.score
+            for n, r in run.journal.baselines().items()
+            if n in baselines and (not r.failed or failures.get(("baseline", n), 0) >= MAX_FAILED_ATTEMPTS)
+        }
+        self.n_docs = len(run.needles.samples)
+        self.length = run.config.target_length
+        self.token_forwards = sum(r.token_forwards or 0 for r in run.journal.records)
+        self.evaluations = len(run.journal.records)
+        self.failed = 0  # evaluations this process journaled as failed
+
+    def baseline_tasks(self) -> list[ScoreTask]:
+        """The baselines without a standing score (never scored, or failed with attempts left): scored in full."""
+        return [ScoreTask(f"b:{n}", f.long_factor, f.attention_factor) for n, f in self.baselines.items() if n not in self.scores]
+
+    def take(self, outcome: ScoreOutcome, by_key: dict[str, Any], results: dict[int, Any], generation: int) -> JournalRecord:
+        """Journal one outcome: a candidate's result goes to ``results``, a baseline's score to :attr:`scores`."""
+        if outcome.key.startswith("b:"):
+            name = outcome.key[2:]
+            f = self.baselines[name]
+            rec = _record(
+                outcome,
+                self.length,
+                kind="baseline",
+                name=name,
+                generation=generation,
+                origin=f"baseline:{name}",
+                lam=[float(x) for x in f.long_factor],
+                m=f.attention_factor,
+            )
+            self.scores[name] = rec.score
+        else:
+            c = by_key[outcome.key]
+            rec = _record(
+                outcome,
+                self.length,
+                kind="candidate",
+                id=int(c.id),
+                generation=int(c.generation),
+                origin=c.origin,
+                lam=[float(x) for x in c.lam],
+                m=float(c.m),
+                d_rcd=c.params.get("d_rcd"),
+                params={k: v for k, v in c.params.items() if k != "parents"},
+            )
+            results[c.id] = _result_of(c, rec, self.n_docs)
+        self.run.store.append(rec)
+        self.evaluations += 1
+        self.token_forwards += rec.token_forwards or 0
+        self.failed += int(rec.failed)
+        self.reporter.evaluated(rec)
+        return rec
+
+    def write_baselines(self) -> None:
+        """baselines.json once every baseline has an outcome, and again whenever one was scored again (also when
+        the process that scored it again was stopped before writing it)."""
+        if len(self.scores) != len(self.baselines):
+            return
+        payload = _baselines_payload(self.baselines, self.scores)
+        store = self.run.store
+        try:
+            same = store.file(BASELINES).exists() and store.read_json(BASELINES) == payload
+        except RunError:  # damaged: written again
+            same = False
+        if not same:
+            store.write_json(BASELINES, payload)
+
+
+def _checkpoint(run: PreparedRun, generation: int, history: list[dict[str, Any]], book: _Book) -> None:
+    """The state after ``generation`` (atomically), then best.json."""
+    opt = run.optimizer
+    run.store.save_checkpoint(
+        generation,
+        {
+            "optimizer": opt.state_dict(),
+            "history": history,
+            "baselines": {k: _json_float(v) for k, v in book.scores.items()},
+            "evaluations": book.evaluations,
+        },
+    )
+    best = opt.best()
+    if best is not None:
+        best_factors(run, best, _generation_of(best, history)).save(run.store.file(BEST))
+
+
+def retry_failures(
+    run: PreparedRun,
+    pool: WorkerPool,
+    reporter: EvolveReporter,
+    book: _Book,
+    history: list[dict[str, Any]],
+    journal: dict[int, JournalRecord],
+    failures: dict[tuple[str, Any], int],
+) -> None:
+    """On resume, before the search goes on: evaluate again what failed in the generations already told — the
+    candidates the optimizer holds as failed (:meth:`Optimizer.failed`) and the baselines — if it failed fewer
+    than :data:`MAX_FAILED_ATTEMPTS` times. Each is scored in full (no race) and journaled as it arrives; the
+    successes go to the optimizer as late results (:meth:`Optimizer.tell_late`) and the last checkpoint is
+    rewritten with that state (same generation), then best.json and baselines.json.
+
+    Deterministic: a candidate the journal already holds a success for (an earlier resume retried it and was
+    stopped before rewriting the checkpoint) is not evaluated again, and the late results are told together, in
+    id order, after the last generation told — so an interrupted retry resumes to the state an uninterrupted one
+    reaches. A failure in a generation that was interrupted is evaluated again in that generation instead
+    (:func:`_reuse_from_journal`)."""
+    opt = run.optimizer
+    if opt.generation == 0:
+        return  # nothing told yet: generation 0 (with the baselines) is still to come
+    reused: dict[int, Any] = {}
+    todo: dict[str, Any] = {}
+    for c in opt.failed():
+        rec = journal.get(c.id)
+        if rec is not None and not rec.failed:
+            _check_same(c, rec, run.store)
+            reused[c.id] = _result_of(c, rec, book.n_docs)
+        elif failures.get(("candidate", c.id), 0) < MAX_FAILED_ATTEMPTS:
+            todo[f"c{c.id}"] = c
+    tasks = [ScoreTask(key, c.lam, c.m) for key, c in todo.items()] + book.baseline_tasks()
+    if not tasks and not reused:
+        return
+    reporter.retry_started(len(tasks), len(reused))
+    results = dict(reused)
+    generation = opt.generation - 1
+    for outcome in pool.map_unordered(tasks):
+        book.take(outcome, todo, results, generation)
+    late = [results[k] for k in sorted(results)]
+    recovered = sum(1 for r in late if not r.failed)
+    opt.tell_late(late)
+    if recovered:
+        _checkpoint(run, generation, history, book)
+    book.write_baselines()
+    failed_baselines = sum(1 for t in tasks if t.key.startswith("b:") and not math.isfinite(book.scores[t.key[2:]]))
+    reporter.retry_finished(recovered, len(late) - recovered + failed_baselines)
 
 
 def _reuse_from_journal(
@@ -659,21 +802,25 @@ def _reuse_from_journal(
         rec = journal.get(c.id)
         if rec is None or (rec.failed and failures.get(("candidate", c.id), 0) < MAX_FAILED_ATTEMPTS):
             continue
-        same = np.allclose(np.asarray(rec.lam), c.lam, rtol=0, atol=1e-9) and abs(float(rec.m) - float(c.m)) < 1e-9
-        if not same:
-            raise RunError(
-                f"{store.journal_path}: candidate {c.id} in the journal differs from the one the optimizer "
-                "regenerates from the last checkpoint: the run cannot be resumed consistently; start a new run"
-            )
+        _check_same(c, rec, store)
         results[c.id] = _result_of(c, rec, n_docs)
     return results
+
+
+def _check_same(c: Any, rec: JournalRecord, store: RunStore) -> None:
+    same = np.allclose(np.asarray(rec.lam), c.lam, rtol=0, atol=1e-9) and abs(float(rec.m) - float(c.m)) < 1e-9
+    if not same:
+        raise RunError(
+            f"{store.journal_path}: candidate {c.id} in the journal differs from the one the optimizer "
+            "regenerates from the last checkpoint: the run cannot be resumed consistently; start a new run"
+        )
 
 
 def _result_of(c: Any, rec: JournalRecord, n_docs: int) -> Any:
     from .optimizers import Result
 
     cost = 1.0 if rec.docs is None or not n_docs else rec.docs / n_docs
-    return Result(c, rec.score, cost, bool(rec.censored))
+    return Result(c, rec.score, cost, bool(rec.censored), bool(rec.failed))
 
 
 def _summary(
@@ -720,14 +867,11 @@ def _json_float(v: Any) -> Any:
     return v
 
 
-def _write_baselines(store: RunStore, baselines: dict[str, RopeFactors], scores: dict[str, float]) -> None:
-    store.write_json(
-        BASELINES,
-        {
-            name: {"score": _json_float(scores[name]), "lam": [float(x) for x in f.long_factor], "m": f.attention_factor}
-            for name, f in baselines.items()
-        },
-    )
+def _baselines_payload(baselines: dict[str, RopeFactors], scores: dict[str, float]) -> dict[str, Any]:
+    return {
+        name: {"score": _json_float(scores[name]), "lam": [float(x) for x in f.long_factor], "m": f.attention_factor}
+        for name, f in baselines.items()
+    }
 
 
 # ---------------------------------------------------------------- held-out comparison and plots
@@ -743,10 +887,11 @@ def heldout(run: PreparedRun, pool: WorkerPool, reporter: EvolveReporter, baseli
     best = run.optimizer.best()
     if best is None:
         return []
+    failed = failed_evaluations(store.read_journal())
     if store.file(FINAL).exists():  # a finished run resumed again: its table is already there
         try:
             final = store.read_json(FINAL)
-            if final.get("best", {}).get("candidate") == int(best.candidate.id):
+            if final.get("best", {}).get("candidate") == int(best.candidate.id) and final.get("failed") == failed:
                 return [
                     HeldoutRow(
                         r["name"],
@@ -791,11 +936,6 @@ def heldout(run: PreparedRun, pool: WorkerPool, reporter: EvolveReporter, baseli
         if name != "none" and a is not None and math.isfinite(a) and math.isfinite(b):
             pairs.append((name, float(a), float(b)))
     rho = spearman([a for _, a, _ in pairs], [b for _, _, b in pairs]) if len(pairs) >= 3 else None
-    journal = run.store.read_journal()
-    failures = journal.failures()
-    failed = [
-        {"id": r.id, "error": r.error, "attempts": failures.get(("candidate", r.id), 1)} for r in journal.candidates().values() if r.failed
-    ]
     store.write_json(
         FINAL,
         {
@@ -820,6 +960,21 @@ def heldout(run: PreparedRun, pool: WorkerPool, reporter: EvolveReporter, baseli
         },
     )
     return rows
+
+
+def failed_evaluations(journal: JournalContents) -> list[dict[str, Any]]:
+    """The candidates and baselines whose last evaluation failed: kind, id or name, the reason, how many times it
+    failed, and whether a resume evaluates it again (fewer than :data:`MAX_FAILED_ATTEMPTS` failures)."""
+    failures = journal.failures()
+    out: list[dict[str, Any]] = []
+    for key, r in [(("candidate", r.id), r) for r in journal.candidates().values()] + [
+        (("baseline", r.name), r) for r in journal.baselines().values()
+    ]:
+        if r.failed:
+            n = failures.get(key, 1)
+            entry: dict[str, Any] = {"kind": key[0], "id" if key[0] == "candidate" else "name": key[1]}
+            out.append({**entry, "error": r.error, "attempts": n, "retried_on_resume": n < MAX_FAILED_ATTEMPTS})
+    return sorted(out, key=lambda d: (d["kind"] != "candidate", d.get("id") or 0, d.get("name") or ""))
 
 
 def _next_best(journal: JournalContents, best_id: int, k: int) -> list[JournalRecord]:
@@ -900,10 +1055,13 @@ def _title(run: PreparedRun) -> str:
 # ---------------------------------------------------------------- the command
 
 
-def run_evolve(opts: EvolveOptions, reporter: EvolveReporter | None = None) -> EvolveResult:
-    """Start or resume a search and run it to the end. Ctrl-C leaves a resumable run (KeyboardInterrupt re-raised)."""
+def run_evolve(opts: EvolveOptions, reporter: EvolveReporter | None = None, pool: WorkerPool | None = None) -> EvolveResult:
+    """Start or resume a search and run it to the end. Ctrl-C leaves a resumable run (KeyboardInterrupt re-raised).
+
+    ``pool``: workers to use (left open) instead of a pool made from the options and closed at the end."""
     reporter = reporter or EvolveReporter()
     run: PreparedRun | None = None
+    check_options(opts)  # before anything is read, started or written
     if opts.resume is not None:
         run = _prepare_resume(opts)
         cfg = run.config
@@ -911,30 +1069,30 @@ def run_evolve(opts: EvolveOptions, reporter: EvolveReporter | None = None) -> E
         p = plan(opts)  # every option checked; nothing written yet
         cfg = p.config
     try:
-        pool = WorkerPool(
-            cfg.model,
-            cfg.target_length,
-            workers=cfg.workers,
-            address=cfg.address,
-            gpus_per_worker=opts.gpus_per_worker,
-            max_attempts=opts.max_attempts,
-            task_timeout=opts.task_timeout,
-        )
+        own = pool is None
+        if pool is None:
+            pool = WorkerPool(
+                cfg.model,
+                cfg.target_length,
+                workers=cfg.workers,
+                address=cfg.address,
+                gpus_per_worker=opts.gpus_per_worker,
+                max_attempts=opts.max_attempts,
+                task_timeout=opts.task_timeout,
+            )
     except BaseException:
         if run is not None:
-            run.store.close()
+            run.store.abandon()
         raise
-    with pool:
+    with pool if own else contextlib.nullcontext(pool):
         if run is None:  # a new run: measure the signal on the workers, then write the run directory
             t0 = time.perf_counter()
             pool.start()
             reporter.pool_started(pool.workers, pool.device, time.perf_counter() - t0)
-            if opts.signal_check:
+            if opts.signal_check is not False:
                 template, signal = check_signal(p, pool, reporter)
-            elif p.templates is None:
-                raise InputError("--no-signal-check needs a named --template (e.g. --template passkey)")
-            else:
-                template, signal = "+".join(p.templates), None
+            else:  # plan() made sure a template is named
+                template, signal = "+".join(p.templates or []), None
             run = create_run(p, template, signal)
         return _run(run, pool, opts, reporter)
 
@@ -980,12 +1138,12 @@ def _run(run: PreparedRun, pool: WorkerPool, opts: EvolveOptions, reporter: Evol
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
-        where = Path(e.filename).name if e.filename else "a file of the run"
-        raise RunError(
-            f"the disk is full (writing {where}): free some space, then continue with `longsearch evolve --resume {run.store.path}`"
-        ) from None
+        raise _disk_full(e, f"then continue with `longsearch evolve --resume {run.store.path}`") from None
     finally:
-        run.store.close()
+        if run.writing:
+            run.store.close()
+        else:  # refused or failed before its first write (the workers did not start): the run is as it was
+            run.store.abandon()
 
 
 __all__ = [
@@ -998,9 +1156,11 @@ __all__ = [
     "PreparedRun",
     "baseline_factors",
     "default_out",
+    "failed_evaluations",
     "heldout",
     "load_model_info",
     "prepare",
+    "retry_failures",
     "run_evolve",
     "search",
     "write_plots",

@@ -12,9 +12,12 @@
     final.json             the held-out comparison written when the search ends
     progress.png, factors.png
 
-Every file but the journal is written atomically; each journal line is appended whole with one
-``write`` and fsync'ed, so a run killed at any moment leaves at most one truncated last line, which
-:meth:`RunStore.repair_journal` drops (the candidate is then evaluated again).
+A new run directory is built under a temporary name next to its destination (config, space, needles)
+and renamed into place whole (:meth:`RunStore.creating`): a creation killed half way leaves no run, only a
+temporary the next new run of that destination removes (and says so). Every file but the journal is written
+atomically; each journal line is appended whole with one ``write`` and fsync'ed, so a run killed at any
+moment leaves at most one truncated last line, which :meth:`RunStore.repair_journal` drops (the candidate
+is then evaluated again).
 
 >>> store = RunStore.create(tmp / "run", RunConfig(model=None, model_name="testbed", target_length=2048,
 ...     space="longrope2", budget="quick", optimizer="ga", samples=4, seed=0))          # doctest: +SKIP
@@ -24,12 +27,14 @@ Every file but the journal is written atomically; each journal line is appended 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import math
 import os
 import re
-import shutil
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -37,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, faults
-from .atomic import atomic_write_json
+from .atomic import atomic_dir, atomic_write_json, sweep_stale
 from .errors import RunError
 
 log = logging.getLogger(__name__)
@@ -56,8 +61,9 @@ SCHEMA_VERSION = 1
 
 _CHECKPOINT_RE = re.compile(r"^gen-(\d{4,})\.json$")
 
-#: Config fields that define a run: a resume must not change them.
-IDENTITY_FIELDS = ("model", "target_length", "space", "budget", "optimizer", "samples", "seed", "racing")
+#: Config fields that define a run: a resume must not change them (nor the signal check, see
+#: :func:`check_resume_options`).
+IDENTITY_FIELDS = ("model", "target_length", "space", "budget", "optimizer", "samples", "seed", "racing", "template", "depths")
 
 
 # ---------------------------------------------------------------- records
@@ -212,6 +218,7 @@ class RunStore:
         self.path = Path(path)
         self._journal_fd: int | None = None
         self._lock_fd: int | None = None
+        self._made_lock_file = False
 
     # ------------------------------------------------------------ paths
 
@@ -237,15 +244,22 @@ class RunStore:
     # ------------------------------------------------------------ creating and opening
 
     @classmethod
-    def create(cls, path: str | os.PathLike, config: RunConfig, force: bool = False) -> RunStore:
-        """Make a new run directory and write config.json.
+    @contextlib.contextmanager
+    def creating(cls, path: str | os.PathLike, config: RunConfig, force: bool = False) -> Iterator[RunStore]:
+        """Build a new run directory: yields a locked store at a temporary directory next to ``path`` (holding
+        config.json) to write the run's first files into; on a normal exit it is renamed onto ``path`` whole (the
+        store then points there, still locked). On an error nothing is left — no temporary, no parent directory
+        made for it; a process killed inside leaves only the temporary, which the next creation of ``path``
+        removes with a warning (:func:`~longsearch.atomic.sweep_stale`).
 
-        An existing non-empty directory is refused unless ``force``; even then only a longsearch run
-        directory (one with config.json) is cleared, never an arbitrary folder.
+        An existing non-empty directory is refused unless ``force``; even then only a longsearch run directory
+        (one with config.json) is replaced, never an arbitrary folder, and not one another process holds.
         """
         path = Path(path)
+        sweep_stale(path)  # what a killed creation of this destination left
         if path.exists() and not path.is_dir():
             raise RunError(f"{path} exists and is not a directory: choose another --out")
+        old: RunStore | None = None
         if path.is_dir() and any(path.iterdir()):
             if not force:
                 raise RunError(
@@ -254,17 +268,34 @@ class RunStore:
                 )
             if not (path / CONFIG).exists():
                 raise RunError(f"{path} is not empty and is not a longsearch run directory: refusing to clear it; choose another --out")
-            store = cls(path)
-            store.lock()  # refuse to clear a run another process is using
-            store.unlock()
-            shutil.rmtree(path)
+            old = cls(path)
+            old.lock()  # refuse to replace a run another process is using; held until the new one replaces it
+        made = _make_parents(path.parent)
         try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise RunError(f"cannot create the run directory {path}: {e.strerror}") from None
-        store = cls(path)
-        store.lock()
-        atomic_write_json(path / CONFIG, config.to_dict())
+            with atomic_dir(path) as tmp:
+                store = cls(tmp)
+                try:
+                    store.lock()
+                    atomic_write_json(tmp / CONFIG, config.to_dict())
+                    yield store
+                except BaseException:
+                    store.close()
+                    raise
+            store.path = path
+        except BaseException:
+            for d in made:  # deepest first: only the directories made for this run, if still empty
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+            raise
+        finally:
+            if old is not None:
+                old.close()
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, config: RunConfig, force: bool = False) -> RunStore:
+        """A new run directory holding config.json alone (see :meth:`creating`), locked by the store returned."""
+        with cls.creating(path, config, force) as store:
+            pass
         return store
 
     @classmethod
@@ -272,6 +303,11 @@ class RunStore:
         """Open an existing run directory (for resume or inspection); refuses a missing or foreign one."""
         path = Path(path)
         if not path.exists():
+            if _interrupted_creation(path):
+                raise RunError(
+                    f"{path} was never completely created (its `longsearch evolve` was stopped while making it): start "
+                    "the run again without --resume (the leftover is removed then)"
+                )
             raise RunError(f"no run directory at {path}: pass the --out directory of an earlier `longsearch evolve`")
         if not path.is_dir():
             raise RunError(f"{path} is a file, not a run directory: pass the --out directory of an earlier `longsearch evolve`")
@@ -280,11 +316,14 @@ class RunStore:
         return cls(path)
 
     def lock(self) -> None:
-        """Hold an exclusive lock on the run for this process (released on close or process death)."""
+        """Hold an exclusive lock on the run for this process (released on close or process death).
+
+        Locking writes nothing but the (empty) lock file where it is missing; :meth:`abandon` removes it again."""
         import fcntl
 
         if self._lock_fd is not None:
             return
+        existed = (self.path / LOCK).exists()
         fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -292,19 +331,33 @@ class RunStore:
             os.close(fd)
             raise RunError(f"{self.path} is in use by another longsearch process: wait for it to finish or stop it") from None
         self._lock_fd = fd
-        self._remove_stale_temporaries()
+        self._made_lock_file = not existed
 
-    def _remove_stale_temporaries(self) -> None:
-        """Temporary files of atomic writes left by a process killed mid-write (only a lock holder writes here)."""
-        for p in self.path.rglob(".*.tmp"):
+    def sweep_temporaries(self) -> list[Path]:
+        """Remove the temporary files of atomic writes left by a process killed mid-write (only a lock holder
+        writes here; call it once the run is going to be written, never on a command that may still be refused)."""
+        if self._lock_fd is None:
+            raise RuntimeError("sweep_temporaries() without holding the run's lock")
+        removed = []
+        for p in sorted(self.path.rglob(".*.tmp")):
             if p.is_file():
                 log.info("removing %s, left by an interrupted write", p)
                 p.unlink(missing_ok=True)
+                removed.append(p)
+        return removed
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def abandon(self) -> None:
+        """Close a store that wrote nothing (a refused resume): also remove the lock file if :meth:`lock` made it,
+        so that the directory is exactly as it was."""
+        made = self._lock_fd is not None and self._made_lock_file
+        self.close()
+        if made:
+            (self.path / LOCK).unlink(missing_ok=True)
 
     def close(self) -> None:
         if self._journal_fd is not None:
@@ -445,8 +498,36 @@ def iter_journal(path: str | os.PathLike) -> Iterator[JournalRecord]:
     yield from store.read_journal().records
 
 
+def depths_key(depths: str | None) -> str:
+    """A needle-depths setting in one spelling: ``None``/``default`` → ``start``; a list → its numbers."""
+    text = "start" if depths is None else str(depths).strip().lower()
+    if text in ("", "default"):
+        return "start"
+    if text in ("start", "uniform", "spread"):
+        return text
+    try:
+        return ",".join(f"{float(x):g}" for x in text.split(",") if x.strip())
+    except ValueError:
+        return text
+
+
+def template_key(template: str | None) -> str | None:
+    """Needle template(s) in one spelling: ``"Passkey, multi-needle"`` → ``"passkey+multi-needle"``."""
+    if template is None:
+        return None
+    names: list[str] = []
+    for part in re.split(r"[,+]", str(template)):
+        key = part.strip().lower()
+        if key and key not in names:
+            names.append(key)
+    return "+".join(names)
+
+
 def check_resume_options(config: RunConfig, given: dict[str, Any], path: str | os.PathLike) -> None:
-    """Refuse options given with ``--resume`` that contradict the run's config (one line)."""
+    """Refuse options given with ``--resume`` that contradict the run's config (one line).
+
+    ``given`` holds :data:`IDENTITY_FIELDS` (None: not given) and ``signal_check`` (a run made without the
+    signal check has no ``signal`` in its config)."""
     for key in IDENTITY_FIELDS:
         value = given.get(key)
         if value is None:
@@ -454,14 +535,59 @@ def check_resume_options(config: RunConfig, given: dict[str, Any], path: str | o
         have = getattr(config, key)
         if key == "model":
             same = _same_model(str(value), have)
+        elif key == "depths":
+            same = depths_key(str(value)) == depths_key(have)
+            have = have or "start"
+        elif key == "template":
+            same = template_key(str(value)) == template_key(have)
         else:
             same = str(value) == str(have)
         if not same:
-            shown = "the testbed" if have is None else have
+            shown = "the testbed" if key == "model" and have is None else have
             raise RunError(
                 f"{path} was made with {key.replace('_', ' ')} {shown}, not {value}: resume without that option, "
                 "or start a new run with another --out"
             )
+    check = given.get("signal_check")
+    if check is not None and bool(check) != (config.signal is not None):
+        made = "--signal-check" if config.signal is not None else "--no-signal-check"
+        raise RunError(
+            f"{path} was made with {made}, not {'--signal-check' if check else '--no-signal-check'}: resume without "
+            "that option, or start a new run with another --out"
+        )
+
+
+def _interrupted_creation(path: Path) -> bool:
+    """Whether a creation of ``path`` was stopped half way (its temporary directory is next to it)."""
+    head = f".{path.name}.tmp~{socket.gethostname()}~"
+    try:
+        return any(e.name.startswith(head) and e.is_dir() for e in path.parent.iterdir())
+    except OSError:
+        return False
+
+
+def _make_parents(path: Path) -> list[Path]:
+    """Make ``path`` and its missing parents; returns those made, deepest first. RunError when it cannot."""
+    missing: list[Path] = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    try:
+        for d in reversed(missing):
+            d.mkdir()
+    except OSError as e:
+        for d in missing:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        if e.errno == errno.ENOSPC:  # the caller says how to go on
+            raise
+        raise RunError(f"cannot create the run directory under {path}: {e.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise RunError(f"cannot create the run directory under {path}: permission denied; choose another --out")
+    return missing
 
 
 def _same_model(given: str, have: str | None) -> bool:
@@ -482,5 +608,7 @@ __all__ = [
     "RunConfig",
     "RunStore",
     "check_resume_options",
+    "depths_key",
     "iter_journal",
+    "template_key",
 ]

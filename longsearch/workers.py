@@ -202,6 +202,21 @@ def _death_errors() -> tuple[type[BaseException], ...]:
     return tuple(getattr(E, n) for n in names if hasattr(E, n))
 
 
+def check_pool_options(workers: int | None, gpus_per_worker: float = 1.0, max_attempts: int = 3, task_timeout: float | None = None) -> None:
+    """Refuse pool options that cannot work (one line, InputError) before anything starts or is written."""
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers must be at least 1, got {workers}")
+    g = float(gpus_per_worker)
+    if not math.isfinite(g) or g < 0:
+        raise InputError(f"--gpus-per-worker must be 0 (CPU workers) or more, got {gpus_per_worker:g}")
+    if g > 1 and not g.is_integer():
+        raise InputError(f"--gpus-per-worker {g:g}: above 1 it must be a whole number of GPUs (Ray shares a GPU only in fractions below 1)")
+    if max_attempts < 1:
+        raise InputError(f"max_attempts must be at least 1, got {max_attempts}")
+    if task_timeout is not None and not (math.isfinite(float(task_timeout)) and float(task_timeout) > 0):
+        raise InputError(f"--task-timeout must be a number of seconds above 0, got {task_timeout:g}")
+
+
 @dataclass
 class _Slot:
     index: int
@@ -234,10 +249,7 @@ class WorkerPool:
         temp_root: str | None = None,
         object_store_memory: int | None = DEFAULT_OBJECT_STORE,
     ) -> None:
-        if workers is not None and workers < 1:
-            raise InputError(f"--workers must be at least 1, got {workers}")
-        if max_attempts < 1:
-            raise InputError("max_attempts must be at least 1")
+        check_pool_options(workers, gpus_per_worker, max_attempts, task_timeout)
         self.model = model
         self.target_length = int(target_length)
         self.requested_workers = workers

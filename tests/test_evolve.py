@@ -342,7 +342,7 @@ def test_worker_killed_mid_run_the_search_finishes_with_every_candidate(model_di
 # ---------------------------------------------------------------- refusals: one line, exit 2, nothing changed
 
 
-def test_bad_input_for_a_new_run(model_dir, tmp_path, capsys):
+def test_bad_input_for_a_new_run(model_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "new"
     code, _, err = cli([*evolve_args(model_dir, out)[:3], "--target", "256", "--out", str(out)], capsys)
     assert code == 2 and "not above" in err and len(err.strip().splitlines()) == 1
@@ -363,10 +363,22 @@ def test_bad_input_for_a_new_run(model_dir, tmp_path, capsys):
         (["--workers", "0"], "--workers"),
         (["--depths", "deep"], "depths"),
         (["--template", "limerick"], "unknown needle template"),
+        (["--task-timeout", "0"], "--task-timeout must be a number of seconds above 0"),
+        (["--gpus-per-worker", "-1"], "--gpus-per-worker must be 0"),
+        (["--gpus-per-worker", "1.5"], "whole number of GPUs"),
     ):
         code, _, err = cli(evolve_args(model_dir, out, *extra), capsys)
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, (extra, err)
         assert not out.exists()  # a rejected command leaves the file system as it found it
+    # refused up front, not once Ray and the workers are up
+    args = evolve_args(model_dir, out)
+    i = args.index("--template")
+    code, _, err = cli(args[:i] + args[i + 2 :], capsys)
+    assert code == 2 and "--no-signal-check needs a named --template" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setenv("LONGSEARCH_FAULT", "journal.jsonl:three:after:kill")
+    code, _, err = cli(evolve_args(model_dir, out), capsys)
+    assert code == 2 and "LONGSEARCH_FAULT" in err and "FILE:N:WHEN:ACTION" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not ray.is_initialized()
 
 
 def test_a_needle_task_the_model_cannot_do_is_refused_before_anything_is_written(tmp_path):
@@ -431,3 +443,199 @@ def test_refusals_leave_the_run_directory_untouched(finished_run, model_dir, tmp
     code, _, err = cli(["evolve", "--resume", str(run)], capsys)
     assert code == 2 and "journal.jsonl line 4" in err
     assert _tree_digest(run) == before
+
+
+def test_a_refused_resume_changes_nothing_not_even_a_half_written_journal_line(finished_run, model_dir, tmp_path, capsys, monkeypatch):
+    run = tmp_path / "copy"
+    shutil.copytree(finished_run, run)
+    journal = run / "journal.jsonl"
+    whole = journal.read_bytes()
+    with open(journal, "ab") as f:  # a kill in the middle of an append, and of an atomic write
+        f.write(b'{"kind":"candidate","id":20,"generation":4,"origin":"muta')
+    (run / ".best.json.k1ll3d.tmp").write_text("{")
+    (run / ".lock").unlink()  # as in a directory copied without it: locking must not leave one behind either
+    before = _tree_digest(run)
+    cases = [
+        (["--workers", "0"], "--workers must be at least 1"),
+        (["--task-timeout", "-5"], "--task-timeout"),
+        (["--gpus-per-worker", "-1"], "--gpus-per-worker"),
+        (["--template", "multi-needle"], "made with template passkey, not multi-needle"),
+        (["--template", "auto"], "made with template passkey, not auto"),  # the run named its template
+        (["--depths", "uniform"], "made with depths spread, not uniform"),
+        (["--signal-check"], "made with --no-signal-check, not --signal-check"),
+        (["--force"], "--force starts a run over"),
+    ]
+    for extra, needle in cases:
+        code, _, err = cli(["evolve", "--resume", str(run), *extra], capsys)
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, (extra, err)
+        assert _tree_digest(run) == before, extra
+    monkeypatch.setenv("LONGSEARCH_FAULT", "best.json")
+    code, _, err = cli(["evolve", "--resume", str(run)], capsys)
+    assert code == 2 and "LONGSEARCH_FAULT" in err and _tree_digest(run) == before
+    monkeypatch.delenv("LONGSEARCH_FAULT")
+    # refused after the run is locked and read (its needles changed): nothing written either, no lock file left
+    samples = run / "needles" / "samples.jsonl"
+    original = samples.read_bytes()
+    samples.write_bytes(original.replace(b"a", b"b", 1))
+    before = _tree_digest(run)
+    code, _, err = cli(["evolve", "--resume", str(run)], capsys)
+    assert code == 2 and "needles" in err and _tree_digest(run) == before
+    samples.write_bytes(original)
+    # the same options as the run's are no conflict; the accepted resume is the one that repairs
+    code, _, err = cli(["evolve", "--resume", str(run), "--template", "passkey", "--depths", "spread", "--no-signal-check"], capsys)
+    assert code == 0, err
+    assert journal.read_bytes() == whole and not (run / ".best.json.k1ll3d.tmp").exists()
+
+
+def test_a_full_disk_while_a_run_is_created_says_so_and_leaves_nothing(model_dir, tmp_path, monkeypatch):
+    from longsearch import faults
+    from longsearch.errors import RunError
+    from longsearch.evolve import EvolveOptions, create_run, plan
+
+    out = tmp_path / "outputs" / "run"
+    p = plan(EvolveOptions(model=model_dir, target=1024, samples=2, out=out, template="passkey", signal_check=False))
+    monkeypatch.setattr(faults, "_COUNTS", {})
+    monkeypatch.setenv("LONGSEARCH_FAULT", "manifest.json:1:before:enospc")  # the search needles' last file
+    with pytest.raises(RunError) as e:
+        create_run(p, "passkey", None)
+    msg = str(e.value)
+    assert "disk is full" in msg and "manifest.json" in msg and "start the run again" in msg and "\n" not in msg
+    assert list(tmp_path.iterdir()) == []  # no run, no temporary, no outputs/ made for it
+
+
+def test_a_retried_baseline_rewrites_baselines_json_and_one_failed_for_good_is_in_final_json(finished_run, tmp_path, capsys):
+    # an outage failed two baselines: yarn once (a resume scores it again), ntk three times (its failure stands)
+    run = tmp_path / "outage"
+    shutil.copytree(finished_run, run)
+    lines = (run / "journal.jsonl").read_text().splitlines()
+    failed = dict(score="inf", per_sample=[], accuracy=None, per_sample_correct=[], failed=True, docs=None, token_forwards=None)
+    out = []
+    for x in lines:
+        d = json.loads(x)
+        if d["kind"] == "baseline" and d["name"] in ("yarn", "ntk"):
+            bad = dict(d, **failed, error=f"worker died 3 times evaluating it (last: node lost {d['name']})")
+            out += [json.dumps(bad)] * (3 if d["name"] == "ntk" else 1)
+        else:
+            out.append(x)
+    (run / "journal.jsonl").write_text("\n".join(out) + "\n")
+    baselines = json.loads((run / "baselines.json").read_text())
+    written = json.loads((run / "baselines.json").read_text())
+    written["yarn"]["score"] = written["ntk"]["score"] = None  # as the outage run wrote it
+    (run / "baselines.json").write_text(json.dumps(written))
+    code, _, err = cli(["evolve", "--resume", str(run)], capsys)
+    assert code == 0, err
+    records = RunStore(run).read_journal().records
+    yarn = [r for r in records if r.kind == "baseline" and r.name == "yarn"]
+    assert [r.failed for r in yarn] == [True, False]  # retried once; ntk is not retried (3 failures)
+    assert len(records) == len(out) + 1
+    now = json.loads((run / "baselines.json").read_text())
+    assert now["yarn"]["score"] == baselines["yarn"]["score"] and now["ntk"]["score"] is None
+    final = json.loads((run / "final.json").read_text())
+    assert [(f["kind"], f["name"], f["attempts"], f["retried_on_resume"]) for f in final["failed"]] == [("baseline", "ntk", 3, False)]
+    assert "node lost ntk" in final["failed"][0]["error"]
+
+
+def test_a_failure_is_retried_on_resume_until_it_fails_for_good_then_reported(model_dir, tmp_path):
+    """Real worker deaths (the pool tries each task once here), in a checkpointed generation: resumes evaluate the
+    candidate again — a success is told to the optimizer late, deterministically across an interruption — until it
+    has failed 3 times; then the final table and final.json give it with its reason."""
+    import io
+    import tempfile
+
+    from rich.console import Console
+
+    from longsearch.evolve import EvolveOptions, run_evolve
+    from longsearch.render import RichReporter
+    from longsearch.workers import WorkerPool
+
+    class Reporter(RichReporter):
+        """Renders to a string; kills the pool's one worker just before a chosen round is sent (its first task then
+        fails), and stops (Ctrl-C) after a chosen number of journal records."""
+
+        def __init__(self, pool, kill_generation=None, kill_retry=False, stop_after=None):
+            self.out = io.StringIO()
+            super().__init__(Console(file=self.out, width=300))
+            self.pool, self.kill_generation, self.kill_retry, self.stop_after = pool, kill_generation, kill_retry, stop_after
+
+        def _kill(self):
+            ray.wait([s.starting for s in self.pool._slots if s.starting is not None], timeout=120)  # a replacement: up first
+            ray.kill(self.pool.actors[0], no_restart=True)
+
+        def generation_started(self, generation, *a):
+            super().generation_started(generation, *a)
+            if generation == self.kill_generation:
+                self._kill()
+
+        def retry_started(self, *a):
+            super().retry_started(*a)
+            if self.kill_retry:
+                self._kill()
+
+        def evaluated(self, record):
+            super().evaluated(record)
+            if self.stop_after is not None:
+                self.stop_after -= 1
+                if self.stop_after == 0:
+                    raise KeyboardInterrupt
+
+    def evolve(reporter, **kw):
+        with reporter:
+            return run_evolve(EvolveOptions(heldout=False, **kw), reporter, pool=pool)
+
+    def state(path):
+        return json.loads((path / "checkpoints" / "gen-0003.json").read_text())
+
+    def attempts(path, cid=8):
+        return [r.failed for r in RunStore(path).read_journal().records if r.kind == "candidate" and r.id == cid]
+
+    temp = tempfile.mkdtemp(prefix="lsrf-", dir="/tmp")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp, object_store_memory=128 * 1024 * 1024)
+    pool = WorkerPool(model_dir, 1024, workers=1, max_attempts=1)
+    try:
+        run = tmp_path / "run"
+        first = Reporter(pool, kill_generation=1)
+        evolve(first, model=model_dir, target=1024, samples=2, budget="quick", out=run, template="passkey", signal_check=False)
+        assert attempts(run) == [True]  # candidate 8, the first of generation 1, lost with its worker
+        records = RunStore(run).read_journal().records
+        assert all(math.isfinite(r.score) for r in records if not (r.kind == "candidate" and r.id == 8))
+        gen1 = next(ln for ln in first.out.getvalue().splitlines() if ln.startswith("gen   1/3"))
+        assert "1 failed" in gen1 and all("0 failed" in ln for ln in first.out.getvalue().splitlines() if ln.startswith("gen   2/3"))
+        assert [c["id"] for c in state(run)["optimizer"]["failed"]] == [8]
+        # a resume evaluates it again: the success reaches the optimizer late, and the checkpoint says so
+        recovered, interrupted = tmp_path / "recovered", tmp_path / "interrupted"
+        shutil.copytree(run, recovered)
+        shutil.copytree(run, interrupted)
+        r = Reporter(pool)
+        evolve(r, resume=recovered)
+        assert attempts(recovered) == [True, False] and len(RunStore(recovered).read_journal().records) == len(records) + 1
+        assert state(recovered)["optimizer"]["failed"] == [] and "1 recovered" in r.out.getvalue()
+        last = RunStore(recovered).read_journal().candidates().values()
+        top = min((x for x in last if not x.censored and not x.failed), key=lambda x: (x.score, x.id))
+        assert load_factors(recovered).provenance["candidate"] == top.id  # the late result counts for the best
+        # stopped right after the retry is journaled, before the checkpoint: resumed, it is not evaluated again and
+        # the state is the one the uninterrupted resume reached
+        with pytest.raises(KeyboardInterrupt):
+            evolve(Reporter(pool, stop_after=1), resume=interrupted)
+        evolve(Reporter(pool), resume=interrupted)
+        assert attempts(interrupted) == [True, False]
+        assert state(interrupted) == state(recovered) and _comparable(interrupted) == _comparable(recovered)
+        # in the original: two more resumes lose it again; then its failure stands
+        for n in (2, 3):
+            evolve(Reporter(pool, kill_retry=True), resume=run)
+            assert attempts(run) == [True] * n
+        final = Reporter(pool)
+        with final:
+            result = run_evolve(EvolveOptions(resume=run), final, pool=pool)  # with the held-out table
+        assert attempts(run) == [True] * 3  # not evaluated a fourth time
+        assert [c["id"] for c in state(run)["optimizer"]["failed"]] == [8]
+        (entry,) = result.final["failed"]
+        assert entry["kind"] == "candidate" and entry["id"] == 8 and entry["attempts"] == 3 and not entry["retried_on_resume"]
+        assert "worker died 1 times" in entry["error"]
+        table = final.out.getvalue()
+        row = next(ln for ln in table.splitlines() if "candidate 8" in ln)
+        assert "failed 3× (for good)" in row and "worker died 1 times" in row
+        assert table.index("candidate 8") < table.index("rank agreement")  # in the table, not under it
+    finally:
+        pool.close()
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)

@@ -1,6 +1,7 @@
 """Fault injection: a run killed (SIGKILL) at a write of every kind, or stopped by a full disk, resumes to exactly
 the run that was never interrupted (journal sorted, timing fields aside), without evaluating again anything the
-journal holds.
+journal holds. Killed while its directory is being created, a run leaves nothing to resume: the same command, run
+again, removes what the killed one left and makes the same run.
 
 CI runs a few kill points; ``LONGSEARCH_ALL_FAULTS=1 python -m pytest -q tests/test_faults.py`` runs them all
 (about 40 s each on a 2-core machine).
@@ -24,8 +25,14 @@ from longsearch.factors import load_factors
 from longsearch.runs import RunStore
 
 # FILE:N:WHEN:ACTION (see longsearch/faults.py); N counts writes of that file in the killed process
+CREATION_POINTS = [  # the run directory is built under a temporary name: killed here, there is no run yet
+    "config.json:1:after:kill",  # creation begun: config.json alone
+    "manifest.json:1:after:kill",  # the search needles saved
+    "config.json:2:after:kill",  # everything written, not yet renamed into place
+]
 ALL_POINTS = [
-    "config.json:2:after:kill",  # the run directory exists, nothing scored yet
+    *CREATION_POINTS,
+    "dir:1:after:kill",  # the run directory in place, nothing scored yet
     "journal.jsonl:3:after:kill",  # mid generation 0
     "journal.jsonl:9:partial:kill",  # half a journal line on disk
     "baselines.json:1:after:kill",
@@ -34,6 +41,7 @@ ALL_POINTS = [
     "best.json:2:before:kill",
     "journal.jsonl:24:after:kill",  # the last generation's last line (8 + 4 baselines + 3 × 4), before its checkpoint
     "checkpoint:4:after:kill",  # search done, held-out not started
+    "manifest.json:2:before:kill",  # the held-out needles half saved (their manifest not yet renamed)
     "final.json:1:before:kill",  # held-out scored, final.json not written
     "plot:1:before:kill",
     "plot:2:after:kill",
@@ -89,8 +97,15 @@ def test_killed_at_a_write_then_resumed_equals_uninterrupted(fault, reference, t
     rc = _evolve(tiny_byte_llama_dir, run, tmp_path / "killed.log", fault=fault)
     assert rc == -9, f"the fault {fault} never fired (rc {rc}): " + (tmp_path / "killed.log").read_text()[-2000:]
     before = _journal_lines(run)
-    rc = _evolve(tiny_byte_llama_dir, run, tmp_path / "resumed.log", resume=True)
-    assert rc == 0, (tmp_path / "resumed.log").read_text()[-3000:]
+    if fault in CREATION_POINTS:  # no run to resume: the same command again, which removes the leftover
+        assert not run.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".run.tmp~")]
+        rc = _evolve(tiny_byte_llama_dir, run, tmp_path / "resumed.log")
+        assert rc == 0, (tmp_path / "resumed.log").read_text()[-3000:]
+        assert "left by an interrupted write" in (tmp_path / "resumed.log").read_text()
+        assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".run.")]
+    else:
+        rc = _evolve(tiny_byte_llama_dir, run, tmp_path / "resumed.log", resume=True)
+        assert rc == 0, (tmp_path / "resumed.log").read_text()[-3000:]
     after = _journal_lines(run)
     assert after[: len(before)] == before  # nothing journaled was rewritten
     ids = [(d["kind"], d["id"], d["name"]) for d in after]

@@ -516,3 +516,99 @@ def test_every_optimizer_is_an_optimizer_with_the_shared_state():
 
     with pytest.raises(TypeError, match="abstract"):
         Half(space, "quick", 0, "half")
+
+
+# ---------------------------------------------------------------- failures: a state, not a score
+
+
+def _fail_some(c: Candidate) -> bool:
+    return c.id % 3 == 1
+
+
+@pytest.mark.parametrize("spec", ["ga", "nevergrad:CMA", "nevergrad:TwoPointsDE", "optuna:TPE", "random"])
+def test_failures_are_a_state_and_late_results_resume_exactly(space, spec):
+    budget = Budget(8, 4, 2, 2, 4)
+    f = log_distance(space.repair(np.linspace(8.0, 16.0, 32), 9))
+
+    def drive(opt, interrupt: bool) -> list[list[Candidate]]:
+        """Candidates with id ≡ 1 (mod 3) fail; after generation 2 the first two failures are told late. With
+        ``interrupt``, the state goes through JSON (a checkpoint and a resume) before and after the late tell."""
+        batches = []
+        while not opt.done:
+            batch = opt.ask()
+            batches.append(batch)
+            opt.tell([Result(c, math.inf, failed=True) if _fail_some(c) else Result(c, f(c.lam)) for c in batch])
+            if opt.generation == 2:
+                if interrupt:
+                    opt = _reloaded(opt, spec, budget)
+                late = opt.failed()[:2]
+                assert [c.id for c in late] == [c.id for c in flat(batches) if _fail_some(c)][:2]
+                opt.tell_late([Result(c, f(c.lam)) for c in late])
+                if interrupt:
+                    opt = _reloaded(opt, spec, budget)
+        return batches, opt
+
+    a, opt_a = drive(make_optimizer(spec, space, budget, 5), interrupt=False)
+    b, opt_b = drive(make_optimizer(spec, space, budget, 5), interrupt=True)
+    same_batches(a, b)  # a resume between the failures and their late results asks exactly what an uninterrupted run does
+    assert opt_a.state_dict() == opt_b.state_dict()
+    cands = flat(a)
+    failed_ids = [c.id for c in cands if _fail_some(c)]
+    assert [c.id for c in opt_a.failed()] == failed_ids[2:]  # the late successes left the failed list
+    recovered = {c.id for c in cands if c.id in failed_ids[:2]}
+    scored = [c for c in cands if not _fail_some(c) or c.id in recovered]
+    assert opt_a.best().score == min(f(c.lam) for c in scored)  # late results count for the best; failures never
+    events = opt_a.state_dict().get("events")
+    if events is not None:  # the libraries' history: no fake loss for a failure, a failed event instead
+        assert max(e["tell"][1] for e in events if "tell" in e) < 100.0
+        assert sum("fail" in e for e in events) >= len(failed_ids)
+        assert [e["late"][1] for e in events if "late" in e] == [f(c.lam) for c in cands if c.id in recovered]
+
+
+def _reloaded(opt, spec, budget):
+    """The optimizer through a checkpoint: its state as strict JSON, loaded by a fresh one."""
+    again = make_optimizer(spec, opt.space, budget, 5)
+    again.load_state_dict(json.loads(json.dumps(opt.state_dict(), allow_nan=False)))
+    return again
+
+
+def test_ga_never_takes_a_failed_result_as_parent_whatever_its_score(space):
+    opt = GeneticOptimizer(space, SMALL, seed=0)
+    batch = opt.ask()
+    # a failed result carries no score: even a "good" number with failed=True is a failure
+    opt.tell([Result(c, 0.001, failed=True) if c.id < 3 else Result(c, float(c.id)) for c in batch])
+    assert [c.id for c in opt.failed()] == [0, 1, 2]
+    assert all(p.candidate.id >= 3 for p in opt.parents) and opt.best().candidate.id == 3
+    for _ in range(3):
+        children = opt.ask()
+        assert all(not set(c.params.get("parents", [])) & {0, 1, 2} for c in children)
+        opt.tell([Result(c, 100.0 + c.id) for c in children])
+    # told late, a recovered candidate joins the survivors and can become the best; a late failure stays failed
+    opt.tell_late([Result(batch[0], 0.5), Result(batch[1], math.nan)])
+    assert opt.best().candidate.id == 0 and opt.parents[0].candidate.id == 0
+    assert [c.id for c in opt.failed()] == [1, 2]
+    with pytest.raises(ValueError, match="not a failed one"):
+        opt.tell_late([Result(batch[5], 1.0)])
+    opt.ask()
+    with pytest.raises(RuntimeError, match="pending"):
+        opt.tell_late([Result(batch[2], 1.0)])
+
+
+def test_optuna_is_told_failed_trials_and_nevergrad_no_loss(space):
+    budget = Budget(8, 4, 2, 2, 2)
+    opt = make_optimizer("optuna:TPE", space, budget, 0)
+    batch = opt.ask()
+    opt.tell([Result(c, math.inf, failed=True) if c.id < 2 else Result(c, 1.0 + c.id) for c in batch])
+    from optuna.trial import TrialState
+
+    states = [t.state for t in opt._impl.get_trials(deepcopy=False)]
+    assert states.count(TrialState.FAIL) == 2 and all(t.value is None for t in opt._impl.get_trials() if t.state == TrialState.FAIL)
+    opt.tell_late([Result(opt.failed()[0], 0.25)])  # a completed trial with the same parameters
+    trials = opt._impl.get_trials(deepcopy=False)
+    assert trials[-1].state == TrialState.COMPLETE and trials[-1].value == 0.25 and trials[-1].params == trials[0].params
+    ng = make_optimizer("nevergrad:CMA", space, budget, 0)
+    batch = ng.ask()
+    ng.tell([Result(c, math.inf, failed=True) if c.id < 2 else Result(c, 1.0 + c.id) for c in batch])
+    assert ng._impl.num_tell == len(batch) - 2  # the failures were told nothing (nevergrad has no failed state)
+    ng.tell_late([Result(ng.failed()[0], 0.25)])
+    assert ng._impl.num_tell == len(batch) - 1 and ng.best().score == 0.25

@@ -162,3 +162,89 @@ def test_resume_options_that_contradict_the_config(tmp_path, monkeypatch):
     cfg2 = _config(model=str(model_dir))
     monkeypatch.chdir(tmp_path)
     check_resume_options(cfg2, {"model": "m"}, tmp_path)  # the same directory, written relatively
+
+
+def test_resume_refuses_another_template_depths_or_signal_check(tmp_path):
+    cfg = _config(template="passkey+multi-needle", depths="0.1,0.5", signal={"solved": ["passkey"]})
+    check_resume_options(cfg, {"template": "Passkey, multi-needle", "depths": "0.10, 0.5", "signal_check": True}, tmp_path)
+    with pytest.raises(RunError, match="template passkey\\+multi-needle, not passkey:"):
+        check_resume_options(cfg, {"template": "passkey"}, tmp_path)
+    with pytest.raises(RunError, match="depths 0.1,0.5, not spread"):
+        check_resume_options(cfg, {"depths": "spread"}, tmp_path)
+    with pytest.raises(RunError, match="made with --signal-check, not --no-signal-check"):
+        check_resume_options(cfg, {"signal_check": False}, tmp_path)
+    old = _config()  # a run written before depths were recorded searched at the start
+    check_resume_options(old, {"depths": "start"}, tmp_path)
+    with pytest.raises(RunError, match="made with --no-signal-check"):
+        check_resume_options(old, {"signal_check": True}, tmp_path)
+
+
+def _killed_creating(run, fault: str) -> int:
+    """SIGKILL a process in the middle of RunStore.creating (at ``fault``, see longsearch/faults.py)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from longsearch.runs import RunConfig, RunStore\n"
+        "cfg = RunConfig(model=None, model_name='testbed', target_length=2048, space='longrope2', budget='quick',"
+        " optimizer='ga', samples=4, seed=0)\n"
+        "with RunStore.creating(sys.argv[1], cfg) as store:\n"
+        "    store.write_json('space.json', {'kind': 'x'})\n"
+    )
+    env = dict(os.environ, LONGSEARCH_FAULT=fault)
+    return subprocess.run([sys.executable, "-c", code, str(run)], env=env, timeout=120).returncode
+
+
+@pytest.mark.parametrize("fault", ["config.json:1:after:kill", "space.json:1:before:kill", "dir:1:before:kill"])
+def test_a_creation_killed_half_way_leaves_no_run_and_the_next_one_sweeps_it(tmp_path, fault, caplog):
+    run = tmp_path / "run"
+    assert _killed_creating(run, fault) == -9
+    assert not run.exists()  # no half-made run: config.json and .lock alone are nowhere to be resumed
+    leftovers = [p.name for p in tmp_path.iterdir()]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".run.tmp~")
+    with pytest.raises(RunError, match="never completely created.*without --resume"):
+        RunStore.open(run)
+    with caplog.at_level("WARNING"):
+        store = RunStore.create(run, _config())  # a new run of the same destination, without --force
+    store.close()
+    assert any("left by an interrupted write" in r.getMessage() for r in caplog.records)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and RunStore.open(run).read_config().seed == 0
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "config.json"]
+
+
+def test_a_full_disk_while_creating_leaves_nothing(tmp_path, monkeypatch):
+    from longsearch import faults
+
+    monkeypatch.setattr(faults, "_COUNTS", {})
+    monkeypatch.setenv("LONGSEARCH_FAULT", "space.json:1:before:enospc")
+    run = tmp_path / "outputs" / "deep" / "run"
+    with pytest.raises(OSError, match="No space left"), RunStore.creating(run, _config()) as store:
+        store.write_json("space.json", {"kind": "x"})
+    assert list(tmp_path.iterdir()) == []  # neither the run, its temporary, nor the folders made for it
+    # --force replaces a run whole: refused half way, the old run is as it was
+    monkeypatch.delenv("LONGSEARCH_FAULT")
+    RunStore.create(tmp_path / "old", _config(seed=1)).close()
+    before = {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()}
+    monkeypatch.setattr(faults, "_COUNTS", {})
+    monkeypatch.setenv("LONGSEARCH_FAULT", "space.json:1:before:enospc")
+    with pytest.raises(OSError, match="No space left"), RunStore.creating(tmp_path / "old", _config(seed=2), force=True) as store:
+        store.write_json("space.json", {"kind": "x"})
+    assert {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]
+
+
+def test_a_refused_resume_leaves_no_lock_file_behind(tmp_path):
+    store = RunStore.create(tmp_path / "run", _config())
+    store.close()
+    (tmp_path / "run" / ".lock").unlink()
+    (tmp_path / "run" / ".best.json.x1.tmp").write_text("half")
+    again = RunStore.open(tmp_path / "run")
+    again.lock()
+    again.abandon()  # refused after locking: wrote nothing, not even the lock file, nor swept the temporary
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".best.json.x1.tmp", "config.json"]
+    again.lock()
+    assert [p.name for p in again.sweep_temporaries()] == [".best.json.x1.tmp"]
+    again.close()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock", "config.json"]

@@ -15,7 +15,13 @@ Guarantees every optimizer keeps (the resume protocol of the run store relies on
   would have (same ids, same λ).
 * ``tell()`` takes the results of the whole batch in any order (they are sorted by id).
 * A candidate whose key (λ on the grid and m, :meth:`SearchSpace.point_key`) was asked before is
-  never asked again. A failed evaluation is told as ``math.inf``.
+  never asked again.
+* A failed evaluation is a state, not a score: it is told as ``Result(c, math.inf, failed=True)`` (a
+  non-finite score counts as failed too). It is never a parent nor the best; the GA drops it, optuna
+  gets its trial told ``TrialState.FAIL`` and nevergrad is told nothing (it has no failed state and
+  no loss would be true). :meth:`failed` lists the candidates told failed, and :meth:`tell_late`
+  takes the result of such a candidate evaluated again later (a resumed run retrying its failures),
+  as if the optimizer had had it all along from now on.
 * Racing: :meth:`race_bar` is the score a new candidate must beat to matter (the GA: its worst
   parent; the others: the ``parents``-th best so far). An evaluation may stop as soon as its mean
   cannot end below the bar; it is told as a *censored* result whose score is a lower bound (still
@@ -92,12 +98,17 @@ class Candidate:
 
 @dataclass
 class Result:
-    """The score of a candidate: needle NLL, lower is better, ``math.inf`` for a failed evaluation."""
+    """The score of a candidate: needle NLL, lower is better; ``failed`` (score ``math.inf``) when it has none."""
 
     candidate: Candidate
     score: float
     cost: float = 1.0  # share of the needle set scored (1 = a full evaluation)
     censored: bool = False  # stopped early: ``score`` is a lower bound, at least the race bar
+    failed: bool = False  # no score (a worker lost, an exception, a non-finite loss): a state, not a value
+
+    def __post_init__(self) -> None:
+        if self.failed or not _finite(self.score):
+            self.failed, self.score, self.censored = True, math.inf, False
 
 
 @dataclass(frozen=True)
@@ -212,6 +223,16 @@ class Optimizer(ABC):
         """The best finite result told so far."""
 
     @abstractmethod
+    def failed(self) -> list[Candidate]:
+        """The candidates told as failed and not recovered by :meth:`tell_late`, by id."""
+
+    @abstractmethod
+    def tell_late(self, results: list[Result]) -> None:
+        """Results of candidates :meth:`failed` lists, evaluated again (between generations, never while a
+        batch is pending). A success joins the optimizer's history as if it had been told now; a failure
+        stays failed. The budget is not charged again."""
+
+    @abstractmethod
     def race_bar(self) -> float:
         """The score a new candidate must get below to matter (racing stops it once it cannot)."""
 
@@ -286,6 +307,13 @@ STATE_VERSION = 1
 # ---------------------------------------------------------------- shared helpers
 
 
+def _finite(score: Any) -> bool:
+    try:
+        return math.isfinite(float(score))
+    except (TypeError, ValueError):
+        return False
+
+
 def clean_score(score: float) -> float:
     """A score as the optimizers see it: non-finite (nan, ±inf) or non-numbers become +inf."""
     try:
@@ -316,11 +344,26 @@ def match_results(pending: list[Candidate], results: list[Result]) -> list[tuple
             raise ValueError(f"result for candidate {cid}, which is not in the pending batch")
         if cid in found:
             raise ValueError(f"two results for candidate {cid}")
-        found[cid] = Result(by_id[cid], clean_score(r.score), float(r.cost), bool(r.censored))
+        found[cid] = Result(by_id[cid], clean_score(r.score), float(r.cost), bool(r.censored), bool(r.failed))
     missing = [c.id for c in pending if c.id not in found]
     if missing:
         raise ValueError(f"tell() needs the results of the whole batch; missing candidates {missing[:5]}")
     return [(c, found[c.id]) for c in sorted(pending, key=lambda c: c.id)]
+
+
+def check_late(pending: list[Candidate] | None, failed: dict[int, Any], results: list[Result]) -> list[Result]:
+    """:meth:`Optimizer.tell_late`'s checks: no pending batch, only failed candidates, each once; sorted by id."""
+    if pending is not None:
+        raise RuntimeError("tell_late() while a batch is pending: tell the batch first")
+    seen: set[int] = set()
+    for r in results:
+        cid = int(r.candidate.id)
+        if cid not in failed:
+            raise ValueError(f"tell_late() for candidate {cid}, which is not a failed one")
+        if cid in seen:
+            raise ValueError(f"two late results for candidate {cid}")
+        seen.add(cid)
+    return sorted(results, key=lambda r: int(r.candidate.id))
 
 
 def kth_best(scores: list[float], k: int) -> float:

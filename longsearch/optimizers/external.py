@@ -8,9 +8,16 @@ Generation 0 starts from the space's seeds, so every optimizer starts where the 
 library that keeps proposing only evaluated candidates (e.g. OnePlusOne once its step size is
 below the grid) gets a short batch, and a generation with no new candidate ends the search.
 
+A failed evaluation is a state, not a loss: the library is told it as a failure where it has one
+(optuna: ``TrialState.FAIL``) and told nothing where it has none (nevergrad: any loss would be a lie).
+A failed candidate evaluated again later (:meth:`ExternalOptimizer.tell_late`) is then told its loss
+(nevergrad: on the ask it came from, never told before; optuna: a completed trial with the same
+parameters, the failed one staying failed).
+
 The state holds data only, never a pickle: the library's history as a list of events — the points
-suggested (the seeds), each ask (a digest of the point it returned) and each tell (which ask, what
-loss). A resumed optimizer builds a fresh library object with the same seed and replays the events,
+suggested (the seeds), each ask (a digest of the point it returned), each tell (which ask, what
+loss), each failure (which ask) and each late tell (which ask, what loss). A resumed optimizer builds
+a fresh library object with the same seed and replays the events,
 checking that every ask returns the point it returned the first time, so it asks exactly what the
 uninterrupted one would have; a checkpoint that holds anything else (such as an older pickle) is
 refused, because unpickling a file someone sent you runs their code.
@@ -32,6 +39,7 @@ from . import (
     Candidate,
     Optimizer,
     Result,
+    check_late,
     kth_best,
     match_results,
     score_from_json,
@@ -40,7 +48,6 @@ from . import (
 
 log = logging.getLogger(__name__)
 
-FAILED_LOSS = 1e9  # what the library is told for a failed (non-finite) evaluation
 ASK_TRIES_PER_CANDIDATE = 20  # library asks per new candidate before the batch is cut short
 STALE_ASKS = 200  # consecutive asks without a new candidate before the batch is cut short
 
@@ -61,6 +68,7 @@ class ExternalOptimizer(Optimizer):
         self._events: list[dict[str, Any]] = []  # committed history: suggest / ask / tell
         self._pending_events: list[dict[str, Any]] = []
         self._asks: list[Any] = []  # the library's handle of every ask so far (index = ask number)
+        self._failed: dict[int, tuple[Candidate, list[int]]] = {}  # told as failed: the candidate and its asks
         self._impl = self._create()
 
     # ------------------------------------------------------------ hooks for subclasses
@@ -79,6 +87,13 @@ class ExternalOptimizer(Optimizer):
         """Make the library's next ask return ``u`` (used for the seeds)."""
         raise NotImplementedError
 
+    def _fail_point(self, handle: Any) -> None:
+        """Tell the library that the point of ``handle`` has no loss. Default: tell it nothing."""
+
+    def _tell_late_point(self, handle: Any, loss: float) -> None:
+        """The loss of a point told failed before. Default: tell the ask its loss (it was never told)."""
+        self._tell_point(handle, loss)
+
     # ------------------------------------------------------------ history: what the state holds instead of a pickle
 
     def _do_suggest(self, u: np.ndarray) -> None:
@@ -94,6 +109,17 @@ class ExternalOptimizer(Optimizer):
     def _do_tell(self, index: int, loss: float) -> None:
         self._tell_point(self._asks[index], loss)
         self._pending_events.append({"tell": [int(index), float(loss)]})
+
+    def _do_fail(self, index: int) -> None:
+        self._fail_point(self._asks[index])
+        self._pending_events.append({"fail": int(index)})
+
+    def _do_tell_score(self, index: int, score: float) -> None:
+        """A score as the library gets it: a loss, or a failure (+inf)."""
+        if math.isfinite(score):
+            self._do_tell(index, score)
+        else:
+            self._do_fail(index)
 
     def _replay(self, events: list[dict[str, Any]]) -> None:
         """A fresh library object with the same seed, brought to the state the events describe."""
@@ -113,6 +139,11 @@ class ExternalOptimizer(Optimizer):
             elif "tell" in e:
                 index, loss = e["tell"]
                 self._tell_point(self._asks[int(index)], float(loss))
+            elif "fail" in e:
+                self._fail_point(self._asks[int(e["fail"])])
+            elif "late" in e:
+                index, loss = e["late"]
+                self._tell_late_point(self._asks[int(index)], float(loss))
             else:
                 raise ValueError(f"unknown event {sorted(e)}")
 
@@ -148,8 +179,8 @@ class ExternalOptimizer(Optimizer):
             handle, u, index = self._do_ask()
             point = self.space.decode_point(u)
             key = self.space.point_key(point)
-            if key in self._scores:  # evaluated before: the library learns the known score
-                self._do_tell(index, _loss(self._scores[key]))
+            if key in self._scores:  # evaluated before: the library learns the known score (or failure)
+                self._do_tell_score(index, self._scores[key])
                 continue
             if key in by_key:  # the same candidate twice in this batch: told together
                 handles[by_key[key]].append((handle, index))
@@ -170,13 +201,15 @@ class ExternalOptimizer(Optimizer):
             raise RuntimeError("tell() without a pending ask()")
         pairs = match_results(self._pending, results)
         for c, r in pairs:
-            score = r.score
+            score = r.score  # +inf when failed
             self._scores[self.space.point_key(c.point())] = score
             self.spent += r.cost
             for _, index in self._handles[c.id]:
-                self._do_tell(index, _loss(score))  # a censored score is a lower bound above the bar
-            if math.isfinite(score) and not r.censored and (self._best is None or score < self._best[1]):
-                self._best = (c.copy(), score)
+                self._do_tell_score(index, score)  # a censored score is a lower bound above the bar
+            if r.failed:
+                self._failed[c.id] = (c.copy(), [index for _, index in self._handles[c.id]])
+            elif not r.censored:
+                self._consider_best(c, score)
         self._next_id = max([self._next_id] + [c.id + 1 for c in self._pending])
         self._pending, self._handles = None, {}
         self._events.extend(self._pending_events)
@@ -186,6 +219,29 @@ class ExternalOptimizer(Optimizer):
         if not pairs:  # the library only proposes evaluated candidates: it has converged
             log.warning("%s proposes only candidates already evaluated: stopping at generation %d", self.spec, self.generation - 1)
             self.done = True
+
+    def _consider_best(self, c: Candidate, score: float) -> None:
+        if self._best is None or (score, c.id) < (self._best[1], self._best[0].id):
+            self._best = (c.copy(), score)
+
+    def failed(self) -> list[Candidate]:
+        """Candidates told as failed (and not recovered by :meth:`tell_late`), by id."""
+        return [self._failed[k][0].copy() for k in sorted(self._failed)]
+
+    def tell_late(self, results: list[Result]) -> None:
+        """Failed candidates evaluated again: the library is told each success's loss (an event of the history,
+        replayed on resume); a failure stays failed. Between generations only."""
+        for r in check_late(self._pending, self._failed, results):
+            if r.failed:
+                continue
+            c, asks = self._failed.pop(int(r.candidate.id))
+            score = float(r.score)
+            self._scores[self.space.point_key(c.point())] = score
+            for index in asks:
+                self._tell_late_point(self._asks[index], score)
+                self._events.append({"late": [int(index), score]})
+            if not r.censored:
+                self._consider_best(c, score)
 
     def best(self) -> Result | None:
         if self._best is None:
@@ -206,6 +262,7 @@ class ExternalOptimizer(Optimizer):
             "scores": [[list(k), score_to_json(v)] for k, v in sorted(self._scores.items())],
             "best": None if self._best is None else {"candidate": self._best[0].to_dict(), "score": self._best[1]},
             "events": [dict(e) for e in self._events],
+            "failed": [{"candidate": c.to_dict(), "asks": list(asks)} for _, (c, asks) in sorted(self._failed.items())],
         }
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
@@ -222,6 +279,10 @@ class ExternalOptimizer(Optimizer):
             if d["best"] is not None:
                 best = (Candidate.from_dict(d["best"]["candidate"]), float(d["best"]["score"]))
             events = [dict(e) for e in d["events"]]
+            failed = {}
+            for f in d.get("failed", []):  # older states: none kept
+                c = Candidate.from_dict(f["candidate"])
+                failed[c.id] = (c, [int(i) for i in f["asks"]])
             self.seed = seed
             self._replay(events)
         except RunError:
@@ -229,13 +290,9 @@ class ExternalOptimizer(Optimizer):
         except Exception as e:  # malformed events, wrong types
             raise RunError(f"the optimizer checkpoint is malformed ({type(e).__name__}: {e})") from None
         self.seed, self.generation, self.done, self._next_id, self.spent = seed, generation, done, next_id, spent
-        self._scores, self._best = scores, best
+        self._scores, self._best, self._failed = scores, best, failed
         self._events, self._pending_events = events, []
         self._pending, self._handles = None, {}
-
-
-def _loss(score: float) -> float:
-    return score if math.isfinite(score) else FAILED_LOSS
 
 
 def _digest(u: np.ndarray) -> str:

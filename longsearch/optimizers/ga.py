@@ -13,6 +13,11 @@ Racing (:meth:`GeneticOptimizer.race_bar`): a child matters only if it beats the
 evaluation stopped once its mean cannot end below that bar is told as censored and never survives,
 so the trajectory is the one full scoring would give.
 
+Failures (:class:`~longsearch.optimizers.Result` ``failed``) never enter the population. They are kept
+(:meth:`GeneticOptimizer.failed`) so that a resumed run can evaluate them again; a late success
+(:meth:`GeneticOptimizer.tell_late`) joins the survivors as if it were one more child of the last
+generation told: the best ``parents`` of parents + late results survive.
+
 >>> from longsearch.rope import RopeGeometry
 >>> from longsearch.space import SearchSpace
 >>> space = SearchSpace.load("longrope2", RopeGeometry(64, 10000.0, 256), 2048)
@@ -38,6 +43,7 @@ from . import (
     Candidate,
     Optimizer,
     Result,
+    check_late,
     match_results,
     score_from_json,
     score_to_json,
@@ -106,6 +112,7 @@ class GeneticOptimizer(Optimizer):
         self._parents: list[Individual] = []
         self._seen: set[tuple[int, ...]] = set()
         self._best: Individual | None = None
+        self._failed: dict[int, Candidate] = {}  # told as failed, not recovered since
         self._pending: list[Candidate] | None = None
         self._pending_rng_state: dict[str, Any] | None = None
 
@@ -137,15 +144,15 @@ class GeneticOptimizer(Optimizer):
         children: list[Individual] = []
         for c, r in pairs:
             self._seen.add(self.space.point_key(c.point()))
+            self.spent += r.cost
+            if r.failed:  # a state, not a score: never a parent nor the best; kept to be evaluated again
+                self._failed[c.id] = c.copy()
+                continue
             ind = Individual(c.id, c.lam.copy(), float(c.m), dict(c.params), r.score, c.origin, c.generation, r.censored)
             children.append(ind)
-            self.spent += r.cost
-            if math.isfinite(r.score) and not r.censored and (self._best is None or r.score < self._best.score):
-                self._best = ind
+            self._consider_best(ind)
         pool = children if self.generation == 0 else self._parents + children
-        pool = [ind for ind in pool if math.isfinite(ind.score)]  # a failed evaluation is never a parent
-        # a censored score is a lower bound at or above the bar: it sorts after every parent it could displace
-        self._parents = sorted(pool, key=lambda ind: (ind.score, ind.censored, ind.id))[: self.budget.parents]
+        self._parents = _survivors(pool, self.budget.parents)
         self._next_id = max([self._next_id] + [c.id + 1 for c in self._pending])
         assert self._pending_rng_state is not None
         self._rng_state = self._pending_rng_state
@@ -154,6 +161,28 @@ class GeneticOptimizer(Optimizer):
         self.generation += 1
         # no new candidate: exhausted
         self.done = not pairs or not self.budget.allows_next(self.generation, self.spent)
+
+    def _consider_best(self, ind: Individual) -> None:
+        if not ind.censored and (self._best is None or (ind.score, ind.id) < (self._best.score, self._best.id)):
+            self._best = ind
+
+    def failed(self) -> list[Candidate]:
+        """Candidates told as failed (and not recovered by :meth:`tell_late`), by id."""
+        return [self._failed[k].copy() for k in sorted(self._failed)]
+
+    def tell_late(self, results: list[Result]) -> None:
+        """Failed candidates evaluated again: each success joins the survivors (the best ``parents`` of parents +
+        late results) and may become the best; a failure stays failed. Between generations only."""
+        late: list[Individual] = []
+        for r in check_late(self._pending, self._failed, results):
+            if r.failed:
+                continue
+            c = self._failed.pop(int(r.candidate.id))
+            ind = Individual(c.id, c.lam.copy(), float(c.m), dict(c.params), float(r.score), c.origin, c.generation, bool(r.censored))
+            late.append(ind)
+            self._consider_best(ind)
+        if late:
+            self._parents = _survivors(self._parents + late, self.budget.parents)
 
     def best(self) -> Result | None:
         """The best fully-scored candidate so far (ties: the earliest)."""
@@ -178,6 +207,7 @@ class GeneticOptimizer(Optimizer):
             "parents": [p.to_dict() for p in self._parents],
             "best": None if self._best is None else self._best.to_dict(),
             "seen": [list(k) for k in sorted(self._seen)],
+            "failed": [self._failed[k].to_dict() for k in sorted(self._failed)],
         }
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
@@ -187,6 +217,7 @@ class GeneticOptimizer(Optimizer):
             parents = [Individual.from_dict(p) for p in d["parents"]]
             best = None if d["best"] is None else Individual.from_dict(d["best"])
             seen = {tuple(int(x) for x in k) for k in d["seen"]}
+            failed = {int(c["id"]): Candidate.from_dict(c) for c in d.get("failed", [])}  # older states: none kept
             rng = np.random.Generator(np.random.PCG64())
             rng.bit_generator.state = d["rng"]
         except RunError:
@@ -197,7 +228,7 @@ class GeneticOptimizer(Optimizer):
             raise RunError("the optimizer checkpoint holds λ vectors of the wrong length")
         self.seed, self.generation, self.done, self._next_id, self.spent = seed, generation, done, next_id, spent
         self._rng_state = dict(rng.bit_generator.state)
-        self._parents, self._best, self._seen = parents, best, seen
+        self._parents, self._best, self._seen, self._failed = parents, best, seen, failed
         self._pending = None
         self._pending_rng_state = None
 
@@ -306,6 +337,13 @@ class GeneticOptimizer(Optimizer):
         batch.append(c)
         taken.add(self.space.point_key(point))
         return c
+
+
+def _survivors(pool: list[Individual], k: int) -> list[Individual]:
+    """The best ``k`` of ``pool``. A censored score is a lower bound at or above the bar it raced against: it sorts
+    after every parent it could displace. Only scored individuals are in a pool (failures never are)."""
+    assert all(math.isfinite(ind.score) for ind in pool)
+    return sorted(pool, key=lambda ind: (ind.score, ind.censored, ind.id))[:k]
 
 
 def _jsonable_rng(state: dict[str, Any]) -> dict[str, Any]:

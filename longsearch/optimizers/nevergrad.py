@@ -2,7 +2,9 @@
 
 The space is parametrized as a bounded array on the unit cube (d_rcd first for longrope2, then
 one value per possibly-searched frequency), decoded and repaired by the space; see
-:mod:`longsearch.optimizers.external` for deduplication, seeds and state.
+:mod:`longsearch.optimizers.external` for deduplication, seeds and state. nevergrad has no failed state
+(``tell`` takes a loss and clips ``inf`` to 5e20): a failed evaluation is not told at all — its ask stays
+open, which nevergrad's asynchronous optimizers allow — and a late success is told on that ask.
 
 Only optimizers checked to work are offered. NGOpt and every MetaModel variant crash with
 numpy ≥ 2.4 (nevergrad 1.0.12: ``TypeError: only 0-dimensional arrays can be converted to

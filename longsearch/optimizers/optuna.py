@@ -3,7 +3,8 @@
 Each candidate is an optuna trial with one float parameter ``u{j}`` ∈ [0, 1] per unit-cube
 coordinate of the space (d_rcd first for longrope2), decoded and repaired by the space; see
 :mod:`longsearch.optimizers.external` for deduplication, seeds and state. The study (in-memory
-storage and its seeded sampler) is rebuilt on resume by replaying its history (no pickle). optuna's own logging is kept at
+storage and its seeded sampler) is rebuilt on resume by replaying its history (no pickle). A failed
+evaluation's trial is told ``TrialState.FAIL``; a late success is added as a completed trial. optuna's own logging is kept at
 warnings.
 
 >>> from longsearch.rope import RopeGeometry
@@ -109,6 +110,23 @@ class OptunaOptimizer(ExternalOptimizer):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self._impl.tell(handle, float(loss))
+
+    def _fail_point(self, handle: Any) -> None:
+        from optuna.trial import TrialState
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._impl.tell(handle, state=TrialState.FAIL)
+
+    def _tell_late_point(self, handle: Any, loss: float) -> None:
+        """A failed trial stays failed (optuna allows no second tell): the loss comes as a completed trial with its
+        parameters."""
+        from optuna.trial import create_trial
+
+        trial = next(t for t in self._impl.get_trials(deepcopy=False) if t.number == handle)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._impl.add_trial(create_trial(params=dict(trial.params), distributions=self._distributions(), value=float(loss)))
 
     def _suggest(self, u: np.ndarray) -> None:
         self._impl.enqueue_trial({f"u{j}": float(v) for j, v in enumerate(np.clip(u, 0.0, 1.0))}, skip_if_exists=False)
