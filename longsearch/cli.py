@@ -40,9 +40,10 @@ def info(
     target: str = typer.Option(..., "--target", "-t", help="Target context length, e.g. 32k, 128k, 1m."),
 ) -> None:
     """Show a model's RoPE geometry and what PI, NTK, YaRN and Llama-3 do to each frequency."""
-    from .info import render_info
+    from .info import model_info
+    from .render import render_info
 
-    render_info(console, model, target)
+    render_info(console, model_info(model, target))
 
 
 # ---------------------------------------------------------------- needles (needles.py)
@@ -67,14 +68,20 @@ def needles_build(
     """Build a needle set: documents of exactly --length tokens with the model's tokenizer, and a manifest."""
     from pathlib import Path
 
+    from .errors import NeedleError
     from .lengths import format_length, parse_length
-    from .needles import build_needle_set, default_set_name, load_tokenizer, prepare_out_dir
+    from .needles import build_needle_set, default_set_name, load_tokenizer
 
     n = parse_length(length)
     tok, tok_name = load_tokenizer(model)
     hay = (haystack[0] if len(haystack) == 1 else haystack) if haystack else "heldout"
     target = Path(out) if out else Path("needle_data") / "built" / default_set_name(template, n, seed, tok_name)
-    prepare_out_dir(target, force)
+    if target.exists() and not target.is_dir():
+        raise NeedleError(f"{target} exists and is not a directory: choose another --out")
+    if target.is_dir() and any(target.iterdir()) and not force:  # --force replaces the set's files in it
+        raise NeedleError(
+            f"{target} already exists and is not empty: choose another --out, or pass --force to replace the needle set in it"
+        )
     with console.status(f"building {samples} × {format_length(n)} {template} documents"):
         ns = build_needle_set(tok, n, samples, template=template, seed=seed, depths=depth, haystack=hay, tokenizer_name=tok_name)
         ns.save(target)
@@ -219,9 +226,13 @@ def evolve(
     seed: int | None = typer.Option(None, "--seed", help="Seed of the search and its needle set (default 0)."),
     out: str | None = typer.Option(None, "--out", "-o", help="Run directory (default outputs/<model>-<target>-<space>-s<seed>)."),
     resume: str | None = typer.Option(None, "--resume", help="Continue the run in this directory."),
-    force: bool = typer.Option(False, "--force", help="Start over in an existing run directory (deletes it)."),
-    gpus_per_worker: float = typer.Option(1.0, "--gpus-per-worker", help="GPUs per worker for models too large for one."),
-    task_timeout: float | None = typer.Option(None, "--task-timeout", help="Seconds before a silent worker is replaced."),
+    force: bool = typer.Option(False, "--force", help="Start over in an existing run directory (deletes it; not with --resume)."),
+    gpus_per_worker: float = typer.Option(
+        1.0,
+        "--gpus-per-worker",
+        help="GPUs per worker: 0 for CPU workers, a fraction below 1 to share a GPU, N for models too large for one.",
+    ),
+    task_timeout: float | None = typer.Option(None, "--task-timeout", help="Seconds (> 0) before a silent worker is replaced."),
     template: str | None = typer.Option(
         None,
         "--template",
@@ -232,8 +243,10 @@ def evolve(
         "--depths",
         help="Needle depths: spread (default, one per slice of the document), uniform, start (LongRoPE2's: near the start), or a list such as 0.1,0.5.",
     ),
-    signal_check: bool = typer.Option(
-        True, "--signal-check/--no-signal-check", help="Refuse templates the model does not solve inside its window (default on)."
+    signal_check: bool | None = typer.Option(
+        None,
+        "--signal-check/--no-signal-check",
+        help="Refuse templates the model does not solve inside its window (default on; with --resume, the run's).",
     ),
     accept_model_change: bool = typer.Option(
         False,

@@ -2,7 +2,8 @@
 callbacks (:class:`~longsearch.evolve.EvolveReporter`, data from :mod:`~longsearch.needles`) and never print.
 
 - :class:`RichReporter`: a search's progress (a bar per generation, one line per generation, the held-out table);
-- :func:`render_needle_set`: a needle set's manifest and one sample with the needle, question and answer marked.
+- :func:`render_needle_set`: a needle set's manifest and one sample with the needle, question and answer marked;
+- :func:`render_info`: ``longsearch info``'s geometry summary and per-frequency table.
 """
 
 from __future__ import annotations
@@ -14,10 +15,46 @@ from typing import Any
 
 from .errors import InputError
 from .evolve import EvolveReporter, EvolveResult, GenerationSummary, PreparedRun
+from .info import INFO_METHODS, InfoReport
 from .lengths import format_length
 from .needles import NeedleSet, sample_segments
 from .runs import JournalRecord
 from .workers import ScoreOutcome
+
+
+def _fmt_period(p: float) -> str:
+    return f"{p:,.1f}" if p < 1e6 else f"{p:.3e}"
+
+
+def render_info(console: Any, report: InfoReport) -> None:
+    """``longsearch info``: the geometry summary and the per-frequency λ table of :func:`~longsearch.info.model_info`."""
+    from rich.table import Table
+
+    g, target_length = report.geometry, report.target_length
+    name = report.model if report.model is not None else "embedded testbed"
+    console.print(f"[bold]model[/]             {name}", highlight=False)
+    console.print(f"rotary dim d      {g.rotary_dim}  ({g.n_freq} frequencies)")
+    console.print(f"base b            {g.base:g}")
+    console.print(f"original window L {g.original_length}")
+    console.print(f"target L'         {target_length} ({format_length(target_length)})")
+    console.print(f"scale s           {report.scale:g}")
+    console.print(f"d_tcd             {report.critical_index}  (first frequency whose period exceeds L)")
+    console.print(f"d_rcd range       [{report.critical_index_lower}, {report.critical_index}]  (LongRoPE2's search range)")
+    m = ", ".join(f"{title} {report.attention[key]:.4f}" for key, title in INFO_METHODS)
+    console.print(f"attention factor  {m}")
+
+    table = Table(title=f"per-frequency λ at {format_length(target_length)}", show_lines=False)
+    table.add_column("i", justify="right")
+    table.add_column("period (tokens)", justify="right")
+    table.add_column("> L", justify="center")
+    for _, title in INFO_METHODS:
+        table.add_column(f"λ {title}", justify="right")
+    for i in range(g.n_freq):
+        marker = " ◂ d_tcd" if i == report.critical_index else ""
+        row = [f"{i}{marker}", _fmt_period(float(report.periods[i])), "yes" if report.beyond_window[i] else "no"]
+        row += [f"{report.lambdas[key][i]:.4f}" for key, _ in INFO_METHODS]
+        table.add_row(*row, style="bold" if i == report.critical_index else None)
+    console.print(table)
 
 
 def render_needle_set(console, ns: NeedleSet, tokenizer, index: int = 0, full: bool = False) -> None:
@@ -88,6 +125,7 @@ class RichReporter(EvolveReporter):
             transient=True,
         )
         self._task: Any = None
+        self._max_cost: float | None = None  # a cost budget (Nevals): generations are counted against it, not a number
 
     def __enter__(self) -> RichReporter:
         self.progress.start()
@@ -106,6 +144,7 @@ class RichReporter(EvolveReporter):
 
     def run_started(self, run: PreparedRun) -> None:
         c = run.config
+        self._max_cost = run.optimizer.budget.max_cost
         state = "new run"
         if run.resumed:
             gen = run.optimizer.generation
@@ -141,7 +180,8 @@ class RichReporter(EvolveReporter):
 
     def generation_started(self, generation: int, generations: int, to_evaluate: int, reused: int) -> None:
         note = f" ({reused} from journal)" if reused else ""
-        self._new_task(f"generation {generation}/{generations - 1}{note}", to_evaluate)
+        of = "" if self._max_cost is not None else f"/{generations - 1}"
+        self._new_task(f"generation {generation}{of}{note}", to_evaluate)
 
     def evaluated(self, record: JournalRecord) -> None:
         if self._task is not None:
@@ -155,10 +195,21 @@ class RichReporter(EvolveReporter):
         d = "" if s.best_d_rcd is None else f", d_rcd {s.best_d_rcd}"
         base = "—" if s.baseline_name is None else f"{s.baseline_name} {s.baseline_score:.4f}"
         rate = f"{s.evaluated} evals in {s.seconds:.1f} s" + (f" ({s.evals_per_second:.2f}/s)" if s.evaluated else "")
-        self._print(
-            f"gen {s.generation:>3}/{s.generations - 1}  best [bold]{best}[/] (#{s.best_id} {s.best_origin}{d})"
-            f"  best baseline {base}  {rate}"
-        )
+        failed = f"  [yellow]{s.failed} failed[/]" if s.failed else "  0 failed"
+        if self._max_cost is not None:  # how much of the cost budget is spent, not "gen 9/1000000"
+            gen = f"gen {s.generation:>3} ({s.spent:.0f}/{self._max_cost:g} evals' worth)"
+        else:
+            gen = f"gen {s.generation:>3}/{s.generations - 1}"
+        self._print(f"{gen}  best [bold]{best}[/] (#{s.best_id} {s.best_origin}{d})  best baseline {base}  {rate}{failed}")
+
+    def retry_started(self, to_evaluate: int, reused: int) -> None:
+        note = f" ({reused} retried already, from journal)" if reused else ""
+        self._print(f"  retry    {to_evaluate + reused} failed evaluation(s) of earlier generations, evaluated again{note}")
+        self._new_task("retrying failures", to_evaluate)
+
+    def retry_finished(self, recovered: int, still_failed: int) -> None:
+        rest = f", [yellow]{still_failed} failed again[/]" if still_failed else ""
+        self._print(f"  retry    {recovered} recovered (told to the optimizer late){rest}")
 
     def heldout_started(self, to_evaluate: int) -> None:
         self._new_task("held-out needles", to_evaluate)
@@ -173,26 +224,37 @@ class RichReporter(EvolveReporter):
         if self._task is not None:
             self.progress.remove_task(self._task)
             self._task = None
+        failed = result.final.get("failed", [])
         if result.heldout:
+            from rich.markup import escape
+
             t = Table(title="held-out needles (another seed, same length)", title_style="bold")
             t.add_column("method")
             t.add_column("held-out NLL", justify="right")
             t.add_column("accuracy", justify="right")
             t.add_column("search NLL", justify="right")
+            notes = failed or any(r.error for r in result.heldout)
+            if notes:
+                t.add_column("failure")
             for r in result.heldout:
                 name = "[bold]longsearch (best)[/]" if r.name == "longsearch" else r.name
                 nll = "failed" if r.error and not math.isfinite(r.nll) else f"{r.nll:.4f}"
                 acc = "—" if r.accuracy is None else f"{r.accuracy:.1%}"
                 sn = "—" if r.search_nll is None or not math.isfinite(r.search_nll) else f"{r.search_nll:.4f}"
-                t.add_row(name, nll, acc, sn)
+                t.add_row(name, nll, acc, sn, *([escape(r.error or "")] if notes else []))
+            if failed:  # what failed in the search itself: not scored on the held-out set
+                t.add_section()
+                for f in failed:
+                    name = f"candidate {f['id']}" if f.get("kind", "candidate") == "candidate" else f"baseline {f['name']}"
+                    again = "a resume evaluates it again" if f.get("retried_on_resume") else "for good"
+                    why = f"failed {f['attempts']}× ({again}): {f['error']}"
+                    t.add_row(f"[yellow]{name}[/]", "—", "—", "[yellow]failed[/]", escape(why))
             self._print(t)
         ra = result.final.get("rank_agreement") or {}
         if ra.get("spearman") is not None:
             self._print(
                 f"  rank agreement of search and held-out NLL (Spearman over {ra['n']} candidates and baselines): {ra['spearman']:.2f}"
             )
-        for f in result.final.get("failed", []):
-            self._print(f"  [yellow]candidate {f['id']} failed {f['attempts']} time(s):[/] {f['error']}")
         for key, p in result.paths.items():
             self._print(f"  {key:<9}{p}")
 
