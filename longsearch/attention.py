@@ -200,15 +200,20 @@ def relative_distances(method: AttentionMethod, n: int) -> np.ndarray:
 # ---------------------------------------------------------------- the attention function
 
 
+_UNSUPPORTED = "use a RoPE baseline (pi, ntk, yarn) or nbce for this model instead, or report its model type"
+_CHECKED_MAX = 4096  # rotary forwards whose cos/sin check is remembered (decoding adds one per position)
+
+
 @dataclass
 class _Active:
     """What the attention function needs while a method is on: the method, the layers left to the default
-    attention, and per rotary layer type (None: a module without types) the frequencies and positions of the
-    last rotary forward."""
+    attention, per rotary layer type (None: a module without types) the frequencies and positions of the
+    last rotary forward, and the rotary forwards whose cos/sin were already checked (see :func:`_rotation_hook`)."""
 
     method: AttentionMethod
     local_layers: frozenset[int]
     rotations: dict[str | None, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    checked: set[tuple[Any, ...]] = field(default_factory=set)
 
 
 _ACTIVE: contextvars.ContextVar[_Active | None] = contextvars.ContextVar("longsearch_attention", default=None)
@@ -226,14 +231,29 @@ def _used_rotation(module: Any, position_ids: torch.Tensor, layer_type: str | No
     inv_freq, m = getattr(module, f"{prefix}inv_freq", None), getattr(module, f"{prefix}attention_scaling", None)
     if not isinstance(inv_freq, torch.Tensor) or not isinstance(m, (int, float)):
         raise ModelError(
-            f"{type(module).__name__} has no {prefix}inv_freq and {prefix}attention_scaling: the attention baselines cannot read its RoPE"
+            f"{type(module).__name__} has no {prefix}inv_freq and {prefix}attention_scaling: the attention baselines cannot read "
+            f"its RoPE; {_UNSUPPORTED}"
         )
     return inv_freq, float(m)
 
 
+def _check_key(
+    module: Any, layer_type: str | None, position_ids: torch.Tensor, inv_freq: torch.Tensor, m: float, cos: torch.Tensor
+) -> tuple[Any, ...]:
+    """What a rotary forward's cos/sin check depends on: the module and layer type, the positions' shape and
+    each row's first and last position, the frequencies and attention factor it used (a dynamic or longrope
+    RoPE changes them with the length), and the output's dtype and device. One small copy to the host."""
+    ends = position_ids.detach()[..., [0, -1]] if position_ids.shape[-1] else position_ids.detach()
+    ends = ends.reshape(-1).to(torch.float64)
+    values = torch.cat((inv_freq.detach().reshape(-1).to(device=ends.device, dtype=torch.float64), ends)).cpu().numpy()
+    return (id(module), layer_type, tuple(position_ids.shape), values.tobytes(), float(m), cos.dtype, cos.device)
+
+
 def _rotation_hook(active: _Active) -> Any:
     """A forward hook for a model-level rotary module: records the frequencies its forward used (read after it,
-    so transformers' per-forward recomputation for dynamic and longrope types is in), checked against its cos/sin."""
+    so transformers' per-forward recomputation for dynamic and longrope types is in), checked against its cos/sin
+    the first time each module, layer type, position set and frequencies appear (the check rebuilds cos/sin in
+    full: once is enough for forwards that repeat them, as every scoring forward at one length does)."""
 
     def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         x = args[0] if args else kwargs["x"]
@@ -241,16 +261,22 @@ def _rotation_hook(active: _Active) -> Any:
         layer_type = args[2] if len(args) > 2 else kwargs.get("layer_type")
         inv_freq, m = _used_rotation(module, position_ids, layer_type, x.device)
         cos, sin = output
-        freqs = position_ids[..., None].float() * inv_freq.to(device=x.device, dtype=torch.float)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        tol = 4 * torch.finfo(cos.dtype).eps * max(1.0, abs(m))
-        if emb.shape != cos.shape or not (
-            torch.allclose((emb.cos() * m).to(cos.dtype).float(), cos.float(), atol=tol, rtol=0)
-            and torch.allclose((emb.sin() * m).to(sin.dtype).float(), sin.float(), atol=tol, rtol=0)
-        ):
-            raise ModelError(
-                f"{type(module).__name__} returns cos/sin its inv_freq and attention factor do not reproduce: the attention baselines cannot undo its RoPE"
-            )
+        key = _check_key(module, layer_type, position_ids, inv_freq, m, cos)
+        if key not in active.checked:
+            freqs = position_ids[..., None].float() * inv_freq.to(device=x.device, dtype=torch.float)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            tol = 4 * torch.finfo(cos.dtype).eps * max(1.0, abs(m))
+            if emb.shape != cos.shape or not (
+                torch.allclose((emb.cos() * m).to(cos.dtype).float(), cos.float(), atol=tol, rtol=0)
+                and torch.allclose((emb.sin() * m).to(sin.dtype).float(), sin.float(), atol=tol, rtol=0)
+            ):
+                raise ModelError(
+                    f"{type(module).__name__} returns cos/sin its inv_freq and attention factor do not reproduce: the attention "
+                    f"baselines cannot undo its RoPE; {_UNSUPPORTED}"
+                )
+            if len(active.checked) >= _CHECKED_MAX:
+                active.checked.clear()
+            active.checked.add(key)
         active.rotations[layer_type] = (inv_freq.detach().to(torch.float32), position_ids.detach())
 
     return hook
@@ -294,7 +320,7 @@ def two_map_attention(
     method = active.method
     rotation = active.rotations.get(getattr(module, "layer_type", None)) or active.rotations.get(None)
     if rotation is None:
-        raise ModelError("no rotary module ran before this attention layer: the attention baselines cannot tell its RoPE")
+        raise ModelError(f"no rotary module ran before this attention layer: the attention baselines cannot tell its RoPE; {_UNSUPPORTED}")
     inv_freq, rotary_pos = rotation
     groups = query.shape[1] // key.shape[1]
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)

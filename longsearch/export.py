@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,21 +216,19 @@ def _clone_or_copy(src: Path, dst: Path) -> str:
         return "copy"
 
 
-def _copy_tree(src: Path, dst: Path, link: bool, exclude: Sequence[Path] = ()) -> tuple[list[Path], dict[str, int]]:
+def _copy_tree(src: Path, dst: Path, link: bool) -> tuple[list[Path], dict[str, int]]:
     """Copy ``src`` into ``dst`` except config.json, each file a copy of its own (a reflink where possible).
+    ``dst`` lies apart from ``src`` (:func:`export_hf` refuses an output inside the model directory).
 
     Only with ``link`` are weight files and every other file of 1 MiB or more hard-linked instead (copied
     where a link is impossible): the export then shares those files with ``src``. Returns the files written
     and how many were copied, reflinked and linked."""
     written = []
     how = {"copy": 0, "reflink": 0, "link": 0}
-    skip = [Path(e).resolve() for e in (*exclude, dst)]
     for p in sorted(src.rglob("*")):
         rel = p.relative_to(src)
         if rel.parts and rel.parts[0].startswith("."):
             continue  # .git, caches
-        if any(p.resolve() == e or e in p.resolve().parents for e in skip):
-            continue  # an output placed inside the model directory
         target = dst / rel
         if p.is_dir():
             continue  # directories appear with their files
@@ -322,7 +319,7 @@ def export_hf(
     paths: list[Path] = []
     with atomic_dir(out) as tmp:
         if model_dir is not None:
-            copied, how = _copy_tree(model_dir, tmp, link, exclude=[out])
+            copied, how = _copy_tree(model_dir, tmp, link)
             paths += [out / p.relative_to(tmp) for p in copied]
             notes.append(_copy_note(len(copied), model_dir, how))
         atomic_write_text(tmp / "config.json", json.dumps(patched, indent=2) + "\n")
@@ -376,7 +373,10 @@ def _longrope_params_of(cfg: dict[str, Any]) -> dict[str, Any]:
 
     rp = text_config_dict(cfg).get("rope_parameters")
     if not isinstance(rp, dict):
-        raise ExportError("the patched config has no rope_parameters: this model's config layout is not supported for vLLM")
+        raise ExportError(
+            "the patched config has no rope_parameters: this model's config layout is not supported for vLLM; export with "
+            "--format hf and give vLLM the longrope settings of its longsearch_factors.json by hand with --hf-overrides"
+        )
     return dict(rp)
 
 

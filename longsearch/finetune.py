@@ -16,10 +16,11 @@ order: on CPU a run is deterministic and a resumed run ends with the same weight
 Launched as several processes (``torchrun --nproc_per_node N -m longsearch.cli finetune ...``), process k
 reads items k, k + N, k + 2N, ...: N × steps × grad_accum distinct micro-batches, one pass over them (one
 process reads exactly the items a single-process run always read). The per-kind losses of all processes are
-gathered into the log, and only the first process writes the run directory (the others wait for it).
+gathered into the log, and only the first process writes the run directory (the others wait for it). The
+process count is part of the run: a resume with another count is refused.
 
-A run directory holds ``finetune.json`` (options, factors, model fingerprint, status, log, and at the end the
-training seconds of all invocations), ``checkpoints/`` (Trainer checkpoints; one is complete once its
+A run directory holds ``finetune.json`` (options, factors, model fingerprint, process count, status, log, and
+at the end the training seconds of all invocations), ``checkpoints/`` (Trainer checkpoints; one is complete once its
 ``longsearch_complete`` marker, which holds the training seconds until then, is written), ``loss.png`` and,
 at the end, ``model/``: a transformers model directory whose config carries the factors (long and short),
 with the tokenizer and ``longsearch_factors.json``.
@@ -402,6 +403,21 @@ def _read_state(run: Path) -> dict[str, Any]:
     return state
 
 
+def check_world_size(state: dict[str, Any], world_size: int, run: Path) -> None:
+    """Refuse resuming ``state`` with another process count than it was trained with (its data order would differ).
+
+    A state written before the count was recorded was trained by one process.
+    """
+    was = int(state.get("world_size", 1))
+    if was != world_size:
+        n = lambda k: f"{k} process" + ("" if k == 1 else "es")  # noqa: E731
+        launch = "without torchrun" if was == 1 else f"torchrun --nproc_per_node {was}"
+        raise RunError(
+            f"{run} was trained by {n(was)} and this launch has {n(world_size)}, which would read other data: "
+            f"relaunch the resume with {n(was)} ({launch})"
+        )
+
+
 def prepare(opts: FinetuneOptions, resume: str | None = None, force: bool = False, accept_model_change: bool = False) -> dict[str, Any]:
     """Check everything and return the run's state (nothing is written): a new run's, or the one in ``resume``."""
     from .models import fingerprint_changes, load_config, model_fingerprint, model_geometry
@@ -511,6 +527,9 @@ def run_finetune(
     # checked it; the others wait for it
     world_size = int(args.world_size)
     main = int(args.process_index) == 0
+    if resume is not None:  # process k reads items k, k + N, ...: another N would read other data
+        check_world_size(state, world_size, run)
+    state["world_size"] = world_size
     _wait_for_everyone(args)
     if main:
         if resume is not None:

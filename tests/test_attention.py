@@ -19,7 +19,7 @@ from test_models import FAMILIES, L0, build
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from longsearch import attention as A
-from longsearch.errors import InputError
+from longsearch.errors import InputError, ModelError
 from longsearch.rope import RopeGeometry
 
 torch.set_num_threads(1)
@@ -350,6 +350,50 @@ def test_gemma3_local_layers_are_left_alone():
     model = build("gemma3")
     m = A.make_attention_method("rerope", model_geometry(model.config), 256, window=8)
     assert A._local_layers(model, m.geometry) == frozenset({0})  # layer 0 is sliding_attention
+
+
+def test_rotary_output_is_checked_once_per_position_set(monkeypatch):
+    """The full cos/sin check runs the first time a rotary module, position set and frequencies appear, not
+    on every forward; a rotary module whose output stops matching at a new length is still refused, with what
+    to do."""
+    from longsearch.models import find_rotary_embeddings, model_geometry
+
+    model = build("llama")
+    method = A.make_attention_method("rerope", model_geometry(model.config), 4 * L0, **CASES["rerope"])
+    x = torch.randint(0, 97, (1, N), generator=torch.Generator().manual_seed(7))
+    calls = []
+    allclose = torch.allclose
+    monkeypatch.setattr(torch, "allclose", lambda *a, **k: calls.append(1) or allclose(*a, **k))
+    (_, rotary), *_ = find_rotary_embeddings(model)
+    # a rotary module that returns other cos/sin than its inv_freq gives, at any length but N
+    bad = rotary.register_forward_hook(lambda mod, args, out: out if out[0].shape[-2] == N else (out[0] * 1.01, out[1]))
+    try:
+        with torch.no_grad(), A.attention_method(model, method):
+            first = model(x).logits
+            assert len(calls) == 2  # cos and sin, once
+            again = model(x).logits
+            assert len(calls) == 2 and torch.equal(first, again)  # the same positions and frequencies: not checked again
+            with pytest.raises(ModelError) as e:
+                model(x[:, : N - 5])  # a new position set: checked, and refused
+            assert (
+                "cannot undo its RoPE" in str(e.value) and "pi, ntk, yarn" in str(e.value) and len(calls) == 3
+            )  # cos differs: sin unchecked
+    finally:
+        bad.remove()
+
+
+def test_unreadable_rope_errors_say_what_to_do():
+    g = RopeGeometry(8, 10000.0, 16)
+    method = A.make_attention_method("rerope", g, 64, window=4)
+    with pytest.raises(ModelError, match=r"cannot read its RoPE; use a RoPE baseline \(pi, ntk, yarn\) or nbce"):
+        A._used_rotation(torch.nn.Module(), torch.arange(4)[None], None, torch.device("cpu"))
+    q = torch.zeros(1, 2, 4, 8)
+    token = A._ACTIVE.set(A._Active(method, frozenset()))  # no rotary forward recorded
+    try:
+        with pytest.raises(ModelError, match=r"no rotary module ran.*or report its model type"):
+            A.two_map_attention(types.SimpleNamespace(layer_idx=0), q, q, q, None)
+    finally:
+        A._ACTIVE.reset(token)
 
 
 def test_nbce_equals_plain_scoring_for_one_chunk_and_beta_0(tiny_byte_llama_dir):

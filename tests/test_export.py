@@ -341,6 +341,15 @@ def test_link_links_weights_and_every_file_of_1_mib_or_more(llama_dir, tmp_path)
     assert "1 MiB or more" in LINKED_FILES and ".safetensors" in LINKED_FILES
 
 
+def test_vllm_refuses_an_unknown_config_layout_with_a_next_step():
+    from longsearch.export import _longrope_params_of
+
+    assert _longrope_params_of({"rope_parameters": {"rope_type": "longrope"}}) == {"rope_type": "longrope"}
+    for cfg in ({}, {"text_config": {"hidden_size": 8}}, {"rope_parameters": "longrope"}):
+        with pytest.raises(ExportError, match=r"not supported for vLLM; export with --format hf .* by hand with --hf-overrides$"):
+            _longrope_params_of(cfg)
+
+
 def test_vllm_and_sglang_own_rope_code_match_transformers(llama_dir, tmp_path):
     """The engines' longrope code, taken from their wheels, on the exported config, against transformers' own."""
     from consumer_code import engines
@@ -519,11 +528,7 @@ def test_gguf_llama_arch_rope_freqs_and_fallback_dim(tmp_path):
     [(a, False) for a in ("llama", "granite", "mistral3", "deci", "phi3", "minicpm3")] + [(a, True) for a in ("qwen2", "gemma3", "gpt2")],
 )
 def test_gguf_warns_only_for_architectures_whose_loader_ignores_the_factors(tmp_path, arch, warns):
-    import gguf
-
-    # the gguf package's own tensor table lists the factor tensors for few architectures: not the criterion
-    tables = {gguf.MODEL_ARCH_NAMES[a] for a, t in gguf.MODEL_TENSORS.items() if gguf.MODEL_TENSOR.ROPE_FACTORS_LONG in t}
-    assert "llama" not in tables and "granite" not in tables
+    # the criterion is which llama.cpp loaders read the factor tensors, not the gguf package's tensor table
     src = tmp_path / f"{arch}.gguf"
     _write_gguf(src, arch=arch)
     r = export_gguf(_gguf_factors(), src, tmp_path / "o.gguf")

@@ -19,8 +19,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from longsearch.errors import RunError
 from longsearch.factors import RopeFactors, load_factors
-from longsearch.finetune import COMPLETE_MARKER, FinetuneOptions, MixedWindowData, checkpoint_seconds, run_finetune, short_items
+from longsearch.finetune import (
+    COMPLETE_MARKER,
+    FinetuneOptions,
+    MixedWindowData,
+    check_world_size,
+    checkpoint_seconds,
+    run_finetune,
+    short_items,
+)
 from longsearch.models import load_config, load_tokenizer, model_geometry
 
 WINDOW = 256
@@ -190,6 +199,46 @@ def test_killed_run_resumes_to_the_same_weights(tiny_byte_llama_dir, factors_fil
     assert again.returncode == 2 and "is complete" in again.stderr
 
 
+def test_resume_with_another_process_count_is_refused(tiny_byte_llama_dir, factors_file, tmp_path, monkeypatch, run_cli, capsys):
+    """A single-process run cut after its first checkpoint; its resume in a launch of 2 processes (the world size
+    Trainer's arguments report, as under torchrun) is refused in one line, writing nothing; so is that of a run
+    from before the count was recorded (one process)."""
+    from transformers import TrainingArguments
+
+    from longsearch import faults
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(faults, "_COUNTS", {})
+    monkeypatch.setenv("LONGSEARCH_FAULT", "finetune-checkpoint:1:after:enospc")
+    opts = FinetuneOptions(factors=str(factors_file), model=tiny_byte_llama_dir, out=str(run), steps=2, save_every=1, device="cpu")
+    with pytest.raises(OSError):
+        run_finetune(opts, progress=False)
+    monkeypatch.delenv("LONGSEARCH_FAULT")
+    capsys.readouterr()
+    state = json.loads((run / "finetune.json").read_text())
+    assert state["status"] == "running" and state["world_size"] == 1
+    assert (run / "checkpoints" / "checkpoint-1" / COMPLETE_MARKER).is_file()
+
+    def tree() -> dict[str, bytes]:
+        return {p.relative_to(run).as_posix(): p.read_bytes() if p.is_file() else b"" for p in run.rglob("*")}
+
+    monkeypatch.setattr(TrainingArguments, "world_size", property(lambda self: 2))
+    for legacy in (False, True):
+        if legacy:  # a state file written before the process count was recorded
+            del state["world_size"]
+            (run / "finetune.json").write_text(json.dumps(state))
+        before = tree()
+        assert run_cli("finetune", "--resume", str(run)) == 2
+        raw = capsys.readouterr().err.strip()
+        assert raw.startswith("error:") and len(raw.splitlines()) <= 2, raw  # one message (rich may fold it)
+        err = " ".join(raw.split())
+        assert "trained by 1 process and this launch has 2 processes" in err and "relaunch the resume with 1 process" in err, err
+        assert tree() == before
+    check_world_size(state, 1, run)  # the same count (a legacy state: one process) resumes
+    with pytest.raises(RunError, match="--nproc_per_node 2"):
+        check_world_size({**state, "world_size": 2}, 1, run)
+
+
 def _weighted_ce(model, item) -> float:
     """The loss a micro-batch should get, written out: Σ w·CE / Σ w over the predicted tokens."""
     ids, w = item["input_ids"], item["loss_weight"][:, 1:].double()
@@ -215,7 +264,7 @@ def test_two_processes_read_distinct_items_and_log_both_kinds(tiny_byte_llama_di
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("trained 2 steps") == 1, res.stdout  # the first process reports
     state = json.loads((run / "finetune.json").read_text())
-    assert state["status"] == "complete" and state["steps_done"] == 2
+    assert state["status"] == "complete" and state["steps_done"] == 2 and state["world_size"] == 2
     steps = {h["step"]: h for h in state["log_history"] if "loss" in h}
     # 2 processes × 2 steps = 4 distinct micro-batches, one pass over them: half an epoch per step
     assert [steps[1]["epoch"], steps[2]["epoch"]] == [0.5, 1.0]
