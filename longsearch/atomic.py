@@ -109,6 +109,18 @@ def _remove(p: Path) -> None:
             p.unlink()
 
 
+def stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """The temporaries a killed :func:`atomic_dir` / :func:`atomic_path` of ``path`` left on this machine (their
+    owner no longer runs), by name: never what a live process, here or on another machine, is building."""
+    path = Path(path)
+    head = f".{path.name}.tmp{_SEP}"
+    try:
+        entries = sorted(path.parent.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [e for e in entries if e.name.startswith(head) and _dead_owner(e.name[len(head) :])]
+
+
 def sweep_stale(path: str | os.PathLike) -> list[str]:
     """Clean up after a killed :func:`atomic_dir` / :func:`atomic_path` of ``path`` on this machine.
 
@@ -121,7 +133,7 @@ def sweep_stale(path: str | os.PathLike) -> list[str]:
         entries = list(path.parent.iterdir())
     except (FileNotFoundError, NotADirectoryError):
         return done
-    tmp_head, old_head = f".{path.name}.tmp{_SEP}", f".{path.name}.old{_SEP}"
+    old_head = f".{path.name}.old{_SEP}"
     for e in sorted(entries):
         if e.name.startswith(old_head) and _dead_owner(e.name[len(old_head) :]):
             if not (path.exists() or path.is_symlink()):
@@ -130,9 +142,9 @@ def sweep_stale(path: str | os.PathLike) -> list[str]:
             else:
                 _remove(e)
                 done.append(f"removed {e.name}, left by an interrupted replacement")
-        elif e.name.startswith(tmp_head) and _dead_owner(e.name[len(tmp_head) :]):
-            _remove(e)
-            done.append(f"removed {e.name}, left by an interrupted write")
+    for e in stale_temporaries(path):
+        _remove(e)
+        done.append(f"removed {e.name}, left by an interrupted write")
     for line in done:
         _log.warning(line)
     return done
@@ -184,6 +196,15 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(path)
+    with atomic_dir_swept(path) as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_dir_swept(path: str | os.PathLike) -> Iterator[Path]:
+    """:func:`atomic_dir` for a caller that has already made ``path``'s parent and swept ``path``
+    (:func:`sweep_stale`) itself, to check the destination in between."""
+    path = Path(path)
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
     try:
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700

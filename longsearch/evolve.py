@@ -10,10 +10,11 @@ Reads top to bottom:
    or checkpoint) *before* anything is written, then creates (or reopens) the run directory. A new run
    directory appears whole or not at all (:meth:`RunStore.creating`); a resumed one is first written —
    its truncated journal line dropped, stale temporaries removed — once the workers are up.
-2. :func:`search` runs generations: first, on resume, it evaluates again the failures of generations
-   already told (:func:`retry_failures`); then ``ask()`` a batch, re-use scores already in the journal
-   (resume), send the rest to the workers (with the baselines PI / NTK / YaRN / none in generation 0),
-   append each result to the journal as it arrives, ``tell()`` the batch, checkpoint, write best.json.
+2. :func:`search` runs generations: ``ask()`` a batch, re-use scores already in the journal (resume), send
+   the rest to the workers (with the baselines PI / NTK / YaRN / none in generation 0), append each result
+   to the journal as it arrives, ``tell()`` the batch, checkpoint, write best.json. A resume first finishes
+   the generation it was stopped in, then evaluates again the failures of the generations told
+   (:func:`retry_failures`).
 3. :func:`heldout` scores the best factors and the baselines on a held-out needle set (another
    seed), writes final.json and the plots.
 
@@ -76,8 +77,8 @@ SIGNAL_SEED_OFFSET = 2000
 RANK_CANDIDATES = 8
 HELDOUT_SEED_OFFSET = 1000
 #: A failed evaluation is evaluated again when the run is resumed — in the generation it belongs to if that one
-#: was interrupted, else before the search goes on (:func:`retry_failures`) — until it has failed this many times
-#: in all; then its failure stands (never a parent nor the best, listed in final.json).
+#: was interrupted, else at the first generation boundary the resume reaches (:func:`retry_failures`) — until it
+#: has failed this many times in all; then its failure stands (never a parent nor the best, listed in final.json).
 MAX_FAILED_ATTEMPTS = 3
 
 
@@ -116,7 +117,7 @@ class GenerationSummary:
     """What one generation ended with; the reporter prints it as one line."""
 
     generation: int
-    generations: int
+    generations: int | None  # the budget's, generation 0 included; None for a cost budget (see ``max_cost``)
     best_score: float
     best_id: int | None
     best_origin: str | None
@@ -130,7 +131,8 @@ class GenerationSummary:
     spent: float = 0.0  # full evaluations' worth of scoring so far (the optimizer's count)
     token_forwards: int = 0  # documents × tokens run so far, baselines included
     best_m: float | None = None
-    failed: int = 0  # evaluations of this generation (baselines included) that failed
+    failed: int = 0  # results told failed in this generation, and baselines whose last outcome (in it) failed
+    max_cost: float | None = None  # a cost budget (Nevals): full evaluations' worth it allows (``spent`` counts up to it)
 
     @property
     def evals_per_second(self) -> float:
@@ -170,7 +172,8 @@ class EvolveReporter:
 
     def signal_checked(self, signal: dict[str, Any]) -> None: ...
 
-    def generation_started(self, generation: int, generations: int, to_evaluate: int, reused: int) -> None: ...
+    def generation_started(self, generation: int, generations: int | None, to_evaluate: int, reused: int) -> None:
+        """``generations``: None for a cost budget (as many as its cost allows)."""
 
     def evaluated(self, record: JournalRecord) -> None: ...
 
@@ -339,7 +342,9 @@ def plan(opts: EvolveOptions) -> Plan:
 
 
 def check_options(opts: EvolveOptions) -> None:
-    """The options a new run and a resume share, checked before anything starts or is written."""
+    """The options a new run and a resume share, checked before anything starts or is written: once, first thing
+    in :func:`plan` (a new run) and in :func:`_prepare_resume`. (:class:`WorkerPool` checks its own arguments again:
+    that is its contract as a class used on its own.)"""
     faults.check()
     check_pool_options(opts.workers, opts.gpus_per_worker, opts.max_attempts, opts.task_timeout)
 
@@ -493,8 +498,14 @@ def _prepare_resume(opts: EvolveOptions) -> PreparedRun:
     store = RunStore.open(path)
     config = store.read_config()
     template = opts.template
+    as_given: dict[str, str] = {}
     if template is not None and template.strip().lower() == "auto":  # what auto chose when the run started
-        template = "+".join(config.signal["solved"]) if config.signal and config.signal.get("solved") else "auto"
+        solved = (config.signal or {}).get("solved")
+        if solved:
+            template = "+".join(solved)
+            as_given["template"] = f"auto (the templates its signal check found solved: {template})"
+        else:  # left as "auto", which matches no template
+            as_given["template"] = "auto (which chooses by the signal check, not made for this run)"
     given = {
         "model": opts.model,
         "target_length": opts.target,
@@ -508,7 +519,7 @@ def _prepare_resume(opts: EvolveOptions) -> PreparedRun:
         "depths": opts.depths,
         "signal_check": opts.signal_check,
     }
-    check_resume_options(config, given, path)
+    check_resume_options(config, given, path, as_given)
     if opts.out is not None and Path(opts.out).resolve() != path.resolve():
         raise InputError(f"--out {opts.out} contradicts --resume {path}: a resumed run continues in its own directory")
     store.lock()  # every option checked; from here on only reads until the first write (PreparedRun.begin_writing)
@@ -610,65 +621,88 @@ def best_factors(run: PreparedRun, result: Any, generation: int | None) -> RopeF
 def search(run: PreparedRun, pool: WorkerPool, reporter: EvolveReporter) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Run the remaining generations. Returns the baseline scores and the per-generation history.
 
-    First (a resumed run) the failures of generations already told are evaluated again
-    (:func:`retry_failures`). Each generation: ``ask()`` a batch; take the scores the journal already holds
-    (resume); race the rest against the optimizer's bar (with the baselines in generation 0, scored in full);
-    journal each outcome as it arrives; ``tell()``; checkpoint; best.json.
-    """
+    Each generation (:func:`_generation`): ``ask()`` a batch; take the scores the journal already holds (resume);
+    race the rest against the optimizer's bar (with the baselines in generation 0, scored in full); journal each
+    outcome as it arrives; ``tell()``; checkpoint; best.json.
+
+    A resumed run first finishes the generation it was stopped in, if the journal holds any of its candidates
+    (their λ are those the checkpoint's state asks again), and only then, at that generation's end, evaluates
+    again the failures of the generations told (:func:`retry_failures`): the same point on every resume of the
+    same journal, so a resume stopped and resumed again ends as one never stopped — and a run stopped in the
+    middle of a generation ends as one stopped at that generation's end and resumed would."""
     run.begin_writing()
-    store, opt = run.store, run.optimizer
-    journal = run.journal.candidates()
-    failures = run.journal.failures()
+    opt = run.optimizer
     book = _Book(run, reporter, baseline_factors(run.geometry, run.config.target_length))
-    history: list[dict[str, Any]] = list((run.checkpoint or {}).get("history", []))
-    racing = run.config.racing
-    retry_failures(run, pool, reporter, book, history, journal, failures)
+    if not opt.done and any(r.generation >= opt.generation for r in book.journal.values()):
+        _generation(book, pool)  # the interrupted generation, as the stopped process asked it
+    retry_failures(book, pool)
     while not opt.done:
-        t0 = time.perf_counter()
-        generation = opt.generation
-        batch = opt.ask()
-        bar = opt.race_bar() if racing else math.inf
-        results = _reuse_from_journal(batch, journal, failures, store, book.n_docs)
-        by_key = {f"c{c.id}": c for c in batch if c.id not in results}
-        tasks = [ScoreTask(key, c.lam, c.m, bar=bar) for key, c in by_key.items()]
-        tasks += book.baseline_tasks()
-        reporter.generation_started(generation, opt.budget.generations + 1, len(tasks), len(results))
-        failed_before = book.failed
-        for outcome in pool.map_unordered(tasks):
-            book.take(outcome, by_key, results, generation)
-        book.write_baselines()
-        opt.tell([results[c.id] for c in batch])
-        summary = _summary(
-            opt, generation, book.scores, len(tasks), len(batch) - len(by_key), bar, book.token_forwards, time.perf_counter() - t0
-        )
-        summary.failed = book.failed - failed_before
-        history.append({k: _json_float(v) for k, v in asdict(summary).items() if k not in ("seconds",)})
-        _checkpoint(run, generation, history, book)
-        reporter.generation_finished(summary)
+        _generation(book, pool)
     book.write_baselines()  # unchanged unless a baseline was scored again since it was written
-    return book.scores, history
+    return book.scores, book.history
+
+
+def _generation(book: _Book, pool: WorkerPool) -> None:
+    """Ask, score (re-using what the journal holds), tell and checkpoint one generation."""
+    run, opt, reporter = book.run, book.run.optimizer, book.reporter
+    t0 = time.perf_counter()
+    generation = opt.generation
+    batch = opt.ask()
+    bar = opt.race_bar() if run.config.racing else math.inf
+    results = _reuse_from_journal(batch, book)
+    reused = len(results)
+    by_key = {f"c{c.id}": c for c in batch if c.id not in results}
+    tasks = [ScoreTask(key, c.lam, c.m, bar=bar) for key, c in by_key.items()]
+    if generation == 0:  # later, a baseline without a standing score is evaluated again by retry_failures
+        tasks += book.baseline_tasks()
+    reporter.generation_started(generation, _generations(opt), len(tasks), reused)
+    for outcome in pool.map_unordered(tasks):
+        book.take(outcome, by_key, results, generation)
+    book.write_baselines()
+    told = [results[c.id] for c in batch]
+    opt.tell(told)
+    failed = sum(1 for r in told if r.failed) + book.failed_baselines(generation)
+    summary = _summary(opt, generation, book, len(tasks), reused, bar, time.perf_counter() - t0, failed)
+    book.history.append({k: _json_float(v) for k, v in asdict(summary).items() if k not in ("seconds",)})
+    _checkpoint(book, generation)
+    reporter.generation_finished(summary)
+
+
+def _generations(opt: Any) -> int | None:
+    """Generations the budget allows, generation 0 included; None for a cost budget (as many as the cost allows)."""
+    return None if opt.budget.max_cost is not None else opt.budget.generations + 1
 
 
 class _Book:
-    """What :func:`search` keeps while it journals outcomes: baseline scores, counters, whether baselines.json is due."""
+    """What :func:`search` keeps while it journals outcomes: the last record and the failure count of each candidate
+    and baseline (the journal read at the start, then every outcome journaled since), baseline scores, the history,
+    counters, and whether baselines.json is due."""
 
     def __init__(self, run: PreparedRun, reporter: EvolveReporter, baselines: dict[str, RopeFactors]) -> None:
         self.run, self.reporter, self.baselines = run, reporter, baselines
-        failures = run.journal.failures()
+        self.journal: dict[int, JournalRecord] = run.journal.candidates()
+        self.baseline_records: dict[str, JournalRecord] = run.journal.baselines()
+        self.failures: dict[tuple[str, Any], int] = run.journal.failures()
+        self.history: list[dict[str, Any]] = list((run.checkpoint or {}).get("history", []))
         self.scores: dict[str, float] = {
             n: r.score
-            for n, r in run.journal.baselines().items()
-            if n in baselines and (not r.failed or failures.get(("baseline", n), 0) >= MAX_FAILED_ATTEMPTS)
+            for n, r in self.baseline_records.items()
+            if n in baselines and (not r.failed or self.failures.get(("baseline", n), 0) >= MAX_FAILED_ATTEMPTS)
         }
         self.n_docs = len(run.needles.samples)
         self.length = run.config.target_length
         self.token_forwards = sum(r.token_forwards or 0 for r in run.journal.records)
         self.evaluations = len(run.journal.records)
-        self.failed = 0  # evaluations this process journaled as failed
+        self._dirty = False  # a baseline was scored since baselines.json was written
+        self._compare = run.resumed  # a resume compares baselines.json once: its writer may have been stopped first
 
     def baseline_tasks(self) -> list[ScoreTask]:
         """The baselines without a standing score (never scored, or failed with attempts left): scored in full."""
         return [ScoreTask(f"b:{n}", f.long_factor, f.attention_factor) for n, f in self.baselines.items() if n not in self.scores]
+
+    def failed_baselines(self, generation: int) -> int:
+        """The baselines whose last outcome, journaled in ``generation``, failed."""
+        return sum(1 for n, r in self.baseline_records.items() if n in self.baselines and r.generation == generation and r.failed)
 
     def take(self, outcome: ScoreOutcome, by_key: dict[str, Any], results: dict[int, Any], generation: int) -> JournalRecord:
         """Journal one outcome: a candidate's result goes to ``results``, a baseline's score to :attr:`scores`."""
@@ -686,6 +720,9 @@ class _Book:
                 m=f.attention_factor,
             )
             self.scores[name] = rec.score
+            self.baseline_records[name] = rec
+            self._dirty = True
+            key: tuple[str, Any] = ("baseline", name)
         else:
             c = by_key[outcome.key]
             rec = _record(
@@ -701,76 +738,73 @@ class _Book:
                 params={k: v for k, v in c.params.items() if k != "parents"},
             )
             results[c.id] = _result_of(c, rec, self.n_docs)
+            self.journal[int(c.id)] = rec
+            key = ("candidate", int(c.id))
         self.run.store.append(rec)
         self.evaluations += 1
         self.token_forwards += rec.token_forwards or 0
-        self.failed += int(rec.failed)
+        if rec.failed:
+            self.failures[key] = self.failures.get(key, 0) + 1
         self.reporter.evaluated(rec)
         return rec
 
     def write_baselines(self) -> None:
-        """baselines.json once every baseline has an outcome, and again whenever one was scored again (also when
-        the process that scored it again was stopped before writing it)."""
-        if len(self.scores) != len(self.baselines):
+        """baselines.json once every baseline has an outcome, and again whenever one was scored again; on resume
+        also when the file differs (the process that scored them was stopped before writing it)."""
+        if len(self.scores) != len(self.baselines) or not (self._dirty or self._compare):
             return
         payload = _baselines_payload(self.baselines, self.scores)
         store = self.run.store
-        try:
-            same = store.file(BASELINES).exists() and store.read_json(BASELINES) == payload
-        except RunError:  # damaged: written again
-            same = False
-        if not same:
-            store.write_json(BASELINES, payload)
+        if not self._dirty:
+            self._compare = False
+            try:
+                if store.file(BASELINES).exists() and store.read_json(BASELINES) == payload:
+                    return
+            except RunError:  # damaged: written again
+                pass
+        store.write_json(BASELINES, payload)
+        self._dirty = self._compare = False
 
 
-def _checkpoint(run: PreparedRun, generation: int, history: list[dict[str, Any]], book: _Book) -> None:
+def _checkpoint(book: _Book, generation: int) -> None:
     """The state after ``generation`` (atomically), then best.json."""
-    opt = run.optimizer
+    run, opt = book.run, book.run.optimizer
     run.store.save_checkpoint(
         generation,
         {
             "optimizer": opt.state_dict(),
-            "history": history,
+            "history": book.history,
             "baselines": {k: _json_float(v) for k, v in book.scores.items()},
             "evaluations": book.evaluations,
         },
     )
     best = opt.best()
     if best is not None:
-        best_factors(run, best, _generation_of(best, history)).save(run.store.file(BEST))
+        best_factors(run, best, _generation_of(best, book.history)).save(run.store.file(BEST))
 
 
-def retry_failures(
-    run: PreparedRun,
-    pool: WorkerPool,
-    reporter: EvolveReporter,
-    book: _Book,
-    history: list[dict[str, Any]],
-    journal: dict[int, JournalRecord],
-    failures: dict[tuple[str, Any], int],
-) -> None:
-    """On resume, before the search goes on: evaluate again what failed in the generations already told — the
-    candidates the optimizer holds as failed (:meth:`Optimizer.failed`) and the baselines — if it failed fewer
-    than :data:`MAX_FAILED_ATTEMPTS` times. Each is scored in full (no race) and journaled as it arrives; the
-    successes go to the optimizer as late results (:meth:`Optimizer.tell_late`) and the last checkpoint is
-    rewritten with that state (same generation), then best.json and baselines.json.
+def retry_failures(book: _Book, pool: WorkerPool) -> None:
+    """Between generations of a resumed run (see :func:`search` for which boundary): evaluate again what failed in
+    the generations told — the candidates the optimizer holds as failed (:meth:`Optimizer.failed`) and the
+    baselines — if it failed fewer than :data:`MAX_FAILED_ATTEMPTS` times. Each is scored in full (no race) and
+    journaled as it arrives; the successes go to the optimizer as late results (:meth:`Optimizer.tell_late`) and
+    the last checkpoint is rewritten with that state (same generation), then best.json and baselines.json.
 
     Deterministic: a candidate the journal already holds a success for (an earlier resume retried it and was
     stopped before rewriting the checkpoint) is not evaluated again, and the late results are told together, in
     id order, after the last generation told — so an interrupted retry resumes to the state an uninterrupted one
-    reaches. A failure in a generation that was interrupted is evaluated again in that generation instead
-    (:func:`_reuse_from_journal`)."""
-    opt = run.optimizer
+    reaches."""
+    run, opt, reporter = book.run, book.run.optimizer, book.reporter
     if opt.generation == 0:
         return  # nothing told yet: generation 0 (with the baselines) is still to come
     reused: dict[int, Any] = {}
     todo: dict[str, Any] = {}
     for c in opt.failed():
-        rec = journal.get(c.id)
+        rec = book.journal.get(c.id)
         if rec is not None and not rec.failed:
             _check_same(c, rec, run.store)
             reused[c.id] = _result_of(c, rec, book.n_docs)
-        elif failures.get(("candidate", c.id), 0) < MAX_FAILED_ATTEMPTS:
+        elif book.failures.get(("candidate", c.id), 0) < MAX_FAILED_ATTEMPTS:
             todo[f"c{c.id}"] = c
     tasks = [ScoreTask(key, c.lam, c.m) for key, c in todo.items()] + book.baseline_tasks()
     if not tasks and not reused:
@@ -784,26 +818,24 @@ def retry_failures(
     recovered = sum(1 for r in late if not r.failed)
     opt.tell_late(late)
     if recovered:
-        _checkpoint(run, generation, history, book)
+        _checkpoint(book, generation)
     book.write_baselines()
     failed_baselines = sum(1 for t in tasks if t.key.startswith("b:") and not math.isfinite(book.scores[t.key[2:]]))
     reporter.retry_finished(recovered, len(late) - recovered + failed_baselines)
 
 
-def _reuse_from_journal(
-    batch: list[Any], journal: dict[int, JournalRecord], failures: dict, store: RunStore, n_docs: int
-) -> dict[int, Any]:
+def _reuse_from_journal(batch: list[Any], book: _Book) -> dict[int, Any]:
     """Results the journal already holds for this batch (a resumed run re-evaluates nothing it scored).
 
     A failed evaluation is a state, not a score: it is evaluated again, until it has failed
     :data:`MAX_FAILED_ATTEMPTS` times; then its failure stands (it is never a parent nor the best)."""
     results: dict[int, Any] = {}
     for c in batch:
-        rec = journal.get(c.id)
-        if rec is None or (rec.failed and failures.get(("candidate", c.id), 0) < MAX_FAILED_ATTEMPTS):
+        rec = book.journal.get(c.id)
+        if rec is None or (rec.failed and book.failures.get(("candidate", c.id), 0) < MAX_FAILED_ATTEMPTS):
             continue
-        _check_same(c, rec, store)
-        results[c.id] = _result_of(c, rec, n_docs)
+        _check_same(c, rec, book.run.store)
+        results[c.id] = _result_of(c, rec, book.n_docs)
     return results
 
 
@@ -824,20 +856,14 @@ def _result_of(c: Any, rec: JournalRecord, n_docs: int) -> Any:
 
 
 def _summary(
-    opt: Any,
-    generation: int,
-    baseline_scores: dict[str, float],
-    evaluated: int,
-    reused: int,
-    bar: float,
-    token_forwards: int,
-    seconds: float,
+    opt: Any, generation: int, book: _Book, evaluated: int, reused: int, bar: float, seconds: float, failed: int
 ) -> GenerationSummary:
     best = opt.best()
-    bname, bscore = _best_baseline(baseline_scores)
+    bname, bscore = _best_baseline(book.scores)
     return GenerationSummary(
         generation=generation,
-        generations=opt.budget.generations + 1,
+        generations=_generations(opt),
+        max_cost=opt.budget.max_cost,
         best_score=best.score if best else math.inf,
         best_id=best.candidate.id if best else None,
         best_origin=best.candidate.origin if best else None,
@@ -849,8 +875,9 @@ def _summary(
         seconds=seconds,
         race_bar=bar,
         spent=round(float(opt.spent), 6),
-        token_forwards=int(token_forwards),
+        token_forwards=int(book.token_forwards),
         best_m=float(best.candidate.m) if best else None,
+        failed=failed,
     )
 
 
@@ -1061,8 +1088,7 @@ def run_evolve(opts: EvolveOptions, reporter: EvolveReporter | None = None, pool
     ``pool``: workers to use (left open) instead of a pool made from the options and closed at the end."""
     reporter = reporter or EvolveReporter()
     run: PreparedRun | None = None
-    check_options(opts)  # before anything is read, started or written
-    if opts.resume is not None:
+    if opts.resume is not None:  # both check every option first (check_options), before anything is read or written
         run = _prepare_resume(opts)
         cfg = run.config
     else:

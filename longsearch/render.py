@@ -125,7 +125,6 @@ class RichReporter(EvolveReporter):
             transient=True,
         )
         self._task: Any = None
-        self._max_cost: float | None = None  # a cost budget (Nevals): generations are counted against it, not a number
 
     def __enter__(self) -> RichReporter:
         self.progress.start()
@@ -144,7 +143,6 @@ class RichReporter(EvolveReporter):
 
     def run_started(self, run: PreparedRun) -> None:
         c = run.config
-        self._max_cost = run.optimizer.budget.max_cost
         state = "new run"
         if run.resumed:
             gen = run.optimizer.generation
@@ -178,9 +176,9 @@ class RichReporter(EvolveReporter):
             parts.append(f"{t} {acc} at {m['length']}" + (" ✓" if t in signal["solved"] else ""))
         self._print(f"  signal   in-window accuracy with plain RoPE (needs ≥ {signal['threshold']}): " + ", ".join(parts))
 
-    def generation_started(self, generation: int, generations: int, to_evaluate: int, reused: int) -> None:
+    def generation_started(self, generation: int, generations: int | None, to_evaluate: int, reused: int) -> None:
         note = f" ({reused} from journal)" if reused else ""
-        of = "" if self._max_cost is not None else f"/{generations - 1}"
+        of = "" if generations is None else f"/{generations - 1}"  # None: a cost budget
         self._new_task(f"generation {generation}{of}{note}", to_evaluate)
 
     def evaluated(self, record: JournalRecord) -> None:
@@ -196,8 +194,8 @@ class RichReporter(EvolveReporter):
         base = "—" if s.baseline_name is None else f"{s.baseline_name} {s.baseline_score:.4f}"
         rate = f"{s.evaluated} evals in {s.seconds:.1f} s" + (f" ({s.evals_per_second:.2f}/s)" if s.evaluated else "")
         failed = f"  [yellow]{s.failed} failed[/]" if s.failed else "  0 failed"
-        if self._max_cost is not None:  # how much of the cost budget is spent, not "gen 9/1000000"
-            gen = f"gen {s.generation:>3} ({s.spent:.0f}/{self._max_cost:g} evals' worth)"
+        if s.generations is None:  # a cost budget: how much of it is spent
+            gen = f"gen {s.generation:>3} ({s.spent:.0f}/{s.max_cost or 0:g} evals' worth)"
         else:
             gen = f"gen {s.generation:>3}/{s.generations - 1}"
         self._print(f"{gen}  best [bold]{best}[/] (#{s.best_id} {s.best_origin}{d})  best baseline {base}  {rate}{failed}")

@@ -34,7 +34,6 @@ import logging
 import math
 import os
 import re
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -42,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, faults
-from .atomic import atomic_dir, atomic_write_json, sweep_stale
+from .atomic import atomic_dir_swept, atomic_write_json, stale_temporaries, sweep_stale
 from .errors import RunError
 
 log = logging.getLogger(__name__)
@@ -256,37 +255,38 @@ class RunStore:
         (one with config.json) is replaced, never an arbitrary folder, and not one another process holds.
         """
         path = Path(path)
-        sweep_stale(path)  # what a killed creation of this destination left
+        sweep_stale(path)  # what a killed creation of this destination left (before the checks: it may restore one)
         if path.exists() and not path.is_dir():
             raise RunError(f"{path} exists and is not a directory: choose another --out")
         old: RunStore | None = None
-        if path.is_dir() and any(path.iterdir()):
-            if not force:
-                raise RunError(
-                    f"{path} already holds a run: continue it with `longsearch evolve --resume {path}`, "
-                    "choose another --out, or pass --force to start over"
-                )
-            if not (path / CONFIG).exists():
-                raise RunError(f"{path} is not empty and is not a longsearch run directory: refusing to clear it; choose another --out")
-            old = cls(path)
-            old.lock()  # refuse to replace a run another process is using; held until the new one replaces it
-        made = _make_parents(path.parent)
         try:
-            with atomic_dir(path) as tmp:
-                store = cls(tmp)
-                try:
-                    store.lock()
-                    atomic_write_json(tmp / CONFIG, config.to_dict())
-                    yield store
-                except BaseException:
-                    store.close()
-                    raise
-            store.path = path
-        except BaseException:
-            for d in made:  # deepest first: only the directories made for this run, if still empty
-                with contextlib.suppress(OSError):
-                    d.rmdir()
-            raise
+            if path.is_dir() and any(path.iterdir()):
+                if not force:
+                    raise RunError(
+                        f"{path} already holds a run: continue it with `longsearch evolve --resume {path}`, "
+                        "choose another --out, or pass --force to start over"
+                    )
+                if not (path / CONFIG).exists():
+                    raise RunError(f"{path} is not empty and is not a longsearch run directory: refusing to clear it; choose another --out")
+                old = cls(path)
+                old.lock()  # refuse to replace a run another process is using; held until the new one replaces it
+            made = _make_parents(path.parent)
+            try:
+                with atomic_dir_swept(path) as tmp:  # swept above, its parent made just now
+                    store = cls(tmp)
+                    try:
+                        store.lock()
+                        atomic_write_json(tmp / CONFIG, config.to_dict())
+                        yield store
+                    except BaseException:
+                        store.close()
+                        raise
+                store.path = path
+            except BaseException:
+                for d in made:  # deepest first: only the directories made for this run, if still empty
+                    with contextlib.suppress(OSError):
+                        d.rmdir()
+                raise
         finally:
             if old is not None:
                 old.close()
@@ -323,15 +323,30 @@ class RunStore:
 
         if self._lock_fd is not None:
             return
-        existed = (self.path / LOCK).exists()
-        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        p = self.path / LOCK
+        while True:
+            try:
+                fd, made = os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
+            except FileExistsError:
+                try:
+                    fd, made = os.open(p, os.O_RDWR), False
+                except FileNotFoundError:  # removed in between (an abandoning process): make it
+                    continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise RunError(f"{self.path} is in use by another longsearch process: wait for it to finish or stop it") from None
+            try:  # the file locked is still the lock file (not one :meth:`abandon` removed after this opened it)
+                held, now = os.fstat(fd), os.stat(p)
+                mine = (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
+            except FileNotFoundError:
+                mine = False
+            if mine:
+                break
             os.close(fd)
-            raise RunError(f"{self.path} is in use by another longsearch process: wait for it to finish or stop it") from None
         self._lock_fd = fd
-        self._made_lock_file = not existed
+        self._made_lock_file = made
 
     def sweep_temporaries(self) -> list[Path]:
         """Remove the temporary files of atomic writes left by a process killed mid-write (only a lock holder
@@ -354,10 +369,9 @@ class RunStore:
     def abandon(self) -> None:
         """Close a store that wrote nothing (a refused resume): also remove the lock file if :meth:`lock` made it,
         so that the directory is exactly as it was."""
-        made = self._lock_fd is not None and self._made_lock_file
+        if self._lock_fd is not None and self._made_lock_file:
+            (self.path / LOCK).unlink(missing_ok=True)  # while still holding it: who locks it later sees it gone
         self.close()
-        if made:
-            (self.path / LOCK).unlink(missing_ok=True)
 
     def close(self) -> None:
         if self._journal_fd is not None:
@@ -499,35 +513,31 @@ def iter_journal(path: str | os.PathLike) -> Iterator[JournalRecord]:
 
 
 def depths_key(depths: str | None) -> str:
-    """A needle-depths setting in one spelling: ``None``/``default`` → ``start``; a list → its numbers."""
-    text = "start" if depths is None else str(depths).strip().lower()
-    if text in ("", "default"):
-        return "start"
-    if text in ("start", "uniform", "spread"):
-        return text
-    try:
-        return ",".join(f"{float(x):g}" for x in text.split(",") if x.strip())
-    except ValueError:
-        return text
+    """A needle-depths setting in one spelling, as the needle builder reads it (:func:`needles._resolve_depths`):
+    ``None``/``default`` → ``start``; a list → its numbers. InputError for depths it cannot read."""
+    import numpy as np
+
+    from .needles import _resolve_depths
+
+    text = None if depths is None or not str(depths).strip() else str(depths)
+    _, kind = _resolve_depths(text, 1, np.random.default_rng(0))
+    return ",".join(f"{v:g}" for v in kind["values"]) if kind["kind"] == "list" else str(kind["kind"])
 
 
 def template_key(template: str | None) -> str | None:
-    """Needle template(s) in one spelling: ``"Passkey, multi-needle"`` → ``"passkey+multi-needle"``."""
-    if template is None:
-        return None
-    names: list[str] = []
-    for part in re.split(r"[,+]", str(template)):
-        key = part.strip().lower()
-        if key and key not in names:
-            names.append(key)
-    return "+".join(names)
+    """Needle template(s) in one spelling: ``"Passkey, multi-needle"`` → ``"passkey+multi-needle"``
+    (:func:`needles.template_names`: InputError for an unknown name)."""
+    from .needles import template_names
+
+    return None if template is None else "+".join(template_names(str(template)))
 
 
-def check_resume_options(config: RunConfig, given: dict[str, Any], path: str | os.PathLike) -> None:
+def check_resume_options(config: RunConfig, given: dict[str, Any], path: str | os.PathLike, as_given: dict[str, str] | None = None) -> None:
     """Refuse options given with ``--resume`` that contradict the run's config (one line).
 
     ``given`` holds :data:`IDENTITY_FIELDS` (None: not given) and ``signal_check`` (a run made without the
-    signal check has no ``signal`` in its config)."""
+    signal check has no ``signal`` in its config). ``as_given``: how the user wrote a value that is compared
+    resolved (``--template auto``), for the refusal to say what was given."""
     for key in IDENTITY_FIELDS:
         value = given.get(key)
         if value is None:
@@ -538,14 +548,14 @@ def check_resume_options(config: RunConfig, given: dict[str, Any], path: str | o
         elif key == "depths":
             same = depths_key(str(value)) == depths_key(have)
             have = have or "start"
-        elif key == "template":
-            same = template_key(str(value)) == template_key(have)
+        elif key == "template":  # "auto" left unresolved (a run without the signal check) is no template's
+            same = str(value).strip().lower() != "auto" and template_key(str(value)) == template_key(have)
         else:
             same = str(value) == str(have)
         if not same:
             shown = "the testbed" if key == "model" and have is None else have
             raise RunError(
-                f"{path} was made with {key.replace('_', ' ')} {shown}, not {value}: resume without that option, "
+                f"{path} was made with {key.replace('_', ' ')} {shown}, not {(as_given or {}).get(key, value)}: resume without that option, "
                 "or start a new run with another --out"
             )
     check = given.get("signal_check")
@@ -558,10 +568,10 @@ def check_resume_options(config: RunConfig, given: dict[str, Any], path: str | o
 
 
 def _interrupted_creation(path: Path) -> bool:
-    """Whether a creation of ``path`` was stopped half way (its temporary directory is next to it)."""
-    head = f".{path.name}.tmp~{socket.gethostname()}~"
+    """Whether a creation of ``path`` was stopped half way: the temporary directory of a process of this machine
+    that no longer runs is next to it (:func:`~longsearch.atomic.stale_temporaries`)."""
     try:
-        return any(e.name.startswith(head) and e.is_dir() for e in path.parent.iterdir())
+        return any(e.is_dir() for e in stale_temporaries(path))
     except OSError:
         return False
 

@@ -639,3 +639,226 @@ def test_a_failure_is_retried_on_resume_until_it_fails_for_good_then_reported(mo
         pool.close()
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- resume logic, with the workers stood in for
+
+
+class _InProcessPool:
+    """Stands in for the Ray workers (what is under test is evolve's resume logic, not the pool): the real
+    :class:`~longsearch.workers.Scorer` of the tiny model, in this process, one task after the other; a task whose
+    key is in ``lose`` comes back as the pool reports a task that lost its worker."""
+
+    workers, device = 1, "cpu"
+
+    def __init__(self, scorer, lose=()):
+        self.scorer, self.lose = scorer, set(lose)
+
+    def start(self):
+        pass
+
+    def set_needles(self, name, needle_set):
+        self.scorer.set_needles(name, needle_set)
+
+    def map_unordered(self, tasks):
+        from longsearch.workers import ScoreOutcome
+
+        for t in tasks:
+            if t.key in self.lose:
+                yield ScoreOutcome(t.key, math.inf, worker="w0", error="worker died 1 times evaluating it (last: node lost)")
+            else:
+                yield ScoreOutcome(**self.scorer.score(t.key, t.lam, t.m, t.needles, t.bar))
+
+
+@pytest.fixture(scope="module")
+def scorer(model_dir):
+    from longsearch.workers import Scorer
+
+    return Scorer(model_dir, 1024, device="cpu", threads=1)
+
+
+def _stopper(after=None, end_of=None):
+    """A reporter that stops the process (Ctrl-C: what is journaled is on disk, nothing after it) once ``after(record,
+    n)`` holds for the n-th record journaled, or once generation ``end_of`` is checkpointed."""
+    from longsearch.evolve import EvolveReporter
+
+    class Stop(EvolveReporter):
+        n = 0
+
+        def evaluated(self, record):
+            self.n += 1
+            if after is not None and after(record, self.n):
+                raise KeyboardInterrupt
+
+        def generation_finished(self, summary):
+            if summary.generation == end_of:
+                raise KeyboardInterrupt
+
+    return Stop()
+
+
+def _evolve(out, pool, reporter=None, stopped=False, **kw):
+    from longsearch.evolve import EvolveOptions, EvolveReporter, run_evolve
+
+    opts = EvolveOptions(resume=out, **kw) if "target" not in kw else EvolveOptions(out=out, **kw)
+    if stopped:
+        with pytest.raises(KeyboardInterrupt):
+            run_evolve(opts, reporter, pool=pool)
+        return None
+    return run_evolve(opts, reporter or EvolveReporter(), pool=pool)
+
+
+def _new_run(model_dir):
+    return dict(model=model_dir, target=1024, samples=2, budget="quick", template="passkey", signal_check=False)
+
+
+def _checkpoints(run: Path) -> dict[str, dict]:
+    """Every checkpoint, its history without what one process did (evaluated here, reused from the journal)."""
+    out = {}
+    for p in sorted((run / "checkpoints").iterdir()):
+        d = json.loads(p.read_text())
+        d["history"] = [{k: v for k, v in h.items() if k not in ("evaluated", "reused")} for h in d["history"]]
+        out[p.name] = d
+    return out
+
+
+def _same_result(a: Path, b: Path) -> None:
+    assert _comparable(a) == _comparable(b)  # the journal, sorted (a retried candidate's records in their order)
+    assert _checkpoints(a) == _checkpoints(b)
+    fa, fb = load_factors(a), load_factors(b)
+    assert fa.long_factor.tolist() == fb.long_factor.tolist() and fa.attention_factor == fb.attention_factor
+    assert {k: v for k, v in fa.provenance.items() if k != "run"} == {k: v for k, v in fb.provenance.items() if k != "run"}
+    for name in ("final.json", "baselines.json"):
+        assert json.loads((a / name).read_text()) == json.loads((b / name).read_text()), name
+
+
+def test_a_run_stopped_mid_generation_after_a_failure_resumes_as_if_stopped_at_that_generation_end(model_dir, scorer, tmp_path):
+    """Candidate 10, the best of generation 1, is lost with its worker; the run is stopped in the middle of generation
+    2. A resume evaluates the failure again, and its success changes the GA's parents — so it must come after
+    generation 2 is finished as the stopped process asked it (the checkpoint's state), not before (then the
+    journal's generation-2 candidates are not the ones asked again, and no resume of the run was possible).
+
+    What the resume must equal: not the run never stopped (no resume, so no retry: candidate 10 stays failed), but
+    the run stopped at the end of generation 2 and resumed — a stop in the middle of a generation is invisible,
+    and so is a second stop during the resume."""
+    lost = _InProcessPool(scorer, lose={"c10"})
+
+    def gen2(n):  # the n-th record of generation 2
+        count = 0
+
+        def after(rec, _):
+            nonlocal count
+            count += rec.kind == "candidate" and rec.generation == 2
+            return count == n
+
+        return after
+
+    ref, mid, twice = tmp_path / "ref", tmp_path / "mid", tmp_path / "twice"
+    _evolve(ref, lost, _stopper(end_of=2), stopped=True, **_new_run(model_dir))
+    _evolve(mid, lost, _stopper(after=gen2(2)), stopped=True, **_new_run(model_dir))
+    shutil.copytree(mid, twice)
+    stopped = RunStore(mid).read_journal().records
+    assert [r.id for r in stopped if r.kind == "candidate" and r.generation == 2] == [12, 13]
+    assert not (mid / "checkpoints" / "gen-0002.json").exists()
+
+    _evolve(ref, _InProcessPool(scorer))
+    state = json.loads((ref / "checkpoints" / "gen-0002.json").read_text())["optimizer"]
+    assert 10 in [p["id"] for p in state["parents"]] and state["failed"] == []  # the late success is a parent now
+
+    _evolve(mid, _InProcessPool(scorer))  # before the fix: "cannot be resumed consistently"
+    records = RunStore(mid).read_journal().records
+    assert records[: len(stopped)] == stopped  # nothing the stopped process journaled was evaluated again
+    cands = [r for r in records if r.kind == "candidate"]
+    assert sorted(r.id for r in cands) == [*range(11), 10, *range(11, 20)]  # candidate 10 twice, all others once
+    last_of_gen2 = max(i for i, r in enumerate(cands) if r.generation == 2)
+    retry = next(i for i, r in enumerate(cands) if r.id == 10 and not r.failed)
+    assert last_of_gen2 < retry < min(i for i, r in enumerate(cands) if r.generation == 3)
+    _same_result(mid, ref)
+
+    # stopped again during the resume, just after the retry's result is journaled (before the checkpoint says so)
+    _evolve(twice, _InProcessPool(scorer), _stopper(after=lambda rec, _: rec.id == 10), stopped=True)
+    _evolve(twice, _InProcessPool(scorer))
+    _same_result(twice, ref)
+
+
+def test_failures_per_generation_are_counted_from_the_data_across_resumes(model_dir, scorer, tmp_path, monkeypatch):
+    """With one attempt allowed, a failure is never evaluated again, so a run stopped and resumed must be the run
+    never stopped, history included: baseline ntk lost in generation 0, candidate 9 in generation 1, each journaled
+    by one process and told by the next (which counted only its own failures)."""
+    from longsearch import evolve as evolve_module
+
+    monkeypatch.setattr(evolve_module, "MAX_FAILED_ATTEMPTS", 1)
+    lost = _InProcessPool(scorer, lose={"b:ntk", "c9"})
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    _evolve(ref, lost, **_new_run(model_dir))
+    _evolve(run, lost, _stopper(after=lambda rec, _: rec.name == "ntk"), stopped=True, **_new_run(model_dir))
+    _evolve(run, lost, _stopper(after=lambda rec, _: rec.id == 10), stopped=True)
+    _evolve(run, lost)
+    history = json.loads((ref / "checkpoints" / "gen-0003.json").read_text())["history"]
+    assert [h["failed"] for h in history] == [1, 1, 0, 0]
+    _same_result(run, ref)
+    final = json.loads((run / "final.json").read_text())
+    assert [(f["kind"], f.get("id", f.get("name")), f["attempts"], f["retried_on_resume"]) for f in final["failed"]] == [
+        ("candidate", 9, 1, False),
+        ("baseline", "ntk", 1, False),
+    ]
+
+
+def test_a_resume_checks_baselines_json_once_and_rewrites_it_when_its_writer_was_stopped(model_dir, scorer, tmp_path, monkeypatch):
+    from longsearch import evolve as evolve_module
+
+    run = tmp_path / "run"
+    _evolve(run, _InProcessPool(scorer), _stopper(end_of=0), stopped=True, **_new_run(model_dir))
+    written = (run / "baselines.json").read_bytes()
+    (run / "baselines.json").unlink()  # as if stopped after the baselines were journaled, before the file
+    reads, checks = [], []
+    read_json = RunStore.read_json
+    monkeypatch.setattr(RunStore, "read_json", lambda self, name: reads.append(name) or read_json(self, name))
+    check = evolve_module.check_options
+    monkeypatch.setattr(evolve_module, "check_options", lambda opts: checks.append(opts) or check(opts))
+    _evolve(run, _InProcessPool(scorer), heldout=False)  # generations 1 to 3
+    assert (run / "baselines.json").read_bytes() == written
+    assert reads.count("baselines.json") == 0  # its one check found it missing; not read back after each generation
+    assert len(checks) == 1  # every option checked once
+    reads.clear()
+    _evolve(run, _InProcessPool(scorer), heldout=False)  # a finished run: baselines.json compared once, not rewritten
+    assert reads.count("baselines.json") == 1 and (run / "baselines.json").read_bytes() == written
+
+
+def test_resume_with_template_auto_says_what_auto_was_given_as(model_dir, tmp_path):
+    from longsearch.errors import RunError
+    from longsearch.evolve import EvolveOptions, _prepare_resume, create_run, plan
+
+    out = tmp_path / "run"
+    p = plan(EvolveOptions(out=out, **_new_run(model_dir)))
+    create_run(p, "passkey", {"threshold": 0.75, "templates": {}, "solved": ["magic-number", "passkey"]}).store.close()
+    with pytest.raises(RunError) as e:
+        _prepare_resume(EvolveOptions(resume=out, template="auto"))
+    msg = str(e.value)
+    assert "made with template passkey, not auto (the templates its signal check found solved: magic-number+passkey)" in msg
+
+
+def test_a_cost_budget_is_shown_in_evals_worth_not_in_generations():
+    import io
+
+    from rich.console import Console
+
+    from longsearch.evolve import GenerationSummary, _generations
+    from longsearch.optimizers import make_optimizer
+    from longsearch.render import RichReporter
+    from longsearch.rope import RopeGeometry
+    from longsearch.space import SearchSpace
+
+    space = SearchSpace.load("longrope2", RopeGeometry(16, 10000.0, 256), 1024)
+    assert _generations(make_optimizer("ga", space, "64evals", 0)) is None
+    assert _generations(make_optimizer("ga", space, "quick", 0)) == 4
+    out = io.StringIO()
+    reporter = RichReporter(Console(file=out, width=200))
+    with reporter:
+        reporter.generation_started(2, None, 8, 0)
+        assert reporter.progress.tasks[-1].description == "generation 2"
+        reporter.generation_started(2, 4, 8, 0)
+        assert reporter.progress.tasks[-1].description == "generation 2/3"
+        s = GenerationSummary(2, None, 5.5, 3, "mutation", None, "yarn", 5.6, 8, 0, 1.0, spent=40.0, max_cost=64.0)
+        reporter.generation_finished(s)
+    assert "gen   2 (40/64 evals' worth)" in out.getvalue()

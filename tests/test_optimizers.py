@@ -612,3 +612,13 @@ def test_optuna_is_told_failed_trials_and_nevergrad_no_loss(space):
     assert ng._impl.num_tell == len(batch) - 2  # the failures were told nothing (nevergrad has no failed state)
     ng.tell_late([Result(ng.failed()[0], 0.25)])
     assert ng._impl.num_tell == len(batch) - 1 and ng.best().score == 0.25
+
+
+def test_a_result_cleans_its_score_once_for_every_optimizer(space):
+    c = make_optimizer("ga", space, SMALL, 0).ask()[0]
+    r = Result(c, np.float32(2.5))
+    assert type(r.score) is float and r.score == 2.5 and not r.failed
+    for bad in (float("nan"), -math.inf, None, "x"):
+        r = Result(c, bad, censored=True)
+        assert r.failed and r.score == math.inf and not r.censored
+    assert Result(c, 1.0, failed=True).score == math.inf

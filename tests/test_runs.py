@@ -248,3 +248,99 @@ def test_a_refused_resume_leaves_no_lock_file_behind(tmp_path):
     assert [p.name for p in again.sweep_temporaries()] == [".best.json.x1.tmp"]
     again.close()
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock", "config.json"]
+
+
+def test_a_lock_file_removed_by_abandon_is_not_a_lock(tmp_path, monkeypatch):
+    """B opened the lock file, then A (which made it) abandoned the run — removing the file — and C made a new one and
+    locked it: B's lock on the removed file must not count, or B and C would both hold the run."""
+    import os
+
+    from longsearch import runs
+
+    run = tmp_path / "run"
+    RunStore.create(run, _config()).close()
+    (run / ".lock").unlink()
+    a = RunStore.open(run)
+    a.lock()  # makes the lock file
+    stale = os.open(run / ".lock", os.O_RDWR)  # B's open, before A removes the file
+    a.abandon()
+    assert not (run / ".lock").exists()
+    c = RunStore.open(run)
+    c.lock()
+    real_open, handed = os.open, []
+
+    def b_open(path, flags, *args):
+        if not handed:
+            handed.append(path)
+            return stale  # what B's first open returned: the file A then removed
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(runs.os, "open", b_open)
+    b = RunStore.open(run)
+    with pytest.raises(RunError, match="in use"):
+        b.lock()
+    monkeypatch.undo()
+    assert handed  # B locked the removed file first, saw it was not the lock file any more, and tried again
+    c.close()
+    b.lock()
+    b.close()
+
+
+def test_a_refused_replacement_releases_the_old_runs_lock(tmp_path, monkeypatch):
+    from longsearch import runs
+
+    run = tmp_path / "run"
+    RunStore.create(run, _config()).close()
+    (run / "journal.jsonl").write_text("")
+
+    def refuse(path):
+        raise RunError(f"cannot create the run directory under {path}: permission denied; choose another --out")
+
+    monkeypatch.setattr(runs, "_make_parents", refuse)
+    with pytest.raises(RunError, match="permission denied"):
+        RunStore.create(run, _config(seed=1), force=True)
+    again = RunStore.open(run)
+    again.lock()  # not held by a leaked descriptor of the refused replacement
+    again.close()
+
+
+def test_a_run_being_created_by_a_live_process_is_not_an_interrupted_creation(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    live = tmp_path / f".run.tmp~{socket.gethostname()}~{os.getpid()}~abc"
+    live.mkdir()
+    with pytest.raises(RunError, match="no run directory"):
+        RunStore.open(run)
+    other = tmp_path / ".run.tmp~another-host~1~abc"
+    other.mkdir()
+    with pytest.raises(RunError, match="no run directory"):
+        RunStore.open(run)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    (tmp_path / f".run.tmp~{socket.gethostname()}~{dead}~abc").mkdir()
+    with pytest.raises(RunError, match="never completely created"):
+        RunStore.open(run)
+
+
+def test_resume_options_compare_templates_and_depths_as_the_needles_read_them(tmp_path):
+    from longsearch.errors import InputError
+    from longsearch.runs import depths_key, template_key
+
+    assert template_key(" Passkey , multi-needle+passkey") == "passkey+multi-needle" and template_key(None) is None
+    with pytest.raises(InputError, match="unknown needle template"):
+        template_key("passkey,limerick")
+    assert depths_key(None) == depths_key("default") == depths_key("Start") == "start"
+    assert depths_key("0.10, 0.5") == "0.1,0.5" and depths_key("spread") == "spread"
+    with pytest.raises(InputError, match="cannot read the needle depths"):
+        depths_key("deep")
+    cfg = _config(template="passkey", signal={"solved": ["magic-number", "passkey"]})
+    with pytest.raises(InputError, match="unknown needle template"):
+        check_resume_options(cfg, {"template": "limerick"}, tmp_path)
+    with pytest.raises(RunError, match="template passkey, not auto:"):  # no signal check: auto is no template's
+        check_resume_options(_config(template="passkey"), {"template": "auto"}, tmp_path)
+    shown = {"template": "auto (the templates its signal check found solved: magic-number+passkey)"}
+    with pytest.raises(RunError, match=r"template passkey, not auto \(the templates its signal check found solved"):
+        check_resume_options(cfg, {"template": "magic-number+passkey"}, tmp_path, shown)

@@ -107,7 +107,8 @@ class Result:
     failed: bool = False  # no score (a worker lost, an exception, a non-finite loss): a state, not a value
 
     def __post_init__(self) -> None:
-        if self.failed or not _finite(self.score):
+        self.score = clean_score(self.score)  # the one place a score is cleaned: every optimizer gets it so
+        if self.failed or not math.isfinite(self.score):
             self.failed, self.score, self.censored = True, math.inf, False
 
 
@@ -307,13 +308,6 @@ STATE_VERSION = 1
 # ---------------------------------------------------------------- shared helpers
 
 
-def _finite(score: Any) -> bool:
-    try:
-        return math.isfinite(float(score))
-    except (TypeError, ValueError):
-        return False
-
-
 def clean_score(score: float) -> float:
     """A score as the optimizers see it: non-finite (nan, ±inf) or non-numbers become +inf."""
     try:
@@ -335,7 +329,7 @@ def score_from_json(value: float | None) -> float:
 def match_results(pending: list[Candidate], results: list[Result]) -> list[tuple[Candidate, Result]]:
     """Pair the pending batch with its results by id (any order); every candidate needs exactly one result.
 
-    The results come back with a clean score (non-finite → +inf) and the pending candidate."""
+    The results come back with the pending candidate (their scores are clean already: :class:`Result`)."""
     by_id = {c.id: c for c in pending}
     found: dict[int, Result] = {}
     for r in results:
@@ -344,7 +338,7 @@ def match_results(pending: list[Candidate], results: list[Result]) -> list[tuple
             raise ValueError(f"result for candidate {cid}, which is not in the pending batch")
         if cid in found:
             raise ValueError(f"two results for candidate {cid}")
-        found[cid] = Result(by_id[cid], clean_score(r.score), float(r.cost), bool(r.censored), bool(r.failed))
+        found[cid] = Result(by_id[cid], r.score, float(r.cost), bool(r.censored), bool(r.failed))
     missing = [c.id for c in pending if c.id not in found]
     if missing:
         raise ValueError(f"tell() needs the results of the whole batch; missing candidates {missing[:5]}")
