@@ -391,16 +391,22 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scales = sorted(results, key=int)
-    fig, axes = plt.subplots(1, len(scales), figsize=(5.2 * len(scales), 4.2), squeeze=False)
+    def searched(scale: str) -> list[tuple[str, dict]]:
+        return [(label.replace("#s0", ""), e) for label, e in results[scale]["searches"].items() if "curve" in e]
+
+    scales = [s for s in sorted(results, key=int) if searched(s)]  # a scale with baselines only has nothing to draw
+    if not scales:
+        return
+    labels = sorted({label for s in scales for label, _ in searched(s)})
+    palette = plt.get_cmap("tab20")
+    color = {label: palette(i % 20) for i, label in enumerate(labels)}  # one colour per configuration in every panel
+    fig, axes = plt.subplots(1, len(scales), figsize=(6.0 * len(scales), 5.4), squeeze=False)
     for ax, scale in zip(axes[0], scales, strict=True):
         res = results[scale]
-        for label, e in res["searches"].items():
-            if "curve" not in e:
-                continue
+        for label, e in searched(scale):
             xs = [p["token_forwards"] / 1e6 for p in e["curve"]]
             ys = [p["project"]["accuracy"] for p in e["curve"]]
-            ax.plot(xs, ys, marker="o", label=label.split("#")[0])
+            ax.plot(xs, ys, marker="o", label=label, color=color[label])
         for name, h in res["baselines"].items():
             if name in ("yarn",) or name.startswith("hand"):
                 ax.axhline(h["project"]["accuracy"], linestyle="--", linewidth=0.8, color="gray")
@@ -410,7 +416,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_ylabel("held-out accuracy (project set)")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=6, loc="lower right", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
