@@ -50,7 +50,7 @@ def same_batches(a, b):
     assert [[c.id for c in x] for x in a] == [[c.id for c in x] for x in b]
     for x, y in zip(flat(a), flat(b), strict=True):
         np.testing.assert_array_equal(x.lam, y.lam)
-        assert (x.origin, x.generation, x.params) == (y.origin, y.generation, y.params)
+        assert (x.origin, x.generation, x.params, x.parents) == (y.origin, y.generation, y.params, y.parents)
 
 
 # ---------------------------------------------------------------- budgets
@@ -85,7 +85,7 @@ def test_ga_generation_zero_is_seeds_then_mutations(space):
         np.testing.assert_array_equal(c.lam, lam)
     rest = batch[len(seeds) :]
     assert all(c.origin == "mutation" for c in rest)
-    assert all(c.params["parents"][0] < len(seeds) for c in rest)
+    assert all(c.parents[0] < len(seeds) for c in rest)
     assert opt.ask()[5].lam.tolist() == batch[5].lam.tolist()  # ask is idempotent until tell
 
 
@@ -193,7 +193,7 @@ def test_ga_tell_is_order_independent_and_checks_the_batch(space):
     with pytest.raises(ValueError, match="whole batch"):
         a.tell([Result(c, 1.0) for c in batch[:-1]])
     with pytest.raises(ValueError, match="not in the pending batch"):
-        a.tell([Result(Candidate(9999, batch[0].lam, 0, "x"), 1.0)])
+        a.tell([Result(Candidate(9999, batch[0].point, 0, "x"), 1.0)])
     with pytest.raises(RuntimeError):
         GeneticOptimizer(space, SMALL, seed=2).tell([])
 
@@ -496,7 +496,7 @@ def test_failed_evaluations_are_never_parents_even_when_parents_are_few(space):
     assert [p.candidate.id for p in opt.parents] == [0, 1]
     assert opt.race_bar() == math.inf  # fewer parents than the budget's: nothing is raced
     children = opt.ask()
-    assert children and all(set(c.params.get("parents", [0])) <= {0, 1} for c in children if c.origin != "random")
+    assert children and all(set(c.parents or [0]) <= {0, 1} for c in children if c.origin != "random")
 
 
 def test_every_optimizer_is_an_optimizer_with_the_shared_state():
@@ -581,7 +581,7 @@ def test_ga_never_takes_a_failed_result_as_parent_whatever_its_score(space):
     assert all(p.candidate.id >= 3 for p in opt.parents) and opt.best().candidate.id == 3
     for _ in range(3):
         children = opt.ask()
-        assert all(not set(c.params.get("parents", [])) & {0, 1, 2} for c in children)
+        assert all(not set(c.parents) & {0, 1, 2} for c in children)
         opt.tell([Result(c, 100.0 + c.id) for c in children])
     # told late, a recovered candidate joins the survivors and can become the best; a late failure stays failed
     opt.tell_late([Result(batch[0], 0.5), Result(batch[1], math.nan)])

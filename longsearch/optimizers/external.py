@@ -1,7 +1,7 @@
 """Shared machinery for optimizers from other libraries (nevergrad, optuna) behind ask/tell.
 
 The library proposes points of the unit cube ``[0, 1]^space.n_params``; the space decodes and
-repairs them into λ (:meth:`SearchSpace.decode_unit`). A point that repairs onto a key already
+repairs them into points (:meth:`SearchSpace.decode_point`). A point that repairs onto a key already
 evaluated is not evaluated again: the library is told the known score at once and asked for
 another. Points that repair onto a key already in the current batch share that candidate's score.
 Generation 0 starts from the space's seeds, so every optimizer starts where the GA does. A
@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import RunError
 from ..space import SearchSpace
-from . import (
+from .base import (
     Budget,
     Candidate,
     Optimizer,
@@ -155,7 +155,7 @@ class ExternalOptimizer(Optimizer):
             return []
         if self._pending is None:
             self._pending, self._handles = self._make_batch()
-        return [c.copy() for c in self._pending]
+        return list(self._pending)
 
     def race_bar(self) -> float:
         """The ``parents``-th best score so far (+inf before that many): a candidate above it does not matter."""
@@ -186,7 +186,7 @@ class ExternalOptimizer(Optimizer):
                 handles[by_key[key]].append((handle, index))
                 continue
             origin = seed_names.get(key, self.spec)
-            c = Candidate.from_point(self._next_id + len(batch), point, self.generation, origin)
+            c = Candidate(self._next_id + len(batch), point, self.generation, origin)
             stale = 0
             batch.append(c)
             handles[c.id] = [(handle, index)]
@@ -202,12 +202,12 @@ class ExternalOptimizer(Optimizer):
         pairs = match_results(self._pending, results)
         for c, r in pairs:
             score = r.score  # +inf when failed
-            self._scores[self.space.point_key(c.point())] = score
+            self._scores[self.space.point_key(c.point)] = score
             self.spent += r.cost
             for _, index in self._handles[c.id]:
                 self._do_tell_score(index, score)  # a censored score is a lower bound above the bar
             if r.failed:
-                self._failed[c.id] = (c.copy(), [index for _, index in self._handles[c.id]])
+                self._failed[c.id] = (c, [index for _, index in self._handles[c.id]])
             elif not r.censored:
                 self._consider_best(c, score)
         self._next_id = max([self._next_id] + [c.id + 1 for c in self._pending])
@@ -222,11 +222,11 @@ class ExternalOptimizer(Optimizer):
 
     def _consider_best(self, c: Candidate, score: float) -> None:
         if self._best is None or (score, c.id) < (self._best[1], self._best[0].id):
-            self._best = (c.copy(), score)
+            self._best = (c, score)
 
     def failed(self) -> list[Candidate]:
         """Candidates told as failed (and not recovered by :meth:`tell_late`), by id."""
-        return [self._failed[k][0].copy() for k in sorted(self._failed)]
+        return [self._failed[k][0] for k in sorted(self._failed)]
 
     def tell_late(self, results: list[Result]) -> None:
         """Failed candidates evaluated again: the library is told each success's loss (an event of the history,
@@ -236,7 +236,7 @@ class ExternalOptimizer(Optimizer):
                 continue
             c, asks = self._failed.pop(int(r.candidate.id))
             score = float(r.score)
-            self._scores[self.space.point_key(c.point())] = score
+            self._scores[self.space.point_key(c.point)] = score
             for index in asks:
                 self._tell_late_point(self._asks[index], score)
                 self._events.append({"late": [int(index), score]})
@@ -247,7 +247,7 @@ class ExternalOptimizer(Optimizer):
         if self._best is None:
             return None
         c, score = self._best
-        return Result(c.copy(), score)
+        return Result(c, score)
 
     @property
     def n_evaluated(self) -> int:

@@ -38,7 +38,7 @@ import numpy as np
 
 from ..errors import RunError
 from ..space import Point, SearchSpace
-from . import (
+from .base import (
     Budget,
     Candidate,
     Optimizer,
@@ -55,50 +55,39 @@ MUTATION_TRIES = 20  # per parent before another parent is tried
 RANDOM_TRIES = 200  # last resort: uniform samples of the space
 
 
-@dataclass
+@dataclass(frozen=True)
 class Individual:
-    """An evaluated candidate in the population."""
+    """An evaluated candidate in the population: the candidate, its score, and whether the race stopped it."""
 
-    id: int
-    lam: np.ndarray
-    m: float
-    params: dict[str, Any]
+    candidate: Candidate
     score: float
-    origin: str
-    generation: int
     censored: bool = False
 
+    @property
+    def id(self) -> int:
+        return self.candidate.id
+
+    @property
+    def point(self) -> Point:
+        return self.candidate.point
+
     def to_dict(self) -> dict[str, Any]:
+        """The checkpoint's form (as release 0.1.0 wrote it: the candidate's fields, its score, ``censored``)."""
+        d = self.candidate.to_dict()
         return {
-            "id": self.id,
-            "lam": [float(x) for x in self.lam],
-            "m": float(self.m),
-            "params": self.params,
+            "id": d["id"],
+            "lam": d["lam"],
+            "m": d["m"],
+            "params": d["params"],
             "score": score_to_json(self.score),
             "censored": self.censored,
-            "origin": self.origin,
-            "generation": self.generation,
+            "origin": d["origin"],
+            "generation": d["generation"],
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Individual:
-        return cls(
-            int(d["id"]),
-            np.asarray(d["lam"], dtype=np.float64),
-            float(d["m"]),
-            dict(d["params"]),
-            score_from_json(d["score"]),
-            str(d["origin"]),
-            int(d["generation"]),
-            bool(d.get("censored", False)),
-        )
-
-    @property
-    def point(self) -> Point:
-        return Point(self.lam.copy(), self.m, {k: v for k, v in self.params.items() if k != "parents"})
-
-    def candidate(self) -> Candidate:
-        return Candidate(self.id, self.lam.copy(), self.generation, self.origin, dict(self.params), self.m)
+        return cls(Candidate.from_dict(d), score_from_json(d["score"]), bool(d.get("censored", False)))
 
 
 class GeneticOptimizer(Optimizer):
@@ -128,7 +117,7 @@ class GeneticOptimizer(Optimizer):
             batch = self._initial(rng) if self.generation == 0 else self._children(rng)
             self._pending = batch
             self._pending_rng_state = rng.bit_generator.state
-        return [c.copy() for c in self._pending]
+        return list(self._pending)
 
     def race_bar(self) -> float:
         """The score a child must beat to survive: the worst parent's (+inf while the parents are not full)."""
@@ -143,12 +132,12 @@ class GeneticOptimizer(Optimizer):
         pairs = match_results(self._pending, results)
         children: list[Individual] = []
         for c, r in pairs:
-            self._seen.add(self.space.point_key(c.point()))
+            self._seen.add(self.space.point_key(c.point))
             self.spent += r.cost
             if r.failed:  # a state, not a score: never a parent nor the best; kept to be evaluated again
-                self._failed[c.id] = c.copy()
+                self._failed[c.id] = c
                 continue
-            ind = Individual(c.id, c.lam.copy(), float(c.m), dict(c.params), r.score, c.origin, c.generation, r.censored)
+            ind = Individual(c, r.score, r.censored)
             children.append(ind)
             self._consider_best(ind)
         pool = children if self.generation == 0 else self._parents + children
@@ -168,7 +157,7 @@ class GeneticOptimizer(Optimizer):
 
     def failed(self) -> list[Candidate]:
         """Candidates told as failed (and not recovered by :meth:`tell_late`), by id."""
-        return [self._failed[k].copy() for k in sorted(self._failed)]
+        return [self._failed[k] for k in sorted(self._failed)]
 
     def tell_late(self, results: list[Result]) -> None:
         """Failed candidates evaluated again: each success joins the survivors (the best ``parents`` of parents +
@@ -178,7 +167,7 @@ class GeneticOptimizer(Optimizer):
             if r.failed:
                 continue
             c = self._failed.pop(int(r.candidate.id))
-            ind = Individual(c.id, c.lam.copy(), float(c.m), dict(c.params), float(r.score), c.origin, c.generation, bool(r.censored))
+            ind = Individual(c, float(r.score), bool(r.censored))
             late.append(ind)
             self._consider_best(ind)
         if late:
@@ -186,12 +175,12 @@ class GeneticOptimizer(Optimizer):
 
     def best(self) -> Result | None:
         """The best fully-scored candidate so far (ties: the earliest)."""
-        return None if self._best is None else Result(self._best.candidate(), self._best.score)
+        return None if self._best is None else Result(self._best.candidate, self._best.score)
 
     @property
     def parents(self) -> list[Result]:
         """The current survivors, best first."""
-        return [Result(p.candidate(), p.score, censored=p.censored) for p in self._parents]
+        return [Result(p.candidate, p.score, censored=p.censored) for p in self._parents]
 
     @property
     def n_evaluated(self) -> int:
@@ -224,7 +213,7 @@ class GeneticOptimizer(Optimizer):
             raise
         except (KeyError, TypeError, ValueError) as e:
             raise RunError(f"the optimizer checkpoint is malformed ({type(e).__name__}: {e})") from None
-        if any(p.lam.shape != (self.space.n_freq,) for p in parents):
+        if any(p.candidate.lam.shape != (self.space.n_freq,) for p in parents):
             raise RunError("the optimizer checkpoint holds λ vectors of the wrong length")
         self.seed, self.generation, self.done, self._next_id, self.spent = seed, generation, done, next_id, spent
         self._rng_state = dict(rng.bit_generator.state)
@@ -333,7 +322,7 @@ class GeneticOptimizer(Optimizer):
         return None
 
     def _new(self, batch: list[Candidate], taken: set, point: Point, origin: str, parents: list[int]) -> Candidate:
-        c = Candidate.from_point(self._next_id + len(batch), point, self.generation, origin, parents)
+        c = Candidate(self._next_id + len(batch), point, self.generation, origin, tuple(parents))
         batch.append(c)
         taken.add(self.space.point_key(point))
         return c

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..space import SearchSpace
-from . import Budget
+from .base import Budget
 from .external import ExternalOptimizer
 
 log = logging.getLogger(__name__)

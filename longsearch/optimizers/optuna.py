@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..space import SearchSpace
-from . import Budget
+from .base import Budget
 from .external import ExternalOptimizer
 
 

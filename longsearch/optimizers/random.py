@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..space import SearchSpace
-from . import Budget
+from .base import Budget
 from .external import ExternalOptimizer
 
 
