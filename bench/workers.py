@@ -44,18 +44,20 @@ from longsearch.lengths import format_length, parse_length
 def measure(model: str | None, target: int, samples: int, tasks: int, workers: int, seed: int) -> dict:
     import ray
 
-    from longsearch.evolve import load_model_info  # geometry + tokenizer, no weights
+    from longsearch.executors import ScoreTask
     from longsearch.needles import build_needle_set
+    from longsearch.plan import load_model_info  # geometry + tokenizer, no weights
+    from longsearch.rope import Rescale
     from longsearch.space import SearchSpace
-    from longsearch.workers import ScoreTask, WorkerPool
+    from longsearch.workers import WorkerPool
 
     geometry, tokenizer = load_model_info(model)
     space = SearchSpace.load("longrope2", geometry, target)
     needles = build_needle_set(tokenizer, target, samples, seed=seed)
     rng = np.random.default_rng(seed)
     lams = [space.sample(rng)[0] for _ in range(tasks + workers)]
-    warm = [ScoreTask(f"warm{i}", lams[i], space.attention) for i in range(workers)]
-    batch = [ScoreTask(f"t{i}", lam, space.attention) for i, lam in enumerate(lams[workers:])]
+    warm = [ScoreTask(f"warm{i}", Rescale(lams[i], space.attention)) for i in range(workers)]
+    batch = [ScoreTask(f"t{i}", Rescale(lam, space.attention)) for i, lam in enumerate(lams[workers:])]
     temp = tempfile.mkdtemp(prefix="lsbench-", dir="/tmp")
     cores = os.cpu_count() or 1
     ray.init(

@@ -21,7 +21,7 @@ import numpy as np
 
 from .atomic import atomic_write_json, atomic_write_text
 from .errors import FactorsError, LongsearchError
-from .rope import RopeGeometry, Schedule, SwitchSchedule, attention_factor, check_options, get_method
+from .rope import Rescale, RopeGeometry, Schedule, SwitchSchedule, attention_factor, check_options, get_method
 
 SCHEMA_VERSION = 1
 
@@ -104,6 +104,28 @@ class RopeFactors:
             )
 
     # ------------------------------------------------------------ constructors
+
+    @classmethod
+    def searched(cls, g: RopeGeometry, target_length: int, rescale: Rescale, provenance: dict[str, Any] | None = None) -> RopeFactors:
+        """Searched factors: ``rescale``'s λ as long factors, ones (the original RoPE) as short, its m.
+
+        The one constructor of a search's result (``best.json``)."""
+        return cls(
+            long_factor=np.asarray(rescale.lam, dtype=np.float64),
+            short_factor=np.ones(g.n_freq),
+            original_length=g.original_length,
+            target_length=int(target_length),
+            base=g.base,
+            rotary_dim=g.rotary_dim,
+            attention_factor=float(rescale.m),
+            provenance=dict(provenance or {}),
+        )
+
+    @property
+    def long(self) -> Rescale:
+        """The long factors and m: what vLLM and llama.cpp apply at every position once the served context exceeds
+        the original window."""
+        return Rescale(self.long_factor, self.attention_factor)
 
     @classmethod
     def from_method(

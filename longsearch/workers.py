@@ -1,15 +1,18 @@
 """A pool of Ray actors that score candidate λ vectors, each actor holding one model replica.
 
->>> tasks = [ScoreTask("c0", lam, m) for lam in candidates]                       # doctest: +SKIP
+>>> tasks = [ScoreTask(c, c.rescale) for c in candidates]                          # doctest: +SKIP
 >>> with WorkerPool(model=None, target_length=2048, workers=2) as pool:          # doctest: +SKIP
 ...     pool.set_needles("search", needle_set)          # sent to every actor once
 ...     for outcome in pool.map_unordered(tasks):       # as each one finishes
-...         print(outcome.key, outcome.nll)
+...         print(outcome.ref, outcome.nll)
+
+The pool is an :class:`~longsearch.executors.Executor`: the task and outcome types and the scorer each actor runs
+(:class:`~longsearch.executors.Scorer`) are in :mod:`longsearch.executors`.
 
 * One actor per GPU (``num_gpus=gpus_per_worker``, default 1) where the cluster has GPUs; otherwise a
   CPU slot of ``cores // workers`` CPUs, and torch in the actor uses that many threads.
 * Needle sets are put in the object store once and handed to each actor once (:meth:`set_needles`);
-  a task carries only λ and m.
+  a task carries only λ, m, the set's name and the race bar (its reference stays with the driver).
 * Dispatch is asynchronous (``ray.wait``): the moment a worker finishes, it gets the next task.
 * A worker that dies (actor crash, OOM kill, ``ray.kill``, a node lost) is replaced and its task
   re-run; the caller sees only the outcome. A task that kills ``max_attempts`` workers is reported
@@ -28,62 +31,15 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from .errors import InputError, RunError
+from .executors import ScoreOutcome, Scorer, ScoreTask
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OBJECT_STORE = 256 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class ScoreTask:
-    """One evaluation: λ (long factors, short = 1) and m, scored on the needle set ``needles``.
-
-    ``bar``: race against it — stop as soon as the mean cannot end below it (+inf: score every document).
-    """
-
-    key: str
-    lam: tuple[float, ...]
-    m: float
-    needles: str = "search"
-    bar: float = math.inf
-
-    def __init__(self, key: str, lam: Sequence[float] | np.ndarray, m: float, needles: str = "search", bar: float = math.inf) -> None:
-        object.__setattr__(self, "key", str(key))
-        object.__setattr__(self, "lam", tuple(float(x) for x in np.asarray(lam, dtype=np.float64).reshape(-1)))
-        object.__setattr__(self, "m", float(m))
-        object.__setattr__(self, "needles", str(needles))
-        object.__setattr__(self, "bar", float(bar))
-
-
-@dataclass
-class ScoreOutcome:
-    """What came back for a task: answer NLL (inf on failure) and the details."""
-
-    key: str
-    nll: float
-    per_sample: list[float] = field(default_factory=list)
-    accuracy: float | None = None
-    per_sample_correct: list[bool] = field(default_factory=list)
-    seconds: float = 0.0
-    worker: str = ""
-    attempts: int = 1
-    error: str | None = None
-    n_scored: int | None = None  # documents run (fewer than the set's when the race stopped it)
-    n_total: int | None = None  # documents in the set
-    censored: bool = False  # stopped by the race: nll is a lower bound
-
-    @property
-    def cost(self) -> float:
-        """Share of the needle set that was scored (1.0 for a full evaluation or an unknown count)."""
-        if not self.n_total or self.n_scored is None:
-            return 1.0
-        return self.n_scored / self.n_total
 
 
 @dataclass
@@ -106,80 +62,6 @@ class PoolStats:
     @property
     def evals_per_second(self) -> float:
         return self.completed / self.wall_seconds if self.wall_seconds > 0 else 0.0
-
-
-# ---------------------------------------------------------------- the actor
-
-
-class Scorer:
-    """Holds one model replica and the needle sets; scores one λ at a time (the body of the Ray actor)."""
-
-    def __init__(
-        self,
-        model: str | None,
-        target_length: int,
-        device: str = "auto",
-        dtype: str = "auto",
-        threads: int | None = None,
-        shard: bool = False,
-    ) -> None:
-        import torch
-
-        from .models import load_model
-
-        if threads:
-            torch.set_num_threads(int(threads))
-        self.target_length = int(target_length)
-        self.loaded = load_model(model, device=device, dtype=dtype, shard=shard)
-        self.needles: dict[str, Any] = {}
-        self.name = f"{os.uname().nodename}:{os.getpid()}"
-
-    def ready(self) -> str:
-        return self.name
-
-    def set_needles(self, name: str, needle_set: Any) -> None:
-        self.needles[name] = needle_set
-
-    def score(self, key: str, lam: Sequence[float], m: float, needles: str, bar: float = math.inf) -> dict[str, Any]:
-        from .factors import RopeFactors
-        from .scoring import score
-
-        g = self.loaded.geometry
-        t0 = time.perf_counter()
-        try:
-            factors = RopeFactors(
-                long_factor=np.asarray(lam, dtype=np.float64),
-                short_factor=np.ones(g.n_freq),
-                original_length=g.original_length,
-                target_length=self.target_length,
-                base=g.base,
-                rotary_dim=g.rotary_dim,
-                attention_factor=float(m),
-            )
-            ns = self.needles[needles]  # the search's set, or an in-window set of the signal check
-            s = score(self.loaded, ns, factors, target_length=ns.length, stop_at=bar)
-        except Exception as e:  # a bad candidate is a failed evaluation, not a dead worker
-            return {
-                "key": key,
-                "nll": math.inf,
-                "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300],
-                "seconds": time.perf_counter() - t0,
-                "worker": self.name,
-            }
-        nll = float(s.nll)
-        return {
-            "key": key,
-            "nll": nll if math.isfinite(nll) else math.inf,
-            "per_sample": [float(x) for x in s.per_sample],
-            "accuracy": None if s.accuracy is None else float(s.accuracy),
-            "per_sample_correct": [bool(x) for x in (s.per_sample_correct or [])],
-            "seconds": float(s.seconds) if getattr(s, "seconds", None) else time.perf_counter() - t0,
-            "worker": self.name,
-            "error": s.error or (None if math.isfinite(nll) else "non-finite NLL"),
-            "n_scored": s.n_scored,
-            "n_total": len(self.needles[needles].samples),
-            "censored": bool(s.censored),
-        }
 
 
 # ---------------------------------------------------------------- the pool
@@ -478,9 +360,9 @@ class WorkerPool:
         finally:
             batch.abandon()  # interrupted or abandoned: cancel what has not started; the rest ends on its own
 
-    def score_all(self, tasks: Sequence[ScoreTask]) -> dict[str, ScoreOutcome]:
-        """Score a batch and return the outcomes by key."""
-        return {o.key: o for o in self.map_unordered(tasks)}
+    def score_all(self, tasks: Sequence[ScoreTask]) -> dict[Any, ScoreOutcome]:
+        """Score a batch and return the outcomes by their task's reference."""
+        return {o.ref: o for o in self.map_unordered(tasks)}
 
     def stats(self) -> PoolStats:
         wall = time.perf_counter() - self._t_start if self._t_start else 0.0
@@ -495,22 +377,6 @@ class WorkerPool:
 
     def _poll_interval(self) -> float | None:
         return min(1.0, max(self.task_timeout / 2, 1e-3)) if self.task_timeout else 5.0
-
-    def _outcome(self, d: dict[str, Any], slot: _Slot, attempt: int) -> ScoreOutcome:
-        return ScoreOutcome(
-            key=d["key"],
-            nll=float(d.get("nll", math.inf)),
-            per_sample=list(d.get("per_sample") or []),
-            accuracy=d.get("accuracy"),
-            per_sample_correct=list(d.get("per_sample_correct") or []),
-            seconds=float(d.get("seconds") or 0.0),
-            worker=slot.label,
-            attempts=attempt,
-            error=d.get("error"),
-            n_scored=d.get("n_scored"),
-            n_total=d.get("n_total"),
-            censored=bool(d.get("censored", False)),
-        )
 
     def _capacity(self) -> int:
         """How many actors of this pool the cluster can hold now (its total resources: a lost node's are gone)."""
@@ -570,12 +436,8 @@ class WorkerPool:
             queue.appendleft((task, attempt + 1))
             return None
         self._failures += 1
-        return ScoreOutcome(
-            key=task.key,
-            nll=math.inf,
-            worker=slot.label,
-            attempts=attempt,
-            error=f"worker died {attempt} times evaluating it (last: {reason})",
+        return ScoreOutcome.failure(
+            f"worker died {attempt} times evaluating it (last: {reason})", ref=task.ref, worker=slot.label, attempts=attempt
         )
 
     def _abandon(self, ref: Any, slot: Any, now: float) -> None:
@@ -610,7 +472,7 @@ class _Round:
         while self.idle and self.queue:
             slot = self.idle.popleft()
             task, attempt = self.queue.popleft()
-            ref = slot.actor.score.remote(task.key, list(task.lam), task.m, task.needles, task.bar)
+            ref = slot.actor.score.remote(task.for_worker())
             slot.busy_since = time.perf_counter()
             self.inflight[ref] = (slot, task, attempt)
 
@@ -630,7 +492,7 @@ class _Round:
         pool._busy += time.perf_counter() - (slot.busy_since or time.perf_counter())
         slot.busy_since = None
         try:
-            d = ray.get(ref)
+            outcome: ScoreOutcome = ray.get(ref)
         except self.deaths as e:
             reason = _root_message(e)
             self.deaths_in_a_row += 1
@@ -640,10 +502,11 @@ class _Round:
                 ) from None
             return pool._on_death(slot, task, attempt, self.queue, reason)
         except Exception as e:  # the task raised outside the scorer's own guard
-            d = {"key": task.key, "nll": math.inf, "error": _root_message(e), "worker": slot.label}
+            outcome = ScoreOutcome.failure(_root_message(e))
         self.deaths_in_a_row = 0
         self.idle.append(slot)
-        return pool._outcome(d, slot, attempt)
+        outcome.ref, outcome.worker, outcome.attempts = task.ref, slot.label, attempt
+        return outcome
 
     def _started(self, ref: Any) -> None:
         import ray
@@ -793,4 +656,4 @@ def _root_message(e: BaseException) -> str:
     return type(e).__name__
 
 
-__all__ = ["PoolStats", "ScoreOutcome", "ScoreTask", "Scorer", "WorkerPool"]
+__all__ = ["PoolStats", "WorkerPool"]

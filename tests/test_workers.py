@@ -11,11 +11,13 @@ import torch
 ray = pytest.importorskip("ray")
 
 from longsearch.errors import RunError  # noqa: E402
+from longsearch.executors import ScoreTask  # noqa: E402
 from longsearch.factors import RopeFactors  # noqa: E402
 from longsearch.models import load_model  # noqa: E402
 from longsearch.needles import build_needle_set  # noqa: E402
+from longsearch.rope import Rescale  # noqa: E402
 from longsearch.scoring import score  # noqa: E402
-from longsearch.workers import ScoreTask, WorkerPool  # noqa: E402
+from longsearch.workers import WorkerPool  # noqa: E402
 
 TARGET = 1024
 
@@ -57,7 +59,7 @@ def _tasks(geometry_n: int, k: int, prefix: str = "t") -> list[ScoreTask]:
     out = []
     for i in range(k):
         lam = np.sort(rng.uniform(1.0, 8.0, size=geometry_n))
-        out.append(ScoreTask(f"{prefix}{i}", lam, 1.0 + 0.01 * i))
+        out.append(ScoreTask(f"{prefix}{i}", Rescale(lam, 1.0 + 0.01 * i)))
     return out
 
 
@@ -71,11 +73,11 @@ def pool(ray_session, model_dir, needles):
 
 
 def test_pool_scores_equal_in_process_scores(pool, model_dir, needles):
-    tasks = [*_tasks(8, 4), ScoreTask("bad", np.full(8, -1.0), 1.0)]  # λ ≤ 0: a failed evaluation, not a crash
+    tasks = [*_tasks(8, 4), ScoreTask("bad", Rescale(np.full(8, -1.0), 1.0))]  # λ ≤ 0: a failed evaluation, not a crash
     pool.reset_stats()
     outcomes = pool.score_all(tasks)
     stats = pool.stats()
-    assert set(outcomes) == {t.key for t in tasks}
+    assert set(outcomes) == {t.ref for t in tasks}
     assert stats.workers == 2 and stats.completed == len(tasks) and 0 < stats.utilization <= 1.0
     assert {o.worker for o in outcomes.values()} <= {"w0", "w1"}
     bad = outcomes["bad"]
@@ -85,9 +87,9 @@ def test_pool_scores_equal_in_process_scores(pool, model_dir, needles):
     lm = load_model(model_dir, device="cpu", dtype="float32")
     g = lm.geometry
     for t in tasks[:4]:
-        f = RopeFactors(np.array(t.lam), np.ones(g.n_freq), g.original_length, TARGET, g.base, g.rotary_dim, t.m)
+        f = RopeFactors(np.array(t.rescale.lam), np.ones(g.n_freq), g.original_length, TARGET, g.base, g.rotary_dim, t.rescale.m)
         s = score(lm, needles, f, target_length=TARGET)
-        o = outcomes[t.key]
+        o = outcomes[t.ref]
         assert o.nll == pytest.approx(s.nll, rel=1e-6) and math.isfinite(o.nll)
         assert o.per_sample == pytest.approx(s.per_sample, rel=1e-6)
         assert o.per_sample_correct == s.per_sample_correct
@@ -102,7 +104,7 @@ def test_killed_worker_is_replaced_and_its_task_rerun(pool):
             ray.kill(pool.actors[0], no_restart=True)  # w0 holds a task (or gets the next one)
         seen.append(o)
     stats = pool.stats()
-    assert sorted(o.key for o in seen) == sorted(t.key for t in tasks)  # every task once
+    assert sorted(o.ref for o in seen) == sorted(t.ref for t in tasks)  # every task once
     assert all(math.isfinite(o.nll) and o.error is None for o in seen)
     assert stats.replacements == 1 and stats.failures == 0
     assert any(o.attempts == 2 for o in seen)
@@ -124,10 +126,10 @@ def test_task_that_exhausts_its_attempts_is_reported_inf(pool):
         seen = list(pool.map_unordered(tasks))
     finally:
         pool.max_attempts = 3
-    assert sorted(o.key for o in seen) == ["t0", "t1", "t2", "t3"]
+    assert sorted(o.ref for o in seen) == ["t0", "t1", "t2", "t3"]
     failed = [o for o in seen if not math.isfinite(o.nll)]
-    assert [o.key for o in failed] == ["t0"] and "worker died 1 times" in failed[0].error and failed[0].attempts == 1
-    assert all(math.isfinite(o.nll) and o.error is None for o in seen if o.key != "t0")
+    assert [o.ref for o in failed] == ["t0"] and "worker died 1 times" in failed[0].error and failed[0].attempts == 1
+    assert all(math.isfinite(o.nll) and o.error is None for o in seen if o.ref != "t0")
 
 
 def test_a_task_past_its_timeout_counts_as_a_dead_worker(pool):
