@@ -628,7 +628,7 @@ _SLACK = 4096  # extra prose tokens to choose the window's ends from
 _SENTENCE_END = re.compile(r"[.!?]['\"]?\s+(?=[A-Z\"'(_])")
 
 
-def _resolve_depths(depths, n: int, rng: np.random.Generator) -> tuple[list[float], Any]:
+def resolve_depths(depths, n: int, rng: np.random.Generator) -> tuple[list[float], Any]:
     if depths is None:
         lo, hi = DEFAULT_DEPTH_RANGE
         return [float(rng.uniform(lo, hi)) for _ in range(n)], {"kind": "start", "range": [lo, hi]}
@@ -639,7 +639,7 @@ def _resolve_depths(depths, n: int, rng: np.random.Generator) -> tuple[list[floa
             order = rng.permutation(n)
             return [float((int(order[k]) + rng.uniform(0.0, 1.0)) / n) for k in range(n)], {"kind": "spread"}
         if depths.strip().lower() in ("start", "default"):
-            return _resolve_depths(None, n, rng)
+            return resolve_depths(None, n, rng)
         try:
             depths = [float(x) for x in depths.split(",") if x.strip()]
         except ValueError:
@@ -832,7 +832,7 @@ def build_needle_set(
     tpls = [get_template(t) for t in template_names(template)]
     text, hay_meta = load_haystack(haystack)
     rng = np.random.default_rng(int(seed))
-    depth_list, depth_meta = _resolve_depths(depths, n_samples, rng)
+    depth_list, depth_meta = resolve_depths(depths, n_samples, rng)
     builders = [_Builder(tokenizer, length, tpl, text) for tpl in tpls]
     # a mixed set interleaves its templates: sample k uses template k mod (number of templates)
     samples = [builders[k % len(builders)].build(rng, d) for k, d in enumerate(depth_list)]

@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
-from .evolve import EvolveReporter, EvolveResult, GenerationSummary, PreparedRun
+from .evolve import EvolveReporter, EvolveResult
+from .executors import ScoreOutcome
 from .info import INFO_METHODS, InfoReport
 from .lengths import format_length
+from .loop import GenerationSummary
 from .needles import NeedleSet, sample_segments
 from .runs import JournalRecord
-from .workers import ScoreOutcome
+from .runstart import PreparedRun
 
 
 def _fmt_period(p: float) -> str:

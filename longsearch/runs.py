@@ -513,14 +513,14 @@ def iter_journal(path: str | os.PathLike) -> Iterator[JournalRecord]:
 
 
 def depths_key(depths: str | None) -> str:
-    """A needle-depths setting in one spelling, as the needle builder reads it (:func:`needles._resolve_depths`):
+    """A needle-depths setting in one spelling, as the needle builder reads it (:func:`needles.resolve_depths`):
     ``None``/``default`` → ``start``; a list → its numbers. InputError for depths it cannot read."""
     import numpy as np
 
-    from .needles import _resolve_depths
+    from .needles import resolve_depths
 
     text = None if depths is None or not str(depths).strip() else str(depths)
-    _, kind = _resolve_depths(text, 1, np.random.default_rng(0))
+    _, kind = resolve_depths(text, 1, np.random.default_rng(0))
     return ",".join(f"{v:g}" for v in kind["values"]) if kind["kind"] == "list" else str(kind["kind"])
 
 

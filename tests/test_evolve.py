@@ -397,7 +397,7 @@ def test_a_needle_task_the_model_cannot_do_is_refused_before_anything_is_written
 
 
 def test_spearman_against_hand_computed_values():
-    from longsearch.evolve import spearman
+    from longsearch.heldout import spearman
 
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
@@ -490,7 +490,8 @@ def test_a_refused_resume_changes_nothing_not_even_a_half_written_journal_line(f
 def test_a_full_disk_while_a_run_is_created_says_so_and_leaves_nothing(model_dir, tmp_path, monkeypatch):
     from longsearch import faults
     from longsearch.errors import RunError
-    from longsearch.evolve import EvolveOptions, create_run, plan
+    from longsearch.plan import EvolveOptions, plan
+    from longsearch.runstart import create_run
 
     out = tmp_path / "outputs" / "run"
     p = plan(EvolveOptions(model=model_dir, target=1024, samples=2, out=out, template="passkey", signal_check=False))
@@ -644,35 +645,39 @@ def test_a_failure_is_retried_on_resume_until_it_fails_for_good_then_reported(mo
 # ---------------------------------------------------------------- resume logic, with the workers stood in for
 
 
-class _InProcessPool:
-    """Stands in for the Ray workers (what is under test is evolve's resume logic, not the pool): the real
-    :class:`~longsearch.workers.Scorer` of the tiny model, in this process, one task after the other; a task whose
-    key is in ``lose`` comes back as the pool reports a task that lost its worker."""
+def _key(ref) -> str:
+    """A task reference as these tests name it: ``c{id}`` for a candidate, ``b:{name}`` for a baseline, ``h:{name}``
+    for a held-out row."""
+    from longsearch.heldout import HeldoutEntry
+    from longsearch.loop import Baseline
 
-    workers, device = 1, "cpu"
+    if isinstance(ref, HeldoutEntry):
+        return f"h:{ref.name}"
+    return f"b:{ref.name}" if isinstance(ref, Baseline) else f"c{ref.id}"
 
-    def __init__(self, scorer, lose=()):
-        self.scorer, self.lose = scorer, set(lose)
 
-    def start(self):
-        pass
+def _InProcessPool(scorer, lose=()):
+    """The executor without Ray (what is under test is the search's resume logic, not the pool): the real
+    :class:`~longsearch.executors.Scorer` of the tiny model, in this process; a task named in ``lose`` (``c{id}``,
+    ``b:{name}``) comes back as the Ray pool reports a task that lost its worker."""
+    from longsearch.executors import InProcessPool, ScoreOutcome
 
-    def set_needles(self, name, needle_set):
-        self.scorer.set_needles(name, needle_set)
+    class Losing(InProcessPool):
+        def map_unordered(self, tasks):
+            for t in tasks:
+                if _key(t.ref) in lose:
+                    yield ScoreOutcome.failure("worker died 1 times evaluating it (last: node lost)", ref=t.ref, worker="w0")
+                else:
+                    yield from super().map_unordered([t])
 
-    def map_unordered(self, tasks):
-        from longsearch.workers import ScoreOutcome
-
-        for t in tasks:
-            if t.key in self.lose:
-                yield ScoreOutcome(t.key, math.inf, worker="w0", error="worker died 1 times evaluating it (last: node lost)")
-            else:
-                yield ScoreOutcome(**self.scorer.score(t.key, t.lam, t.m, t.needles, t.bar))
+    pool = Losing.around(scorer)
+    pool.start()
+    return pool
 
 
 @pytest.fixture(scope="module")
 def scorer(model_dir):
-    from longsearch.workers import Scorer
+    from longsearch.executors import Scorer
 
     return Scorer(model_dir, 1024, device="cpu", threads=1)
 
@@ -785,9 +790,10 @@ def test_failures_per_generation_are_counted_from_the_data_across_resumes(model_
     """With one attempt allowed, a failure is never evaluated again, so a run stopped and resumed must be the run
     never stopped, history included: baseline ntk lost in generation 0, candidate 9 in generation 1, each journaled
     by one process and told by the next (which counted only its own failures)."""
-    from longsearch import evolve as evolve_module
+    from longsearch import heldout, loop
 
-    monkeypatch.setattr(evolve_module, "MAX_FAILED_ATTEMPTS", 1)
+    monkeypatch.setattr(loop, "MAX_FAILED_ATTEMPTS", 1)
+    monkeypatch.setattr(heldout, "MAX_FAILED_ATTEMPTS", 1)
     lost = _InProcessPool(scorer, lose={"b:ntk", "c9"})
     ref, run = tmp_path / "ref", tmp_path / "run"
     _evolve(ref, lost, **_new_run(model_dir))
@@ -805,7 +811,7 @@ def test_failures_per_generation_are_counted_from_the_data_across_resumes(model_
 
 
 def test_a_resume_checks_baselines_json_once_and_rewrites_it_when_its_writer_was_stopped(model_dir, scorer, tmp_path, monkeypatch):
-    from longsearch import evolve as evolve_module
+    from longsearch import runstart
 
     run = tmp_path / "run"
     _evolve(run, _InProcessPool(scorer), _stopper(end_of=0), stopped=True, **_new_run(model_dir))
@@ -814,8 +820,8 @@ def test_a_resume_checks_baselines_json_once_and_rewrites_it_when_its_writer_was
     reads, checks = [], []
     read_json = RunStore.read_json
     monkeypatch.setattr(RunStore, "read_json", lambda self, name: reads.append(name) or read_json(self, name))
-    check = evolve_module.check_options
-    monkeypatch.setattr(evolve_module, "check_options", lambda opts: checks.append(opts) or check(opts))
+    check = runstart.check_options
+    monkeypatch.setattr(runstart, "check_options", lambda opts: checks.append(opts) or check(opts))
     _evolve(run, _InProcessPool(scorer), heldout=False)  # generations 1 to 3
     assert (run / "baselines.json").read_bytes() == written
     assert reads.count("baselines.json") == 0  # its one check found it missing; not read back after each generation
@@ -827,13 +833,14 @@ def test_a_resume_checks_baselines_json_once_and_rewrites_it_when_its_writer_was
 
 def test_resume_with_template_auto_says_what_auto_was_given_as(model_dir, tmp_path):
     from longsearch.errors import RunError
-    from longsearch.evolve import EvolveOptions, _prepare_resume, create_run, plan
+    from longsearch.plan import EvolveOptions, plan
+    from longsearch.runstart import create_run, open_resume
 
     out = tmp_path / "run"
     p = plan(EvolveOptions(out=out, **_new_run(model_dir)))
     create_run(p, "passkey", {"threshold": 0.75, "templates": {}, "solved": ["magic-number", "passkey"]}).store.close()
     with pytest.raises(RunError) as e:
-        _prepare_resume(EvolveOptions(resume=out, template="auto"))
+        open_resume(EvolveOptions(resume=out, template="auto"))
     msg = str(e.value)
     assert "made with template passkey, not auto (the templates its signal check found solved: magic-number+passkey)" in msg
 
@@ -843,15 +850,15 @@ def test_a_cost_budget_is_shown_in_evals_worth_not_in_generations():
 
     from rich.console import Console
 
-    from longsearch.evolve import GenerationSummary, _generations
+    from longsearch.loop import GenerationSummary, generations_of
     from longsearch.optimizers import make_optimizer
     from longsearch.render import RichReporter
     from longsearch.rope import RopeGeometry
     from longsearch.space import SearchSpace
 
     space = SearchSpace.load("longrope2", RopeGeometry(16, 10000.0, 256), 1024)
-    assert _generations(make_optimizer("ga", space, "64evals", 0)) is None
-    assert _generations(make_optimizer("ga", space, "quick", 0)) == 4
+    assert generations_of(make_optimizer("ga", space, "64evals", 0)) is None
+    assert generations_of(make_optimizer("ga", space, "quick", 0)) == 4
     out = io.StringIO()
     reporter = RichReporter(Console(file=out, width=200))
     with reporter:

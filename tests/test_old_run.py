@@ -29,12 +29,16 @@ def _comparable(records) -> list[dict]:
     )
 
 
-def test_a_run_of_the_previous_release_resumes_to_its_uninterrupted_result(tmp_path, run_cli):
+def test_a_run_of_the_previous_release_resumes_to_its_uninterrupted_result(tmp_path):
+    from longsearch.evolve import EvolveOptions, run_evolve
+    from longsearch.executors import InProcessPool
+
     run = tmp_path / "killed"
     shutil.copytree(DATA / "killed", run)
     before = RunStore(run).read_journal().records
     assert len(before) == 14 and max(r.generation for r in before) == 1
-    assert run_cli("evolve", "--resume", str(run), "--workers", "1") == 0
+    with InProcessPool(None, 512, device="cpu", dtype="float32", threads=1) as pool:  # the testbed, no Ray
+        run_evolve(EvolveOptions(resume=run), pool=pool)
     after = RunStore(run).read_journal().records
     expected = [json.loads(x) for x in (DATA / "uninterrupted" / "journal.jsonl").read_text().splitlines() if x.strip()]
     from longsearch.runs import JournalRecord
