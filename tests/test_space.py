@@ -103,47 +103,19 @@ def test_every_kind_is_one_registered_class_and_presets_load_as_theirs():
     assert type(SearchSpace.from_spec({}, *TESTBED)) is KINDS["longrope2"]  # the default kind
 
 
-class UniformSpace(SearchSpace):
-    """The worked example of search_spaces/README.md: every λ_i = c, c searched on the grid."""
-
-    kind = "uniform"
-    DEFAULT_SEEDS = ("pi",)
-
-    def _repair(self, lam, m, params):
-        c = params.get("factor", self.lower if lam is None else float(np.mean(lam)))
-        c = float(self.grid.snap(np.array([c]))[0])
-        return Point(np.full(self.n_freq, c), m, {"factor": c})
-
-    def _raw_seed_points(self):
-        return [(name, self.make_point(rope.rescale(name, self.geometry, self.target_length).lam)) for name in self.seed_names]
-
-    @property
-    def n_params(self):
-        return 1 + int(self.searches_m)
-
-    def decode_point(self, u):
-        u = self._unit(u)
-        return self.make_point(None, self._decode_m(u), factor=self.lower + u[0] * (self.upper - self.lower))
-
-    def encode_point(self, p):
-        u = np.zeros(self.n_params)
-        self._encode_m(p, u)
-        u[0] = (p.params["factor"] - self.lower) / max(self.upper - self.lower, 1e-12)
-        return np.clip(u, 0.0, 1.0)
-
-    def mutate(self, p, rng):
-        return self.decode_point(self.encode_point(p) + rng.normal(0.0, 0.1, self.n_params))
-
-    def crossover(self, p1, p2, rng):
-        return self.decode_point((self.encode_point(p1) + self.encode_point(p2)) / 2)
-
-    def describe(self):
-        return f"{self.name} (uniform): λ_i = c ∈ [{self.lower:g}, {self.upper:g}], {self._describe_m()}"
+def readme_kind() -> type[SearchSpace]:
+    """The worked example of search_spaces/README.md (its first Python block), run as longsearch/space/uniform.py."""
+    readme = (Path(__file__).resolve().parents[1] / "search_spaces" / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace = {"__name__": "longsearch.space.uniform", "__package__": "longsearch.space"}
+    exec(compile(code, "search_spaces/README.md", "exec"), namespace)
+    return namespace["UniformSpace"]
 
 
 def test_a_new_kind_is_one_class_and_one_registry_line(monkeypatch):
     from longsearch.optimizers import Result, make_optimizer
 
+    UniformSpace = readme_kind()
     monkeypatch.setitem(KINDS, "uniform", UniformSpace)
     g, t = TESTBED
     sp = SearchSpace.from_spec({"kind": "uniform", "lower": 1, "seeds": ["pi", "ntk"], "attention": {"min": 1, "max": 1.5}}, g, t)
