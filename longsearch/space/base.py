@@ -80,7 +80,9 @@ def clip(x: float, lo: float, hi: float) -> float:
 
 
 def _kinds() -> dict[str, type[SearchSpace]]:
-    from . import KINDS  # the registry imports every kind, and every kind this module
+    """The registry, imported on first use (as ``make_optimizer`` imports the optimizers): the package that
+    holds it imports every kind, and every kind imports this module."""
+    from . import KINDS
 
     return KINDS
 
@@ -150,7 +152,8 @@ class SearchSpace(ABC):
     def from_spec(
         cls, spec: dict[str, Any], geometry: RopeGeometry, target_length: int, name: str = "custom", source: str = ""
     ) -> SearchSpace:
-        """Validate a space mapping (the YAML's content) and resolve it as the class its ``kind`` names."""
+        """Validate a space mapping (the YAML's content) and resolve it as the class its ``kind`` names
+        (whichever class this is called on); errors name the key and, through ``source``, the file."""
         kinds = _kinds()
         where = f"{source}: " if source else ""
         if not isinstance(spec, dict):
