@@ -55,7 +55,7 @@ def measure(model: str | None, target: int, samples: int, tasks: int, workers: i
     space = SearchSpace.load("longrope2", geometry, target)
     needles = build_needle_set(tokenizer, target, samples, seed=seed)
     rng = np.random.default_rng(seed)
-    lams = [space.sample(rng)[0] for _ in range(tasks + workers)]
+    lams = [space.sample_point(rng).lam for _ in range(tasks + workers)]
     warm = [ScoreTask(f"warm{i}", Rescale(lams[i], space.attention)) for i in range(workers)]
     batch = [ScoreTask(f"t{i}", Rescale(lam, space.attention)) for i, lam in enumerate(lams[workers:])]
     temp = tempfile.mkdtemp(prefix="lsbench-", dir="/tmp")

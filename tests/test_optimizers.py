@@ -28,6 +28,21 @@ def space() -> SearchSpace:
     return SearchSpace.load("longrope2", TESTBED, 2048)
 
 
+def seed_lams(sp: SearchSpace) -> dict[str, np.ndarray]:
+    """``"seed:NAME"`` → the λ of each seed point."""
+    return {name: p.lam for name, p in sp.seed_points().items()}
+
+
+def repaired(sp: SearchSpace, lam: np.ndarray, d_rcd: int | None = None) -> np.ndarray:
+    """λ brought into the space (at ``d_rcd`` when given)."""
+    return (sp.make_point(lam) if d_rcd is None else sp.make_point(lam, d_rcd=d_rcd)).lam
+
+
+def critical_index(sp: SearchSpace, lam: np.ndarray) -> int:
+    """d_rcd of λ in a longrope2 space (its own when λ has the structure)."""
+    return sp.make_point(lam).params["d_rcd"]
+
+
 def log_distance(target: np.ndarray):
     return lambda lam: float(np.sum((np.log(lam) - np.log(target)) ** 2))
 
@@ -79,7 +94,7 @@ def test_ga_generation_zero_is_seeds_then_mutations(space):
     opt = GeneticOptimizer(space, "paper", seed=0)
     batch = opt.ask()
     assert len(batch) == 64 and [c.id for c in batch] == list(range(64))
-    seeds = space.seeds()
+    seeds = seed_lams(space)
     assert [c.origin for c in batch[: len(seeds)]] == list(seeds)
     for c, lam in zip(batch, seeds.values(), strict=False):  # the batch may hold fewer than all seeds
         np.testing.assert_array_equal(c.lam, lam)
@@ -91,7 +106,7 @@ def test_ga_generation_zero_is_seeds_then_mutations(space):
 
 def test_ga_quick_budget_sizes(space):
     opt = make_optimizer("ga", space, "quick", seed=0)
-    batches = run(opt, log_distance(space.seeds()["seed:pi"]))
+    batches = run(opt, log_distance(seed_lams(space)["seed:pi"]))
     b = BUDGETS["quick"]
     assert [len(x) for x in batches] == [b.population] + [b.per_generation] * b.generations
     assert opt.done and opt.generation == b.generations + 1 and opt.ask() == []
@@ -101,20 +116,20 @@ def test_ga_quick_budget_sizes(space):
 def test_ga_candidates_are_valid_new_and_sequential(geometry, target):
     sp = SearchSpace.load("longrope2", geometry, target)
     opt = GeneticOptimizer(sp, SMALL, seed=3)
-    batches = run(opt, log_distance(sp.repair(np.linspace(sp.lower, sp.upper, geometry.n_freq))))
+    batches = run(opt, log_distance(repaired(sp, np.linspace(sp.lower, sp.upper, geometry.n_freq))))
     cands = flat(batches)
     assert [c.id for c in cands] == list(range(len(cands))) and len(cands) == SMALL.evaluations
-    keys = [sp.key(c.lam) for c in cands]
+    keys = [sp.point_key(c.point) for c in cands]
     assert len(set(keys)) == len(keys), "a key was asked twice"
     for c in cands:
-        assert sp.contains(c.lam)
-        assert c.params["d_rcd"] == sp.critical_index(c.lam)
+        assert sp.contains_point(c.point)
+        assert c.params["d_rcd"] == critical_index(sp, c.lam)
     origins = {c.origin for c in cands if c.generation > 0}
     assert origins <= {"mutation", "crossover", "random"} and "crossover" in origins and "mutation" in origins
 
 
 def test_ga_improves_and_finds_the_target_region(space):
-    target = space.repair(np.linspace(8.0, 16.0, 32), 9)
+    target = repaired(space, np.linspace(8.0, 16.0, 32), 9)
     f = log_distance(target)
     opt = GeneticOptimizer(space, "paper", seed=0)
     best_per_gen = []
@@ -130,7 +145,7 @@ def test_ga_improves_and_finds_the_target_region(space):
 def test_ga_finds_an_exact_optimum(space):
     # optimum: d_rcd = 7 with every searched λ = s (PI's tail); reachable from the PI seed
     def f(lam):
-        d = space.critical_index(lam)
+        d = critical_index(space, lam)
         return abs(d - 7) + float(np.sum(np.abs(lam[d:] - 8.0)))
 
     opt = GeneticOptimizer(space, SMALL, seed=1)
@@ -168,12 +183,12 @@ def test_ga_failed_evaluations_are_not_best_and_not_reasked(space):
         opt.tell([Result(c, math.inf if c.id % 2 == 0 else (math.nan if c.id % 3 == 0 else float(c.id))) for c in batch])
     best = opt.best()
     assert best.candidate.id % 2 == 1 and best.candidate.id % 3 != 0 and best.score == 1.0
-    assert len({space.key(c.lam) for c in asked}) == len(asked)
+    assert len({space.point_key(c.point) for c in asked}) == len(asked)
     json.dumps(opt.state_dict(), allow_nan=False)  # strict JSON: failed scores are stored as null
 
 
 def test_ga_is_deterministic_and_seed_dependent(space):
-    f = log_distance(space.seeds()["seed:pi"])
+    f = log_distance(seed_lams(space)["seed:pi"])
     a = run(GeneticOptimizer(space, SMALL, seed=5), f)
     b = run(GeneticOptimizer(space, SMALL, seed=5), f)
     c = run(GeneticOptimizer(space, SMALL, seed=6), f)
@@ -182,7 +197,7 @@ def test_ga_is_deterministic_and_seed_dependent(space):
 
 
 def test_ga_tell_is_order_independent_and_checks_the_batch(space):
-    f = log_distance(space.seeds()["seed:pi"])
+    f = log_distance(seed_lams(space)["seed:pi"])
     a, b = GeneticOptimizer(space, SMALL, seed=2), GeneticOptimizer(space, SMALL, seed=2)
     for _ in range(3):
         ba, bb = a.ask(), b.ask()
@@ -201,11 +216,11 @@ def test_ga_tell_is_order_independent_and_checks_the_batch(space):
 def test_ga_free_space(space):
     sp = SearchSpace.load("longrope", TESTBED, 2048)
     opt = make_optimizer("ga", sp, SMALL, seed=0)
-    target = sp.repair(np.linspace(1.0, 9.0, 32))
+    target = repaired(sp, np.linspace(1.0, 9.0, 32))
     cands = flat(run(opt, log_distance(target)))
-    assert all(sp.contains(c.lam) and "d_rcd" not in c.params for c in cands)
-    assert len({sp.key(c.lam) for c in cands}) == len(cands)
-    assert opt.best().score < min(log_distance(target)(v) for v in sp.seeds().values())
+    assert all(sp.contains_point(c.point) and "d_rcd" not in c.params for c in cands)
+    assert len({sp.point_key(c.point) for c in cands}) == len(cands)
+    assert opt.best().score < min(log_distance(target)(v) for v in seed_lams(sp).values())
 
 
 # ---------------------------------------------------------------- state round trips (the resume protocol)
@@ -229,7 +244,7 @@ def roundtrip(opt, spec: str, space: SearchSpace, budget, seed: int):
     ],
 )
 def test_killed_mid_generation_and_resumed_equals_uninterrupted(space, spec, budget):
-    f = log_distance(space.repair(np.linspace(8.0, 16.0, 32), 9))
+    f = log_distance(repaired(space, np.linspace(8.0, 16.0, 32), 9))
     full = run(make_optimizer(spec, space, budget, 7), f)
     full_best = None
 
@@ -238,7 +253,7 @@ def test_killed_mid_generation_and_resumed_equals_uninterrupted(space, spec, bud
     done = run(opt, f, stop_after=2)
     checkpoint = json.dumps(opt.state_dict(), allow_nan=False)
     partial = opt.ask()
-    journal = {c.id: (space.key(c.lam), f(c.lam)) for c in partial[: len(partial) // 2]}
+    journal = {c.id: (space.point_key(c.point), f(c.lam)) for c in partial[: len(partial) // 2]}
     del opt  # SIGKILL
 
     resumed = make_optimizer(spec, space, budget, 7)
@@ -247,7 +262,7 @@ def test_killed_mid_generation_and_resumed_equals_uninterrupted(space, spec, bud
     same_batches([partial], [again])
     results = []
     for c in again:
-        if c.id in journal and journal[c.id][0] == space.key(c.lam):
+        if c.id in journal and journal[c.id][0] == space.point_key(c.point):
             results.append(Result(c, journal[c.id][1]))  # re-used, not re-evaluated
         else:
             results.append(Result(c, f(c.lam)))
@@ -266,7 +281,7 @@ def test_killed_mid_generation_and_resumed_equals_uninterrupted(space, spec, bud
 
 def test_state_dict_during_a_pending_ask_is_the_state_before_it(space):
     opt = GeneticOptimizer(space, SMALL, seed=0)
-    run(opt, log_distance(space.seeds()["seed:pi"]), stop_after=1)
+    run(opt, log_distance(seed_lams(space)["seed:pi"]), stop_after=1)
     before = opt.state_dict()
     opt.ask()
     assert opt.state_dict() == before
@@ -274,7 +289,7 @@ def test_state_dict_during_a_pending_ask_is_the_state_before_it(space):
 
 def test_load_state_dict_refuses_mismatches(space):
     opt = GeneticOptimizer(space, SMALL, seed=0)
-    run(opt, log_distance(space.seeds()["seed:pi"]), stop_after=1)
+    run(opt, log_distance(seed_lams(space)["seed:pi"]), stop_after=1)
     state = opt.state_dict()
     with pytest.raises(RunError, match="budget"):
         GeneticOptimizer(space, "quick", seed=0).load_state_dict(state)
@@ -287,7 +302,7 @@ def test_load_state_dict_refuses_mismatches(space):
     with pytest.raises(RunError, match="optimizer state"):
         make_optimizer("optuna:TPE", space, SMALL, 0).load_state_dict(state)
     ng = make_optimizer("nevergrad:OnePlusOne", space, SMALL, 0)
-    run(ng, log_distance(space.seeds()["seed:pi"]), stop_after=1)
+    run(ng, log_distance(seed_lams(space)["seed:pi"]), stop_after=1)
     ng_state = ng.state_dict()
     # a checkpoint holding a pickle (what earlier versions wrote) is refused before anything is unpickled
     import base64
@@ -316,27 +331,27 @@ def test_load_state_dict_refuses_mismatches(space):
 def test_external_optimizers_share_the_interface(space, spec):
     budget = Budget(8, 4, 3, 3, 3)
     opt = make_optimizer(spec, space, budget, 0)
-    target = space.repair(np.linspace(8.0, 16.0, 32), 9)
+    target = repaired(space, np.linspace(8.0, 16.0, 32), 9)
     f = log_distance(target)
     batches = run(opt, f)
     cands = flat(batches)
     assert opt.done and 0 < len(cands) <= budget.evaluations
     assert len(batches[0]) == 8 and all(len(b) <= budget.per_generation for b in batches[1:])
     assert [c.id for c in cands] == list(range(len(cands)))
-    keys = [space.key(c.lam) for c in cands]
+    keys = [space.point_key(c.point) for c in cands]
     assert len(set(keys)) == len(keys)
-    assert all(space.contains(c.lam) and c.params["d_rcd"] == space.critical_index(c.lam) for c in cands)
+    assert all(space.contains_point(c.point) and c.params["d_rcd"] == critical_index(space, c.lam) for c in cands)
     # generation 0 starts from the same seeds as the GA
-    seeds = space.seeds()
+    seeds = space.seed_points()
     assert [c.origin for c in batches[0][: len(seeds)]] == list(seeds)
-    for c, lam in zip(batches[0], seeds.values(), strict=False):
-        assert space.key(c.lam) == space.key(lam)
+    for c, p in zip(batches[0], seeds.values(), strict=False):
+        assert space.point_key(c.point) == space.point_key(p)
     assert all(c.origin == spec for c in cands[len(seeds) :])
     assert opt.best().score == min(f(c.lam) for c in cands)
 
 
 def test_external_determinism(space):
-    f = log_distance(space.seeds()["seed:pi"])
+    f = log_distance(seed_lams(space)["seed:pi"])
     for spec in ("nevergrad:TwoPointsDE", "optuna:TPE"):
         a = run(make_optimizer(spec, space, Budget(8, 4, 2, 2, 2), 3), f)
         b = run(make_optimizer(spec, space, Budget(8, 4, 2, 2, 2), 3), f)
@@ -350,13 +365,13 @@ def test_external_duplicates_are_told_not_evaluated(space):
     )
     opt = make_optimizer("optuna:Random", tiny, Budget(3, 2, 2, 2, 4), 0)
     cands = flat(run(opt, lambda lam: float(lam[0])))
-    keys = [tiny.key(c.lam) for c in cands]
+    keys = [tiny.point_key(c.point) for c in cands]
     assert len(set(keys)) == len(keys) == 5  # only 5 grid points exist: 1, 1.25, ..., 2
     assert opt.best().score == 1.0
     # once every point is known a generation has no new candidate and the search ends early
     assert opt.done and opt.generation < 5 and opt.ask() == []
     ga = make_optimizer("ga", tiny, Budget(3, 2, 2, 2, 6), 0)
-    keys = [tiny.key(c.lam) for c in flat(run(ga, lambda lam: float(lam[0])))]
+    keys = [tiny.point_key(c.point) for c in flat(run(ga, lambda lam: float(lam[0])))]
     assert len(set(keys)) == len(keys) == 5 and ga.done and ga.generation < 7
 
 
@@ -390,9 +405,9 @@ def test_n_mutated_seeds_caps_the_mutations_and_fills_with_random_points(tmp_pat
     sp = SearchSpace.load(str(p), TESTBED, 2048)
     batch = GeneticOptimizer(sp, SMALL, seed=0).ask()
     origins = [c.origin for c in batch]
-    n_seeds = len(sp.seeds())
-    assert origins == list(sp.seeds()) + ["mutation"] * 3 + ["random"] * (SMALL.population - n_seeds - 3)
-    assert all(sp.contains(c.lam) for c in batch)
+    n_seeds = len(sp.seed_points())
+    assert origins == list(sp.seed_points()) + ["mutation"] * 3 + ["random"] * (SMALL.population - n_seeds - 3)
+    assert all(sp.contains_point(c.point) for c in batch)
 
 
 # ---------------------------------------------------------------- racing, budgets in evaluations, random search
@@ -528,7 +543,7 @@ def _fail_some(c: Candidate) -> bool:
 @pytest.mark.parametrize("spec", ["ga", "nevergrad:CMA", "nevergrad:TwoPointsDE", "optuna:TPE", "random"])
 def test_failures_are_a_state_and_late_results_resume_exactly(space, spec):
     budget = Budget(8, 4, 2, 2, 4)
-    f = log_distance(space.repair(np.linspace(8.0, 16.0, 32), 9))
+    f = log_distance(repaired(space, np.linspace(8.0, 16.0, 32), 9))
 
     def drive(opt, interrupt: bool) -> list[list[Candidate]]:
         """Candidates with id ≡ 1 (mod 3) fail; after generation 2 the first two failures are told late. With

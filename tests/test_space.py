@@ -1,4 +1,4 @@
-"""Search spaces: presets, repair, the longrope2 structure, seeds, keys, serialization, bad YAML."""
+"""Search spaces: presets, the registry of kinds, repair, the longrope2 structure, seeds, keys, serialization, bad YAML."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 from longsearch import rope
 from longsearch.errors import InputError
 from longsearch.rope import RopeGeometry
-from longsearch.space import SearchSpace, eval_bound, preset_names, preset_path
+from longsearch.space import KINDS, FreeSpace, Grid, LongRoPE2Space, Point, SearchSpace, eval_bound, preset_names, preset_path
 
 TESTBED = (RopeGeometry(64, 10000.0, 256), 2048)  # s = 8
 LLAMA3 = (RopeGeometry(128, 500000.0, 8192), 131072)  # s = 16
@@ -85,9 +85,58 @@ def test_critical_range_against_published_and_hand_computed_values():
 def test_longrope_v1_preset_bounds():
     g, t = TESTBED
     sp = SearchSpace.load("longrope", g, t)
-    assert sp.kind == "free" and sp.critical_range is None
+    assert sp.kind == "free" and isinstance(sp, FreeSpace) and not hasattr(sp, "critical_range")
     assert (sp.lower, sp.upper, sp.step, sp.monotone) == (1.0, 9.0, 0.01, True)
-    assert sp.critical_index(sp.seeds()["seed:pi"]) is None
+    assert sp.seed_points()["seed:pi"].params == {}  # no critical index
+
+
+# ---------------------------------------------------------------- the registry of kinds
+
+
+def test_every_kind_is_one_registered_class_and_presets_load_as_theirs():
+    assert list(KINDS) == ["longrope2", "free", "hybrid", "yarn"]
+    for name, cls in KINDS.items():
+        assert issubclass(cls, SearchSpace) and cls.kind == name
+    for preset, kind in (("hybrid", "hybrid"), ("yarn", "yarn"), ("longrope2", "longrope2"), ("longrope", "free")):
+        sp = SearchSpace.load(preset, *TESTBED)
+        assert type(sp) is KINDS[kind] and sp.kind == kind
+    assert type(SearchSpace.from_spec({}, *TESTBED)) is KINDS["longrope2"]  # the default kind
+
+
+def readme_kind() -> type[SearchSpace]:
+    """The worked example of search_spaces/README.md (its first Python block), run as longsearch/space/uniform.py."""
+    readme = (Path(__file__).resolve().parents[1] / "search_spaces" / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace = {"__name__": "longsearch.space.uniform", "__package__": "longsearch.space"}
+    exec(compile(code, "search_spaces/README.md", "exec"), namespace)
+    return namespace["UniformSpace"]
+
+
+def test_a_new_kind_is_one_class_and_one_registry_line(monkeypatch):
+    from longsearch.optimizers import Result, make_optimizer
+
+    UniformSpace = readme_kind()
+    monkeypatch.setitem(KINDS, "uniform", UniformSpace)
+    g, t = TESTBED
+    sp = SearchSpace.from_spec({"kind": "uniform", "lower": 1, "seeds": ["pi", "ntk"], "attention": {"min": 1, "max": 1.5}}, g, t)
+    assert isinstance(sp, UniformSpace) and sp.n_params == 2 and sp.searches_m
+    assert sp.describe() == "custom (uniform): λ_i = c ∈ [1, 16], m ∈ [1.000, 1.500]"
+    seeds = sp.seed_points()
+    assert list(seeds) == ["seed:pi", "seed:ntk"] and seeds["seed:pi"].params == {"factor": 8.0}
+    d = sp.to_dict()
+    assert d["kind"] == "uniform" and d["critical_range"] is None and d["beta_fast"] is None  # release 0.1's layout
+    assert SearchSpace.from_dict(json.loads(json.dumps(d)), g, t).to_dict() == d
+    opt = make_optimizer("ga", sp, "quick", 0)
+    while not opt.done:
+        batch = opt.ask()
+        assert all(sp.contains_point(c.point) and np.all(c.lam == c.lam[0]) for c in batch)
+        opt.tell([Result(c, abs(float(c.lam[0]) - 11.0) + c.m) for c in batch])
+    assert opt.best().score < 1.0 + 3.0  # better than the PI seed (8, m = 1)
+    # the shared keys are read for it; other kinds' keys are refused by name
+    with pytest.raises(InputError, match="critical_lower applies only to kinds longrope2 and hybrid"):
+        SearchSpace.from_spec({"kind": "uniform", "critical_lower": 3}, g, t)
+    with pytest.raises(InputError, match="kind must be one of longrope2, free, hybrid, yarn, uniform"):
+        SearchSpace.from_spec({"kind": "nope"}, g, t)
 
 
 # ---------------------------------------------------------------- repair
@@ -100,8 +149,8 @@ def test_longrope2_repair_is_monotone_in_bounds_on_grid_and_ntk_shaped(g, t):
     s = t / g.original_length
     for lam in random_vectors(g.n_freq, 20, 1, 3 * s):
         for d in [None, lo, (lo + hi) // 2, hi]:
-            x = sp.repair(lam, d)
-            dd = sp.critical_index(x)
+            p = sp.make_point(lam) if d is None else sp.make_point(lam, d_rcd=d)
+            x, dd = p.lam, p.params["d_rcd"]
             if d is not None:
                 assert dd == d
             assert lo <= dd <= hi
@@ -112,16 +161,18 @@ def test_longrope2_repair_is_monotone_in_bounds_on_grid_and_ntk_shaped(g, t):
             i = np.arange(dd)
             np.testing.assert_allclose(x[:dd], x[dd] ** (i / dd), rtol=1e-12)
             assert x[0] == 1.0
-            np.testing.assert_array_equal(sp.repair(x), x)  # idempotent, keeps its own d_rcd
-            assert sp.contains(x)
+            again = sp.make_point(x)  # idempotent: λ alone keeps its own d_rcd
+            np.testing.assert_array_equal(again.lam, x)
+            assert again.params == p.params
+            assert sp.contains_point(p)
 
 
 @pytest.mark.parametrize("g,t", CASES)
 def test_longrope2_head_is_default_rope_with_a_new_base(g, t):
     # independent check with transformers: below d_rcd, θ_i/λ_i is plain RoPE with base b·λ_d^(D/(2d))
     sp = SearchSpace.load("longrope2", g, t)
-    x = sp.repair(np.linspace(1.0, 2 * sp.upper, g.n_freq), sp.critical_range[0] + 2)
-    d = sp.critical_index(x)
+    x = sp.make_point(np.linspace(1.0, 2 * sp.upper, g.n_freq), d_rcd=sp.critical_range[0] + 2).lam
+    d = sp.make_point(x).params["d_rcd"]  # the critical index λ itself has
     new_base = g.base * x[d] ** (g.rotary_dim / (2 * d))
     expected = hf_inv_freq(g.rotary_dim, t, {"rope_type": "default", "rope_theta": new_base})
     np.testing.assert_allclose((rope.inv_freq(g) / x)[: d + 1], expected[: d + 1], rtol=1e-6)
@@ -132,11 +183,12 @@ def test_free_space_repair(g, t):
     sp = SearchSpace.load("longrope", g, t)
     s = t / g.original_length
     for lam in random_vectors(g.n_freq, 20, 2, 2 * s):
-        x = sp.repair(lam)
-        assert np.all(np.diff(x) >= 0)
+        p = sp.make_point(lam)
+        x = p.lam
+        assert np.all(np.diff(x) >= 0) and p.params == {}
         assert np.all(x >= 1.0) and np.all(x <= 1 + s + 1e-9)
         assert on_grid(x, 0.01)
-        np.testing.assert_array_equal(sp.repair(x), x)
+        np.testing.assert_array_equal(sp.make_point(x).lam, x)
 
 
 def test_non_monotone_user_space_keeps_order(tmp_path):
@@ -145,21 +197,41 @@ def test_non_monotone_user_space_keeps_order(tmp_path):
     p.write_text("kind: free\nmonotone: false\nlower: 1\nupper: 2s\nstep: 0.05\nseeds: [yarn, pi]\n")
     sp = SearchSpace.load(str(p), g, t)
     lam = np.linspace(20.0, 0.0, g.n_freq)
-    x = sp.repair(lam)
+    x = sp.make_point(lam).lam
     assert np.all(np.diff(x) <= 0) and x[0] == 16.0 and x[-1] == 1.0
     assert on_grid(x, 0.05)
-    assert list(sp.seeds()) == ["seed:yarn", "seed:pi"]
+    assert list(sp.seed_points()) == ["seed:yarn", "seed:pi"]
 
 
 def test_key_rounds_to_the_grid():
     g, t = TESTBED
     sp = SearchSpace.load("longrope", g, t)
-    x = sp.repair(np.linspace(1, 8, g.n_freq))
-    assert sp.key(x) == sp.key(x + 0.004)
-    y = x.copy()
+    p = sp.make_point(np.linspace(1, 8, g.n_freq))
+    key = sp.point_key(p)
+    assert key == sp.point_key(Point(p.lam + 0.004, p.m, p.params))
+    y = p.lam.copy()
     y[-1] += 0.01
-    assert sp.key(x) != sp.key(y)
-    assert all(isinstance(k, int) for k in sp.key(x))
+    assert key != sp.point_key(Point(y, p.m, p.params))
+    assert all(isinstance(k, int) for k in key)
+    assert key[:-1] == tuple(round(v * 100) for v in p.lam)  # λ as grid indices, then m to 1e-3
+    assert key == sp.point_key(Point(p.lam, p.m + 0.0004, p.params)) != sp.point_key(Point(p.lam, p.m + 0.002, p.params))
+
+
+def test_grid_snaps_repairs_and_redraws_between_neighbours():
+    grid = Grid(step=0.5, lower=1.0, upper=3.0)
+    assert grid.bounds == (2, 6)
+    np.testing.assert_array_equal(grid.snap(np.array([0.2, 2.26, 1.4, 9.0])), [1.0, 2.5, 1.5, 3.0])
+    np.testing.assert_array_equal(grid.repair(np.array([0.2, 2.26, 1.4, 9.0])), [1.0, 2.5, 2.5, 3.0])
+    free = Grid(step=0.5, lower=1.0, upper=3.0, monotone=False)
+    np.testing.assert_array_equal(free.repair(np.array([3.0, 1.2])), [3.0, 1.0])
+    rng = np.random.default_rng(0)
+    x = np.array([1.0, 1.5, 2.0, 2.5, 3.0])
+    changed = 0
+    for _ in range(50):
+        y = grid.redraw(x, 1, rng)  # each value from index 1 on redrawn between its neighbours, in order
+        assert y[0] == x[0] and on_grid(y, 0.5) and np.all(np.diff(y) >= 0) and np.all((y >= 1.0) & (y <= 3.0))
+        changed += int(np.any(y != x))
+    assert changed > 0
 
 
 # ---------------------------------------------------------------- seeds
@@ -168,7 +240,7 @@ def test_key_rounds_to_the_grid():
 @pytest.mark.parametrize("g,t", CASES)
 def test_longrope2_seeds(g, t):
     sp = SearchSpace.load("longrope2", g, t)
-    seeds = sp.seeds()
+    seeds = sp.seed_points()
     names = list(seeds)
     lo, hi = sp.critical_range
     mid = (lo + hi) // 2
@@ -178,17 +250,18 @@ def test_longrope2_seeds(g, t):
     for d in (lo, mid, hi):
         name = f"seed:ntk-shaped@{d}"
         assert name in names
-        lam = seeds[name]
-        assert sp.critical_index(lam) == d
+        lam = seeds[name].lam
+        assert seeds[name].params["d_rcd"] == d and sp.make_point(lam).params["d_rcd"] == d
         i = np.arange(g.n_freq)
         expect = np.minimum(sp.scale ** (i / d), sp.upper)
         np.testing.assert_allclose(lam[d:], np.round(expect[d:], 2), atol=1e-9)
-    keys = [sp.key(v) for v in seeds.values()]
+    keys = [sp.point_key(p) for p in seeds.values()]
     assert len(set(keys)) == len(keys)
     assert all(n.startswith("seed:") for n in names)
-    assert all(sp.contains(v) for v in seeds.values())
+    assert all(sp.contains_point(p) for p in seeds.values())
     # PI's tail stays s: repair lifts nothing
-    assert np.all(seeds["seed:pi"][sp.critical_index(seeds["seed:pi"]) :] == sp.scale)
+    pi = seeds["seed:pi"]
+    assert np.all(pi.lam[pi.params["d_rcd"] :] == sp.scale)
 
 
 @pytest.mark.parametrize("g,t", CASES)
@@ -201,7 +274,7 @@ def test_free_space_yarn_seed_is_transformers_yarn_on_the_grid(g, t):
         {"rope_type": "yarn", "rope_theta": g.base, "factor": float(s), "original_max_position_embeddings": g.original_length},
     )
     lam_hf = rope.inv_freq(g) / yarn_inv
-    seed = sp.seeds()["seed:yarn"]
+    seed = sp.seed_points()["seed:yarn"].lam
     assert np.max(np.abs(seed - lam_hf)) <= 0.005 + 1e-6
     assert np.all(np.diff(seed) >= 0)
 
@@ -210,17 +283,17 @@ def test_free_space_yarn_seed_is_transformers_yarn_on_the_grid(g, t):
 @pytest.mark.parametrize("name", ["longrope2", "longrope"])
 def test_unit_encoding_round_trips_the_seeds(g, t, name):
     sp = SearchSpace.load(name, g, t)
-    for lam in sp.seeds().values():
-        u = sp.encode_unit(lam)
+    for p in sp.seed_points().values():
+        u = sp.encode_point(p)
         assert u.shape == (sp.n_params,) and np.all((u >= 0) & (u <= 1))
-        back, d = sp.decode_unit(u)
-        assert sp.key(back) == sp.key(lam)
-        assert d == sp.critical_index(lam)
+        back = sp.decode_point(u)
+        assert sp.point_key(back) == sp.point_key(p)
+        assert back.params == p.params  # the same d_rcd (none for longrope)
     rng = np.random.default_rng(0)
     for _ in range(20):
-        lam, d = sp.decode_unit(rng.random(sp.n_params))
-        assert sp.contains(lam) and sp.critical_index(lam) == d
-        assert sp.contains(sp.sample(rng)[0])
+        p = sp.decode_point(rng.random(sp.n_params))
+        assert sp.contains_point(p) and sp.make_point(p.lam).params == p.params  # λ alone has the point's d_rcd
+        assert sp.contains_point(sp.sample_point(rng))
 
 
 # ---------------------------------------------------------------- serialization
@@ -232,7 +305,7 @@ def test_to_dict_round_trip_and_refuses_another_geometry():
     d = json.loads(json.dumps(sp.to_dict()))
     again = SearchSpace.from_dict(d, g, t)
     assert again.to_dict() == sp.to_dict()
-    assert again.seeds().keys() == sp.seeds().keys()
+    assert again.seed_points().keys() == sp.seed_points().keys()
     with pytest.raises(InputError, match="another model, target or space"):
         SearchSpace.from_dict(d, g, 4096)
     with pytest.raises(InputError, match="another model, target or space"):
@@ -305,7 +378,7 @@ def test_bad_names_and_targets():
         with pytest.raises(InputError, match="not above the model's window"):
             SearchSpace.load("longrope2", g, target)
     with pytest.raises(InputError, match="rotary frequencies"):
-        SearchSpace.load("longrope2", g, t).repair(np.ones(5))
+        SearchSpace.load("longrope2", g, t).make_point(np.ones(5))
 
 
 def test_user_yaml_overrides(tmp_path):
@@ -317,9 +390,10 @@ def test_user_yaml_overrides(tmp_path):
     )
     sp = SearchSpace.load(str(p), g, t)
     assert (sp.lower, sp.upper, sp.critical_range, sp.attention, sp.step) == (20.0, 24.0, (28, 30), 1.2, 0.1)
-    assert list(sp.seeds()) == ["seed:yarn", "seed:ntk-shaped@28", "seed:ntk-shaped@29", "seed:ntk-shaped@30"]
-    for lam in sp.seeds().values():
-        d = sp.critical_index(lam)
+    assert list(sp.seed_points()) == ["seed:yarn", "seed:ntk-shaped@28", "seed:ntk-shaped@29", "seed:ntk-shaped@30"]
+    for p in sp.seed_points().values():
+        lam, d = p.lam, p.params["d_rcd"]
+        assert sp.make_point(lam).params["d_rcd"] == d
         assert 28 <= d <= 30 and np.all(lam[d:] >= 20) and np.all(lam[d:] <= 24) and on_grid(lam[d:], 0.1)
 
 
@@ -414,7 +488,7 @@ def test_mutation_moves_the_interior_of_a_plateau(name, flat):
     g, t = TESTBED
     sp = SearchSpace.load(name, g, t)
     value = sp.lower if flat == "lower" else sp.upper
-    params = {"d_rcd": sp.critical_range[0]} if sp.critical_range else {}
+    params = {"d_rcd": sp.critical_range[0]} if isinstance(sp, LongRoPE2Space) else {}
     if name == "hybrid":
         params = {"d_rcd": 4, "head_start": 0, "head_shape": 0.0}
     p = sp.make_point(np.full(g.n_freq, value), None, **params)
