@@ -303,7 +303,7 @@ def plan(opts: EvolveOptions) -> Plan:
     if opts.signal_check is False and templates is None:
         raise InputError("--no-signal-check needs a named --template (e.g. --template passkey): auto chooses by the check")
     depths = str(opts.depths or DEFAULTS["depths"])
-    from .needles import _resolve_depths
+    from .needles import resolve_depths as _resolve_depths
 
     _resolve_depths(depths, 1, np.random.default_rng(0))  # refuse unreadable depths now
     resolve_budget(budget)

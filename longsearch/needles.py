@@ -389,15 +389,21 @@ def tokenizer_fingerprint(tokenizer) -> tuple[str, str]:
     return name, _sha256(payload.encode("utf-8"))[:16]
 
 
+def special_prefix(tokenizer) -> list[int]:
+    """The special tokens (BOS) ``tokenizer`` puts before a text, ``[]`` for none: every needle document starts
+    with them, and whoever cuts a document (the eval's final segment, NBCE's chunks) keeps them in front."""
+    with_special = [int(i) for i in tokenizer("a", add_special_tokens=True, verbose=False)["input_ids"]]
+    plain = [int(i) for i in tokenizer("a", add_special_tokens=False, verbose=False)["input_ids"]]
+    at = _find(with_special, plain)
+    return with_special[:at] if at is not None else []
+
+
 class _Encoder:
     """Tokenizes pieces of a document as they would appear in running text."""
 
     def __init__(self, tokenizer):
         self.tok = tokenizer
-        with_special = self._ids("a", True)
-        plain = self._ids("a", False)
-        idx = _find(with_special, plain)
-        self.prefix = with_special[:idx] if idx is not None else []
+        self.prefix = special_prefix(tokenizer)
         self._anchors = [(a, self._ids(a, False)) for a in (".", "a", "\n")]
 
     def _ids(self, text: str, special: bool = False) -> list[int]:
@@ -628,7 +634,10 @@ _SLACK = 4096  # extra prose tokens to choose the window's ends from
 _SENTENCE_END = re.compile(r"[.!?]['\"]?\s+(?=[A-Z\"'(_])")
 
 
-def _resolve_depths(depths, n: int, rng: np.random.Generator) -> tuple[list[float], Any]:
+def resolve_depths(depths, n: int, rng: np.random.Generator) -> tuple[list[float], Any]:
+    """``n`` needle depths drawn with ``rng`` from a depths setting (see :func:`build_needle_set`), and the setting as
+    the set's manifest records it (``{"kind": "start" | "uniform" | "spread" | "list", ...}``); InputError for
+    depths it cannot read."""
     if depths is None:
         lo, hi = DEFAULT_DEPTH_RANGE
         return [float(rng.uniform(lo, hi)) for _ in range(n)], {"kind": "start", "range": [lo, hi]}
@@ -639,7 +648,7 @@ def _resolve_depths(depths, n: int, rng: np.random.Generator) -> tuple[list[floa
             order = rng.permutation(n)
             return [float((int(order[k]) + rng.uniform(0.0, 1.0)) / n) for k in range(n)], {"kind": "spread"}
         if depths.strip().lower() in ("start", "default"):
-            return _resolve_depths(None, n, rng)
+            return resolve_depths(None, n, rng)
         try:
             depths = [float(x) for x in depths.split(",") if x.strip()]
         except ValueError:
@@ -653,6 +662,9 @@ def _resolve_depths(depths, n: int, rng: np.random.Generator) -> tuple[list[floa
         if not (0.0 <= v <= 1.0) or math.isnan(v):
             raise InputError(f"needle depth {v} is outside [0, 1]: 0 is the start of the haystack, 1 its end")
     return [values[i % len(values)] for i in range(n)], {"kind": "list", "values": values}
+
+
+_resolve_depths = resolve_depths  # the old name, still imported by runs.py until its rewrite (issue 19) imports resolve_depths
 
 
 class _Builder:
@@ -832,7 +844,7 @@ def build_needle_set(
     tpls = [get_template(t) for t in template_names(template)]
     text, hay_meta = load_haystack(haystack)
     rng = np.random.default_rng(int(seed))
-    depth_list, depth_meta = _resolve_depths(depths, n_samples, rng)
+    depth_list, depth_meta = resolve_depths(depths, n_samples, rng)
     builders = [_Builder(tokenizer, length, tpl, text) for tpl in tpls]
     # a mixed set interleaves its templates: sample k uses template k mod (number of templates)
     samples = [builders[k % len(builders)].build(rng, d) for k, d in enumerate(depth_list)]
@@ -877,7 +889,7 @@ def default_set_name(template: str, length: int, seed: int, tokenizer_name: str)
 TESTBED_NAME = "testbed"
 
 
-def load_tokenizer(model: str | None = None):
+def tokenizer_and_name(model: str | None = None) -> tuple[Any, str]:
     """The tokenizer of a model (hub id or local directory); None or ``"testbed"`` = the embedded testbed.
 
     Returns ``(tokenizer, name)`` where ``name`` is what the needle set records (``"testbed"`` for the testbed,
