@@ -226,7 +226,7 @@ def _used_rotation(module: Any, position_ids: torch.Tensor, layer_type: str | No
     if isinstance(module, LongsearchRotaryEmbedding):
         if layer_type is not None and layer_type != module.patched_type:  # delegated to the original module
             return _used_rotation(module.original, position_ids, layer_type, device)
-        return module._inv_freq_and_m(position_ids, device)
+        return module.inv_freq_and_m(position_ids, device)
     prefix = "" if layer_type is None else f"{layer_type}_"
     inv_freq, m = getattr(module, f"{prefix}inv_freq", None), getattr(module, f"{prefix}attention_scaling", None)
     if not isinstance(inv_freq, torch.Tensor) or not isinstance(m, (int, float)):
@@ -383,12 +383,12 @@ def _register() -> None:
         AttentionMaskInterface.register(REGISTERED_NAME, sdpa_mask)
 
 
-def _local_layers(model: Any, g: RopeGeometry) -> frozenset[int]:
+def _local_layers(model: Any) -> frozenset[int]:
     """Layers whose RoPE is not the model's global one (Gemma3's sliding layers, with a local base): left alone,
     as longsearch's RoPE patch leaves them."""
-    from .models import _patched_type, find_rotary_embeddings
+    from .models import find_rotary_embeddings, patched_layer_type
 
-    patched_types = {_patched_type(module, g) for _, module in find_rotary_embeddings(model)}
+    patched_types = {patched_layer_type(module) for _, module in find_rotary_embeddings(model)}
     patched_types.discard(None)
     if not patched_types:
         return frozenset()
@@ -411,7 +411,7 @@ def attention_method(model: Any, method: AttentionMethod) -> Iterator[Any]:
     if method.geometry is None:
         raise ValueError("the method needs its model's geometry")
     _register()
-    active = _Active(method, _local_layers(model, method.geometry))
+    active = _Active(method, _local_layers(model))
     hook = _rotation_hook(active)
     rotary = find_rotary_embeddings(model)
     handles = [module.register_forward_hook(hook, with_kwargs=True) for _, module in rotary]
@@ -473,22 +473,17 @@ def nbce_logprobs(
     return torch.log_softmax((1.0 + beta) * pooled - beta * uncond, dim=-1)
 
 
-def _prefix_len(tokenizer: Any) -> int:
-    from .evaluate import _special_prefix_len
-
-    return _special_prefix_len(tokenizer)
-
-
 def nbce_score(lm: Any, needle_set: Any, method: AttentionMethod) -> Any:
     """:class:`~longsearch.scoring.Score` of NBCE on a needle set: each document's context (between the special
     prefix and the question) cut into chunks that fit the window with the question and answer."""
     import time
 
+    from .needles import special_prefix
     from .scoring import Score, check_compatible
 
     check_compatible(lm, needle_set, None)
     t0 = time.perf_counter()
-    p = _prefix_len(lm.tokenizer)
+    p = len(special_prefix(lm.tokenizer))
     window = lm.geometry.original_length
     per_sample, correct = [], []
     for s in needle_set.samples:
@@ -514,7 +509,7 @@ def nbce_score(lm: Any, needle_set: Any, method: AttentionMethod) -> Any:
 
 
 def nbce_segment_nll(lm: Any, document: np.ndarray, prefix: int, length: int, tokens: int, method: AttentionMethod) -> float:
-    """NBCE's mean NLL of the same final segment :func:`~longsearch.evaluate.segment_nll` scores: the
+    """NBCE's mean NLL of the same final segment :func:`~longsearch.eval_methods.segment_nll` scores: the
     ``length − prefix − tokens`` tokens before it are the context, cut into chunks."""
     ids = np.concatenate([document[:prefix], document[len(document) - (length - prefix) :]])
     suffix = ids[length - tokens :]

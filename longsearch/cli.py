@@ -70,10 +70,10 @@ def needles_build(
 
     from .errors import NeedleError
     from .lengths import format_length, parse_length
-    from .needles import build_needle_set, default_set_name, load_tokenizer
+    from .needles import build_needle_set, default_set_name, tokenizer_and_name
 
     n = parse_length(length)
-    tok, tok_name = load_tokenizer(model)
+    tok, tok_name = tokenizer_and_name(model)
     hay = (haystack[0] if len(haystack) == 1 else haystack) if haystack else "heldout"
     target = Path(out) if out else Path("needle_data") / "built" / default_set_name(template, n, seed, tok_name)
     if target.exists() and not target.is_dir():
@@ -98,11 +98,11 @@ def needles_show(
     full: bool = typer.Option(False, "--full", help="Print the whole document instead of the parts around the needles."),
 ) -> None:
     """Print a needle set's manifest and one sample with the needle, question and answer marked."""
-    from .needles import load_needle_set, load_tokenizer
+    from .needles import load_needle_set, tokenizer_and_name
     from .render import render_needle_set
 
     ns = load_needle_set(needle_set)
-    tok, _ = load_tokenizer(model if model is not None else ns.tokenizer_name)
+    tok, _ = tokenizer_and_name(model if model is not None else ns.tokenizer_name)
     ns.check(tokenizer=tok)
     render_needle_set(console, ns, tok, sample, full)
 

@@ -504,7 +504,8 @@ class LongsearchRotaryEmbedding(nn.Module):
             self._cache.popitem(last=False)
         return value
 
-    def _inv_freq_and_m(self, position_ids: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, float]:
+    def inv_freq_and_m(self, position_ids: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, float]:
+        """(inv_freq, attention factor m) a forward at ``position_ids`` uses: what the schedule gives at that length."""
         sched = self.schedule
         if isinstance(sched, SwitchingSchedule):  # no host sync: pick long/short on the device, as transformers does
             long, short, split = sched.switch()
@@ -523,7 +524,7 @@ class LongsearchRotaryEmbedding(nn.Module):
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor, layer_type: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if layer_type is not None and layer_type != self.patched_type:
             return self.original(x, position_ids, layer_type)
-        inv_freq, m = self._inv_freq_and_m(position_ids, x.device)
+        inv_freq, m = self.inv_freq_and_m(position_ids, x.device)
         freqs = position_ids[..., None].float() * inv_freq.to(device=x.device, dtype=torch.float)
         emb = torch.cat((freqs, freqs), dim=-1)
         cos = emb.cos() * m
@@ -557,7 +558,10 @@ def _to_schedule(spec: RopeSpec, g: RopeGeometry, target_length: int | None) -> 
     raise InputError(f"cannot apply {type(spec).__name__} as RoPE: give RopeFactors, a Rescale, a schedule or a method name")
 
 
-def _patched_type(module: nn.Module, g: RopeGeometry) -> str | None:
+def patched_layer_type(module: nn.Module) -> str | None:
+    """The layer type whose RoPE longsearch extends in a model-level rotary module with per-layer-type RoPE
+    (Gemma3: ``full_attention``; the only type when there is one), None for a module without types. The other
+    types' layers keep their own RoPE, under longsearch's patch and under the attention baselines alike."""
     types = _layer_types(module)
     if types is None:
         return None
@@ -598,7 +602,7 @@ def apply_rope(model: nn.Module, spec: RopeSpec, target_length: int | None = Non
                 f"{name} has its own RoPE settings ({model_geometry(own)}), unlike the model's ({g}): several "
                 "differently configured rotary modules are not supported"
             )
-        ptype = _patched_type(module, g)
+        ptype = patched_layer_type(module)
         buf = _inv_freq_buffer(module, ptype)
         if buf is not None and buf.numel() != g.n_freq:
             raise ModelError(
@@ -676,6 +680,7 @@ __all__ = [
     "model_geometry",
     "patch_config_dict",
     "patched",
+    "patched_layer_type",
     "resolve_device",
     "resolve_dtype",
     "restore_rope",

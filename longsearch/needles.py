@@ -389,15 +389,21 @@ def tokenizer_fingerprint(tokenizer) -> tuple[str, str]:
     return name, _sha256(payload.encode("utf-8"))[:16]
 
 
+def special_prefix(tokenizer) -> list[int]:
+    """The special tokens (BOS) ``tokenizer`` puts before a text, ``[]`` for none: every needle document starts
+    with them, and whoever cuts a document (the eval's final segment, NBCE's chunks) keeps them in front."""
+    with_special = [int(i) for i in tokenizer("a", add_special_tokens=True, verbose=False)["input_ids"]]
+    plain = [int(i) for i in tokenizer("a", add_special_tokens=False, verbose=False)["input_ids"]]
+    at = _find(with_special, plain)
+    return with_special[:at] if at is not None else []
+
+
 class _Encoder:
     """Tokenizes pieces of a document as they would appear in running text."""
 
     def __init__(self, tokenizer):
         self.tok = tokenizer
-        with_special = self._ids("a", True)
-        plain = self._ids("a", False)
-        idx = _find(with_special, plain)
-        self.prefix = with_special[:idx] if idx is not None else []
+        self.prefix = special_prefix(tokenizer)
         self._anchors = [(a, self._ids(a, False)) for a in (".", "a", "\n")]
 
     def _ids(self, text: str, special: bool = False) -> list[int]:
@@ -629,6 +635,9 @@ _SENTENCE_END = re.compile(r"[.!?]['\"]?\s+(?=[A-Z\"'(_])")
 
 
 def resolve_depths(depths, n: int, rng: np.random.Generator) -> tuple[list[float], Any]:
+    """``n`` needle depths drawn with ``rng`` from a depths setting (see :func:`build_needle_set`), and the setting as
+    the set's manifest records it (``{"kind": "start" | "uniform" | "spread" | "list", ...}``); InputError for
+    depths it cannot read."""
     if depths is None:
         lo, hi = DEFAULT_DEPTH_RANGE
         return [float(rng.uniform(lo, hi)) for _ in range(n)], {"kind": "start", "range": [lo, hi]}
@@ -877,7 +886,7 @@ def default_set_name(template: str, length: int, seed: int, tokenizer_name: str)
 TESTBED_NAME = "testbed"
 
 
-def load_tokenizer(model: str | None = None):
+def tokenizer_and_name(model: str | None = None) -> tuple[Any, str]:
     """The tokenizer of a model (hub id or local directory); None or ``"testbed"`` = the embedded testbed.
 
     Returns ``(tokenizer, name)`` where ``name`` is what the needle set records (``"testbed"`` for the testbed,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ from .atomic import atomic_write_bytes
 from .lengths import format_length
 
 if TYPE_CHECKING:
-    from .evaluate import EvalResult
+    from .eval_result import EvalResult
 
 _BASELINE_STYLE = {
     "pi": ("tab:orange", "--"),
@@ -124,8 +125,6 @@ def factors_plot(
 
 def eval_plots(result: EvalResult, out_dir: Path) -> list[str]:
     """nll_vs_length.png, segment_ppl_vs_length.png and accuracy_<method>.png in ``out_dir``; their file names."""
-    from .evaluate import safe_name
-
     names = [
         _line_plot(
             result,
@@ -145,6 +144,11 @@ def eval_plots(result: EvalResult, out_dir: Path) -> list[str]:
     for label in result.labels:
         names.append(_heatmap(result, label, out_dir / f"accuracy_{safe_name(label)}.png"))
     return names
+
+
+def safe_name(label: str) -> str:
+    """A method's label as a file-name part (``accuracy_<safe_name>.png``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-.") or "method"
 
 
 def _line_plot(result: EvalResult, path: Path, value: Callable[[str, int], float], ylabel: str, log_y: bool) -> str:
@@ -267,4 +271,4 @@ def testbed_curve_plot(
     return _save(fig, path)
 
 
-__all__ = ["eval_plots", "factors_plot", "finetune_loss_plot", "progress_plot", "testbed_curve_plot", "trailing_mean"]
+__all__ = ["eval_plots", "factors_plot", "finetune_loss_plot", "progress_plot", "safe_name", "testbed_curve_plot", "trailing_mean"]

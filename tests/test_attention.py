@@ -302,7 +302,7 @@ def test_gemma2_softcap_and_sliding_layer_beyond_the_window(name):
     from longsearch.models import model_geometry
 
     model = build("gemma2", attn_logit_softcapping=2.0)
-    assert A._local_layers(model, model_geometry(model.config)) == frozenset()
+    assert A._local_layers(model) == frozenset()
     method = A.make_attention_method(name, model_geometry(model.config), 4 * L0, **CASES[name])
     x = torch.randint(0, 97, (1, N), generator=torch.Generator().manual_seed(5))
     fast = fast_logits(model, x, method)
@@ -345,11 +345,8 @@ def test_every_family_runs_the_methods_through_transformers(family):
 
 
 def test_gemma3_local_layers_are_left_alone():
-    from longsearch.models import model_geometry
-
     model = build("gemma3")
-    m = A.make_attention_method("rerope", model_geometry(model.config), 256, window=8)
-    assert A._local_layers(model, m.geometry) == frozenset({0})  # layer 0 is sliding_attention
+    assert A._local_layers(model) == frozenset({0})  # layer 0 is sliding_attention
 
 
 def test_rotary_output_is_checked_once_per_position_set(monkeypatch):

@@ -239,3 +239,45 @@ def test_csv_factors_are_accepted(lm, tmp_path):
     write_csv_factors(tmp_path / "short.csv", long[:-1])
     with pytest.raises(FactorsError, match="rotary frequencies"):
         build_methods(g, [], [tmp_path / "short.csv"], target_length=1024)
+
+
+def test_the_loop_asks_every_method_through_the_protocol(lm):
+    """A method run_eval has never heard of: its own numbers land in its cells, its description in the methods,
+    and the cost probe runs its forward — nothing in the loop looks at a method's name or kind."""
+    from longsearch.scoring import Score
+
+    class Fixed:
+        def __init__(self) -> None:
+            self.label = "fixed"
+            self.forwards: list[int] = []
+
+        def describe(self) -> dict:
+            return {
+                "label": self.label,
+                "kind": "made-up",
+                "dynamic": False,
+                "source": "a test",
+                "attention_factor": None,
+                "target_length": None,
+            }
+
+        def needle_score(self, lm, needle_set) -> Score:
+            return Score(
+                nll=0.5, per_sample=[0.5] * len(needle_set), ppl=math.exp(0.5), accuracy=1.0, per_sample_correct=[True], seconds=0.0
+            )
+
+        def segment_nll(self, lm, document, prefix, length, tokens) -> float:
+            assert prefix == 1 and len(document) == 512 and tokens == 64
+            return 0.25 + length / 1e4
+
+        def forward(self, lm, sample) -> None:
+            self.forwards.append(len(sample.input_ids))
+
+    fixed = Fixed()
+    methods = [*build_methods(lm.geometry), fixed]
+    res = run_eval(lm, methods, [256, 512], depths=[0.5], samples=1, template="passkey", segment=64, cost_repeats=2)
+    assert res.methods[-1] == fixed.describe() and res.labels == ["none", "fixed"]
+    assert res.needle_mean("fixed", 512) == (0.5, 1.0)
+    assert res.segment("fixed", 256).nll == pytest.approx(0.2756) and res.segment("fixed", 512).nll == pytest.approx(0.3012)
+    assert fixed.forwards == [256, 256, 256, 512, 512, 512]  # per length: the memory pass, then two timed rounds
+    assert all(c.error is None for c in res.costs) and len(res.costs) == 4

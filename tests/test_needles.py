@@ -146,6 +146,30 @@ def test_documents_have_exact_length_and_a_decodable_answer(request, tok_name, t
             assert text == TEMPLATES[template].needle.format(key=d["key"], value=d["value"])
 
 
+def _word_tokenizer(template: str | None):
+    """A word-level tokenizer whose post-processor is ``template`` (None: it adds nothing)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<s>": 0, "<x>": 1, "</s>": 2, "<unk>": 3, "a": 4, "b": 5}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    if template is not None:
+        core.post_processor = processors.TemplateProcessing(single=template, special_tokens=[(t, vocab[t]) for t in ("<s>", "<x>", "</s>")])
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def test_special_prefix_is_what_the_tokenizer_puts_before_a_text(byte_tok, sp_tok):
+    assert N.special_prefix(byte_tok) == [byte_tok.bos_token_id]
+    assert N.special_prefix(sp_tok) == [sp_tok.bos_token_id]  # "▁a" after <s>: the same piece as without it
+    assert N.special_prefix(_word_tokenizer(None)) == []
+    assert N.special_prefix(_word_tokenizer("$A </s>")) == []  # what comes after the text is no prefix
+    assert N.special_prefix(_word_tokenizer("<s> <x> $A </s>")) == [0, 1]
+    ns = build_needle_set(byte_tok, 600, 2, seed=0)
+    assert ns.meta["special_prefix"] == N.special_prefix(byte_tok)
+    assert all(s.input_ids[:1].tolist() == N.special_prefix(byte_tok) for s in ns.samples)
+
+
 def test_whole_document_reads_naturally_with_a_sentencepiece_style_tokenizer(sp_tok):
     ns = build_needle_set(sp_tok, 600, 2, seed=3)
     for s in ns.samples:

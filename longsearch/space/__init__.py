@@ -39,7 +39,7 @@ one line in :data:`KINDS`; see ``search_spaces/README.md``.
 
 from __future__ import annotations
 
-from .base import Point, SearchSpace
+from .base import KINDS, Point, SearchSpace
 from .free import FreeSpace
 from .grid import Grid
 from .hybrid import HybridSpace, hybrid_head
@@ -47,13 +47,16 @@ from .longrope2 import LongRoPE2Space
 from .spec import eval_bound, preset_names, preset_path
 from .yarn import YarnSpace
 
-# kind name → class. The order is that of the kinds in messages and of reading their keys (base.from_spec).
-KINDS: dict[str, type[SearchSpace]] = {
-    "longrope2": LongRoPE2Space,
-    "free": FreeSpace,
-    "hybrid": HybridSpace,
-    "yarn": YarnSpace,
-}
+# kind name → class (the dict lives in base.py). The order is that of the kinds in messages and of reading
+# their keys (base.from_spec).
+KINDS.update(
+    {
+        "longrope2": LongRoPE2Space,
+        "free": FreeSpace,
+        "hybrid": HybridSpace,
+        "yarn": YarnSpace,
+    }
+)
 
 __all__ = [
     "KINDS",

@@ -79,12 +79,10 @@ def clip(x: float, lo: float, hi: float) -> float:
     return float(min(max(x, lo), hi))
 
 
-def _kinds() -> dict[str, type[SearchSpace]]:
-    """The registry, imported on first use (as ``make_optimizer`` imports the optimizers): the package that
-    holds it imports every kind, and every kind imports this module."""
-    from . import KINDS
-
-    return KINDS
+# kind name → class: filled by the package (``longsearch/space/__init__.py``), which imports every kind, in the
+# order of the kinds in messages and of reading their keys. Kept here, empty until then, so that this module
+# imports nothing of the kinds that import it.
+KINDS: dict[str, type[SearchSpace]] = {}
 
 
 def _read_kind_keys(
@@ -154,7 +152,7 @@ class SearchSpace(ABC):
     ) -> SearchSpace:
         """Validate a space mapping (the YAML's content) and resolve it as the class its ``kind`` names
         (whichever class this is called on); errors name the key and, through ``source``, the file."""
-        kinds = _kinds()
+        kinds = KINDS
         where = f"{source}: " if source else ""
         if not isinstance(spec, dict):
             raise InputError(f"{where}a search space must be a YAML mapping of keys (kind, step, lower, upper, ...)")
