@@ -212,7 +212,7 @@ def load_model(
         raise ModelError(f"cannot load the model {source!r} ({_short_reason(e)}): check the path or hub id") from None
     tokenizer = load_tokenizer(source)
     if shard:
-        dev = next(model.parameters()).device  # where the inputs go: the first shard
+        dev = input_device(model)  # where the inputs go: the input embedding's device
     else:
         torch.nn.Module.to(model, dev)
     model.eval()
@@ -220,6 +220,30 @@ def load_model(
     find_rotary_embeddings(model)  # a model whose rotary module cannot be found is refused here, not mid-search
     name = str(name_or_path) if name_or_path is not None else source
     return LoadedModel(model=model, tokenizer=tokenizer, geometry=geometry, name=name, device=dev, dtype=tdtype)
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where a model's input ids must go: its input embedding's device.
+
+    A model spread by accelerate (``device_map``) runs each module on its hook's execution device, and a module
+    offloaded to the CPU or disk holds its weights on ``meta``: the execution device is then the answer. Not the
+    first parameter's device, which for a spread model may be ``meta``, and is never where the final norm and
+    lm_head run (the last device)."""
+    get = getattr(model, "get_input_embeddings", None)
+    embedding = get() if callable(get) else None
+    candidates = [embedding] if isinstance(embedding, nn.Module) else []
+    for module in candidates:
+        hook = getattr(module, "_hf_hook", None)
+        device = getattr(hook, "execution_device", None)
+        if device is not None:
+            return torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.device.type != "meta":
+            return weight.device
+    for p in model.parameters():
+        if p.device.type != "meta":
+            return p.device
+    return torch.device("cpu")
 
 
 # ---------------------------------------------------------------- geometry
@@ -669,6 +693,7 @@ __all__ = [
     "config_with_factors",
     "current_schedules",
     "find_rotary_embeddings",
+    "input_device",
     "keep_rope_fp32",
     "load_config",
     "load_model",
