@@ -28,7 +28,10 @@ app.add_typer(testbed_app, name="testbed")
 console = Console()
 err_console = Console(stderr=True)
 
-MODEL_HELP = "Hub id or local directory of a transformers model (default: the embedded testbed model)."
+MODEL_HELP = (
+    "Hub id or local directory of a transformers model, or a llama.cpp .gguf file (loaded by transformers, dequantized) "
+    "(default: the embedded testbed model)."
+)
 
 
 # ---------------------------------------------------------------- info
@@ -401,11 +404,19 @@ def export_command(
     source: str = typer.Argument(..., help="A run directory, a factors .json or a LongRoPE .csv."),
     fmt: str = typer.Option(..., "--format", "-f", help="hf, vllm, gguf, longrope-csv or json."),
     model_dir: str | None = typer.Option(None, "--model-dir", help="Model directory to copy with its config patched (hf, vllm)."),
-    gguf_file: str | None = typer.Option(None, "--gguf", help="The llama.cpp .gguf file to copy with the factors (gguf)."),
+    gguf_file: str | None = typer.Option(
+        None, "--gguf", help="The llama.cpp .gguf file to copy with the factors (gguf; default: --model when it is a .gguf file)."
+    ),
     out: str | None = typer.Option(
         None, "--out", "-o", help="Output path (default: inside the run directory or next to the factors file)."
     ),
-    model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP + " Used when there is no --model-dir."),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help=MODEL_HELP + " Used when there is no --model-dir; from a .gguf file, hf and vllm write a whole model directory "
+        "(float32 safetensors, config, tokenizer).",
+    ),
     target: str | None = typer.Option(None, "--target", "-t", help="Target length; needed for a .csv source."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),
     link: bool = typer.Option(
