@@ -168,9 +168,10 @@ def build_methods(
         sched = method_schedule(name, geometry, target_length)
         dynamic = get_method(name).dynamic
         m_base = sched(target_length).m
-        methods.append(
-            EvalMethod(name, "baseline", sched, dynamic, f"rope.{name} for {format_length(target_length)}", m_base, target_length)
-        )
+        source = f"rope.{name} for {format_length(target_length)}"
+        if target_length <= geometry.original_length:  # every baseline is the identity there (rope.extension_ratio)
+            source += f" (the identity: {format_length(target_length)} is inside the {format_length(geometry.original_length)} window)"
+        methods.append(EvalMethod(name, "baseline", sched, dynamic, source, m_base, target_length))
     for f in factor_files:
         path = Path(f)
         factors = load_factors(path, geometry=geometry, target_length=target_length)
