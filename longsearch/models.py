@@ -453,6 +453,54 @@ def model_geometry(config: Any) -> RopeGeometry:
         raise ModelError(f"the model's RoPE settings are unusable: {e}") from None
 
 
+@dataclass(frozen=True)
+class LayerRope:
+    """The RoPE of one kind of decoder layer: how many layers, their base and rotary dim, their sliding window (None
+    for full attention) and whether longsearch's λ applies to them (``rescaled``)."""
+
+    layer_type: str | None  # None: every layer
+    layers: int
+    base: float
+    rotary_dim: int
+    window: int | None
+    rope_type: str
+    rescaled: bool
+
+
+def layer_ropes(config: Any) -> list[LayerRope]:
+    """The RoPE of each layer type of a config: Gemma 3's sliding layers (their own local base, never rescaled: a
+    window of 512–4096 tokens never sees distances beyond it) and its global layers (the model's geometry, the
+    ones λ rescales); for a model whose layers share one RoPE (Llama; Mistral and Gemma 2 with sliding layers),
+    one entry per layer type, all rescaled."""
+    text = _text_config(config)
+    g = model_geometry(config)
+    rp = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None)
+    _, patched_key = _rope_dict(text)
+    types = list(getattr(text, "layer_types", None) or [])
+    n_layers = int(getattr(text, "num_hidden_layers", 0) or len(types))
+    sliding = getattr(text, "sliding_window", None)
+    head = _head_dim(text)
+
+    def window(kind: str | None) -> int | None:
+        return int(sliding) if sliding and kind is not None and "sliding" in kind else None
+
+    if patched_key is not None and isinstance(rp, dict):  # per-layer-type RoPE: only the patched type is rescaled
+        out = []
+        for kind, params in rp.items():
+            if not isinstance(params, dict):
+                continue
+            prf = _partial_rotary_factor(text, params) or 1.0
+            count = sum(1 for t in types if t == kind) if types else n_layers
+            base = float(params.get("rope_theta", g.base))
+            rope_type = str(params.get("rope_type", params.get("type", "default")))
+            out.append(LayerRope(kind, count, base, int(head * prf), window(kind), rope_type, kind == patched_key))
+        return out
+    rope_type = str((rp or {}).get("rope_type", (rp or {}).get("type", "default"))) if isinstance(rp, dict) else "default"
+    if not types:
+        return [LayerRope(None, n_layers, g.base, g.rotary_dim, None, rope_type, True)]
+    return [LayerRope(kind, types.count(kind), g.base, g.rotary_dim, window(kind), rope_type, True) for kind in dict.fromkeys(types)]
+
+
 # ---------------------------------------------------------------- transformers equivalents
 
 
@@ -812,6 +860,7 @@ def keep_rope_fp32(model: nn.Module) -> None:
 __all__ = [
     "GGUF_SUFFIX",
     "TESTBED_DIR",
+    "LayerRope",
     "LoadedModel",
     "LongsearchRotaryEmbedding",
     "ModelSource",
@@ -823,6 +872,7 @@ __all__ = [
     "input_device",
     "is_gguf",
     "keep_rope_fp32",
+    "layer_ropes",
     "load_config",
     "load_model",
     "longrope_rope_parameters",
