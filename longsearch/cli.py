@@ -28,6 +28,16 @@ app.add_typer(testbed_app, name="testbed")
 console = Console()
 err_console = Console(stderr=True)
 
+ATTN_HELP = (
+    "Attention implementation: auto (default: longsearch_windowed for models with sliding-window layers, whose "
+    "memory stays linear in length, sdpa otherwise), sdpa, eager, longsearch_windowed, or another transformers name "
+    "(flash_attention_2)."
+)
+ATTN_HELP = (
+    "Attention implementation: auto (default: longsearch_windowed for models with sliding-window layers, whose "
+    "memory stays linear in length; sdpa otherwise), sdpa, eager, longsearch_windowed, or another transformers name "
+    "(flash_attention_2)."
+)
 MODEL_HELP = (
     "Hub id or local directory of a transformers model, or a llama.cpp .gguf file (loaded by transformers, dequantized) "
     "(default: the embedded testbed model)."
@@ -342,6 +352,7 @@ def finetune(
     deepspeed: str | None = typer.Option(None, "--deepspeed", help="A DeepSpeed JSON configuration, passed to transformers' Trainer."),
     fsdp: str | None = typer.Option(None, "--fsdp", help="Trainer's FSDP setting, e.g. 'full_shard auto_wrap'."),
     fsdp_config: str | None = typer.Option(None, "--fsdp-config", help="An FSDP JSON configuration, passed to transformers' Trainer."),
+    attn_implementation: str | None = typer.Option(None, "--attn-implementation", help=ATTN_HELP),
     keep_checkpoints: bool | None = typer.Option(
         None, "--keep-checkpoints/--no-keep-checkpoints", help="Keep OUT/checkpoints once the model is written (default: removed)."
     ),
@@ -379,6 +390,7 @@ def finetune(
         fsdp=fsdp,
         fsdp_config=fsdp_config,
         keep_checkpoints=keep_checkpoints,
+        attn_implementation=attn_implementation,
     )
     result = run_finetune(opts, resume=resume, force=force, accept_model_change=accept_model_change)
     if not result.main_process:  # another process of a multi-process launch: the first one reports
@@ -483,6 +495,7 @@ def eval_command(
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16."),
+    attn_implementation: str = typer.Option("auto", "--attn-implementation", help=ATTN_HELP),
 ) -> None:
     """Needle NLL / accuracy (depth × length) and final-segment perplexity for each method and length."""
     import shlex
@@ -503,9 +516,13 @@ def eval_command(
     out_dir = Path(out) if out else ev.default_out_dir()
     if not force and destination_exists(out_dir):
         raise RunError(f"{out_dir} already exists: choose another --out or pass --force to replace it")
-    geometry = model_geometry(load_config(model))  # check every input before loading weights
+    from .windowed_attention import resolve_attn_implementation
+
+    config = load_config(model)  # check every input before loading weights
+    geometry = model_geometry(config)
+    attn_implementation = resolve_attn_implementation(attn_implementation, config)
     methods = ev.build_methods(geometry, names, [*(factors or []), *(more_factors or [])], tgt)
-    lm = load_model(model, device=device, dtype=dtype)
+    lm = load_model(model, device=device, dtype=dtype, attn_implementation=attn_implementation)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=False) as bar:
         task = bar.add_task("eval", total=None)

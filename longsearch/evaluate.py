@@ -460,6 +460,7 @@ def run_eval(
         "segment_document_tokens": len(document),
         "device": str(getattr(lm, "device", "")),
         "dtype": str(getattr(lm, "dtype", "")),
+        "attn_implementation": str(getattr(getattr(lm.model, "config", None), "_attn_implementation", "")),
     }
     settings["cost"] = (
         f"one needle document per length; {cost_repeats} rounds of one forward per method, methods interleaved; "

@@ -82,6 +82,7 @@ class FinetuneOptions:
     fsdp: str | None = None
     fsdp_config: str | None = None
     keep_checkpoints: bool | None = None
+    attn_implementation: str | None = None
 
 
 DEFAULTS: dict[str, Any] = {
@@ -98,6 +99,7 @@ DEFAULTS: dict[str, Any] = {
     "device": "auto",
     "gradient_checkpointing": False,
     "keep_checkpoints": False,
+    "attn_implementation": "auto",
 }
 
 
@@ -151,7 +153,9 @@ def resolve_options(opts: FinetuneOptions, factors: RopeFactors) -> dict[str, An
     if o["warmup_steps"] is None:
         o["warmup_steps"] = max(0, round(0.05 * int(o["steps"])))
     from .needles import get_template, template_names
+    from .windowed_attention import resolve_attn_implementation
 
+    resolve_attn_implementation(o["attn_implementation"], None)  # an unknown name is refused before anything runs
     for t in template_names(o["template"]):
         get_template(t)  # an unknown template raises a one-line error naming the known ones
     for key in ("deepspeed", "fsdp_config"):
@@ -670,7 +674,7 @@ def run_finetune(
     config = config_with_factors(load_config(o["model"]), factors)
     # loaded on the CPU in float32: Trainer places it (one device, or sharded by DeepSpeed / FSDP) and runs
     # bf16 as mixed precision over float32 weights
-    lm = load_model(o["model"], device="cpu", dtype="float32", config=config)
+    lm = load_model(o["model"], device="cpu", dtype="float32", config=config, attn_implementation=o.get("attn_implementation"))
     model = lm.model
     # the loss is computed chunk by chunk from the final hidden states: proved equal to the full-logits loss first
     check_chunked_loss(model, torch.arange(1, 33)[None] % int(model.config.get_text_config().vocab_size))

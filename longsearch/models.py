@@ -50,6 +50,9 @@ TESTBED_DIR: Path = Path(__file__).parent / "tiny" / "model"
 RopeSpec = RopeFactors | Rescale | Schedule | str | None
 
 _FULL_ATTENTION = "full_attention"
+#: ``load_model``'s attention implementation when none is asked for (also what ``--attn-implementation`` defaults to
+#: in eval and finetune): longsearch_windowed for models with sliding-window layers, sdpa otherwise
+DEFAULT_ATTN_IMPLEMENTATION = "auto"
 _CACHE_SIZE = 32
 
 
@@ -289,7 +292,7 @@ def load_model(
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
     *,
-    attn_implementation: str = "sdpa",
+    attn_implementation: str | None = None,
     shard: bool = False,
     config: Any | None = None,
 ) -> LoadedModel:
@@ -299,6 +302,10 @@ def load_model(
     model too large for one GPU is spread over every visible GPU (transformers' ``device_map="auto"``, which
     needs ``accelerate``). ``config``: the model's config to load it with instead of its own (e.g.
     :func:`config_with_factors`, so that transformers' own rotary module applies the factors).
+
+    ``attn_implementation``: None or ``auto`` (:data:`DEFAULT_ATTN_IMPLEMENTATION`) is ``longsearch_windowed`` for a
+    model with sliding-window layers (no length × length mask: :mod:`longsearch.windowed_attention`) and ``sdpa``
+    otherwise; any name transformers knows is passed on (``sdpa``, ``eager``, ``flash_attention_2``).
 
     A llama.cpp GGUF file is loaded by transformers itself (``gguf_file=``: every tensor dequantized, which
     takes a while: about 45 s for a 270M model on one CPU core) and is then a plain model in ``dtype``: its
@@ -313,6 +320,9 @@ def load_model(
     if config is None:
         config = load_config(name_or_path)
     geometry = model_geometry(config)  # refuse models without RoPE before reading any weight
+    from .windowed_attention import resolve_attn_implementation
+
+    attn_implementation = resolve_attn_implementation(attn_implementation, config)
     kwargs: dict[str, Any] = {"dtype": tdtype, "config": config, **origin.kwargs}
     has_accelerate = importlib.util.find_spec("accelerate") is not None
     if shard:
@@ -858,6 +868,7 @@ def keep_rope_fp32(model: nn.Module) -> None:
 
 
 __all__ = [
+    "DEFAULT_ATTN_IMPLEMENTATION",
     "GGUF_SUFFIX",
     "TESTBED_DIR",
     "LayerRope",

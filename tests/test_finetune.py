@@ -291,6 +291,7 @@ def test_two_processes_read_distinct_items_and_log_both_kinds(tiny_byte_llama_di
         "resume-with-options",
         "missing-deepspeed",
         "bad-ratio",
+        "unknown-attention",
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_byte_llama_dir, factors_file, tmp_path, run_cli, capsys, case):
@@ -316,6 +317,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_byte_llama_dir, fa
         args = ["finetune", "--resume", str(out), "--steps", "9"]
     elif case == "missing-deepspeed":
         args = [*base, "--deepspeed", str(tmp_path / "ds.json")]
+    elif case == "unknown-attention":
+        args = [*base, "--attn-implementation", "fast"]
     else:
         args = [*base, "--short-ratio", "1.5"]
     before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
