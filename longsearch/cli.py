@@ -496,6 +496,12 @@ def eval_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16."),
     attn_implementation: str = typer.Option("auto", "--attn-implementation", help=ATTN_HELP),
+    attention_memory: str = typer.Option(
+        "2GiB",
+        "--attention-memory",
+        help="Memory the attention-side baselines' score maps may take per block of queries (e.g. 512MiB, 2GiB): the "
+        "block size follows from it; their sequence-wide tensors (6 × heads × head dim × 4 bytes per token and layer) come on top.",
+    ),
 ) -> None:
     """Needle NLL / accuracy (depth × length) and final-segment perplexity for each method and length."""
     import shlex
@@ -521,7 +527,9 @@ def eval_command(
     config = load_config(model)  # check every input before loading weights
     geometry = model_geometry(config)
     attn_implementation = resolve_attn_implementation(attn_implementation, config)
-    methods = ev.build_methods(geometry, names, [*(factors or []), *(more_factors or [])], tgt)
+    from .attention import parse_memory
+
+    methods = ev.build_methods(geometry, names, [*(factors or []), *(more_factors or [])], tgt, parse_memory(attention_memory))
     lm = load_model(model, device=device, dtype=dtype, attn_implementation=attn_implementation)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=False) as bar:

@@ -146,8 +146,12 @@ def build_methods(
     baselines: Sequence[str] = (),
     factor_files: Sequence[str | Path] = (),
     target_length: int | None = None,
+    attention_memory: int | None = None,
 ) -> list[EvalMethod]:
-    """``none`` first, then the baselines (λ for ``target_length``), then each factors file (checked against the model)."""
+    """``none`` first, then the baselines (λ for ``target_length``), then each factors file (checked against the model).
+
+    ``attention_memory``: bytes the score maps of one block of queries may take in the attention-side baselines
+    (default :data:`longsearch.attention.DEFAULT_BLOCK_MEMORY`)."""
     methods = [EvalMethod("none", "none", method_schedule("none", geometry, geometry.original_length), False, "original RoPE", 1.0)]
     names = parse_baselines(list(baselines)) if baselines else []
     if names and target_length is None:
@@ -161,6 +165,8 @@ def build_methods(
         attention_name, params = parse_attention_baseline(name)
         if attention_name in ATTENTION_METHODS:
             am = make_attention_method(attention_name, geometry, target_length, **params)
+            if attention_memory is not None:
+                am.block_memory = int(attention_memory)
             methods.append(
                 EvalMethod(am.label, "attention", am, False, f"{am.describe()} for {format_length(target_length)}", None, target_length)
             )
