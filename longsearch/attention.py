@@ -54,7 +54,11 @@ _PARAMS: dict[str, tuple[str, ...]] = {
 }
 NBCE_POOLING = ("min-entropy", "average")
 REGISTERED_NAME = "longsearch_two_map"
-_QUERY_BLOCK = 1024  # queries per block of the two score maps (bounds their memory to block × keys)
+#: bytes the score maps of one block of queries may take (``--attention-memory``): the block size follows from it
+DEFAULT_BLOCK_MEMORY = 2 << 30
+#: fp32 [batch, heads, queries, keys] maps alive at once in a block (exact and far scores, then the merged scores and
+#: their softmax), plus two [batch, 1, queries, keys] ones (the distances, the masks)
+_MAPS_PER_HEAD, _MAPS_SHARED = 3, 2
 
 
 @dataclass
@@ -64,6 +68,7 @@ class AttentionMethod:
     name: str
     params: dict[str, Any] = field(default_factory=dict)
     geometry: RopeGeometry | None = None
+    block_memory: int = DEFAULT_BLOCK_MEMORY  # bytes of score maps per block of queries (not a parameter of the method)
 
     @property
     def label(self) -> str:
@@ -132,6 +137,25 @@ def make_attention_method(name: str, g: RopeGeometry, target_length: int, **give
             raise InputError(f"nbce: pooling must be one of {', '.join(NBCE_POOLING)}, got {pooling!r}")
         p["pooling"] = pooling
     return AttentionMethod(name, p, g)
+
+
+def query_block(block_memory: int, batch: int, heads: int, keys: int) -> int:
+    """Queries per block so that the score maps of a block take at most ``block_memory`` bytes (at least 1)."""
+    per_query = (_MAPS_PER_HEAD * heads + _MAPS_SHARED) * batch * keys * 4
+    return max(1, int(block_memory) // max(1, per_query))
+
+
+def parse_memory(text: str) -> int:
+    """``"2GiB"``, ``"512MiB"``, ``"2g"``, ``"1500000000"`` -> bytes (binary units; k, m, g alone mean KiB, MiB, GiB)."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", str(text).lower())
+    if not m:
+        raise InputError(f"cannot read the memory size {text!r}: give bytes or a number with KiB, MiB, GiB (e.g. 2GiB)")
+    value = float(m.group(1)) * 1024 ** "_kmgt".index(m.group(2) or "_")
+    if value < 1:
+        raise InputError(f"the memory size must be at least 1 byte, got {text!r}")
+    return int(value)
 
 
 def parse_attention_baseline(text: str) -> tuple[str, dict[str, str]]:
@@ -346,28 +370,34 @@ def two_map_attention(
     window = exact_window(method)
     out = torch.empty(b, query.shape[1], lq, query.shape[-1], dtype=torch.float32, device=query.device)
     v32 = value.to(torch.float32)
-    for s in range(0, lq, _QUERY_BLOCK):
-        e = min(lq, s + _QUERY_BLOCK)
+    block = query_block(method.block_memory, b, query.shape[1], lk)
+    for s in range(0, lq, block):
+        e = min(lq, s + block)
         q_exact = query[:, :, s:e].to(torch.float32)
         q_far = _rotate(q_raw[:, :, s:e], fq_pos[:, s:e], far_freq).to(torch.float32)
-        exact = torch.matmul(q_exact, k_exact.transpose(-1, -2)) * scale
-        far = torch.matmul(q_far, k_far.transpose(-1, -2)) * scale
+        scores = torch.matmul(q_exact, k_exact.transpose(-1, -2)).mul_(scale)
+        far = torch.matmul(q_far, k_far.transpose(-1, -2)).mul_(scale)
+        del q_exact, q_far
         if softcap:
-            exact = torch.tanh(exact / softcap) * softcap
-            far = torch.tanh(far / softcap) * softcap
+            scores = scores.div_(softcap).tanh_().mul_(softcap)
+            far = far.div_(softcap).tanh_().mul_(softcap)
         d = (q_pos[:, s:e, None] - k_pos[:, None, :])[:, None]  # [B, 1, q, k]
-        scores = torch.where(d < window, exact, far)
+        scores = torch.where(d < window, scores, far)
+        del far
         allowed = d >= 0
         if attention_mask is not None:  # the model's own mask (a sliding window, padding) still applies
-            block = attention_mask[..., s:e, :lk] if attention_mask.shape[-2] == lq else attention_mask[..., :lk]
-            if block.dtype == torch.bool:
-                allowed = allowed & block
+            mask = attention_mask[..., s:e, :lk] if attention_mask.shape[-2] == lq else attention_mask[..., :lk]
+            if mask.dtype == torch.bool:
+                allowed = allowed & mask
             else:
-                scores = scores + block.to(torch.float32)
+                scores = scores.add_(mask.to(torch.float32))
         if method.name == "lambda-window":
             allowed = allowed & ((d < window) | (k_pos[:, None, None, :] < method.params["n_global"]))
-        scores = scores.masked_fill(~allowed, float("-inf"))
+        del d
+        scores = scores.masked_fill_(~allowed, float("-inf"))
+        del allowed
         out[:, :, s:e] = torch.matmul(torch.softmax(scores, dim=-1), v32)
+        del scores
     return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
 

@@ -28,7 +28,20 @@ app.add_typer(testbed_app, name="testbed")
 console = Console()
 err_console = Console(stderr=True)
 
-MODEL_HELP = "Hub id or local directory of a transformers model (default: the embedded testbed model)."
+ATTN_HELP = (
+    "Attention implementation: auto (default: longsearch_windowed for models with sliding-window layers, whose "
+    "memory stays linear in length, sdpa otherwise), sdpa, eager, longsearch_windowed, or another transformers name "
+    "(flash_attention_2)."
+)
+ATTN_HELP = (
+    "Attention implementation: auto (default: longsearch_windowed for models with sliding-window layers, whose "
+    "memory stays linear in length; sdpa otherwise), sdpa, eager, longsearch_windowed, or another transformers name "
+    "(flash_attention_2)."
+)
+MODEL_HELP = (
+    "Hub id or local directory of a transformers model, or a llama.cpp .gguf file (loaded by transformers, dequantized) "
+    "(default: the embedded testbed model)."
+)
 
 
 # ---------------------------------------------------------------- info
@@ -339,6 +352,7 @@ def finetune(
     deepspeed: str | None = typer.Option(None, "--deepspeed", help="A DeepSpeed JSON configuration, passed to transformers' Trainer."),
     fsdp: str | None = typer.Option(None, "--fsdp", help="Trainer's FSDP setting, e.g. 'full_shard auto_wrap'."),
     fsdp_config: str | None = typer.Option(None, "--fsdp-config", help="An FSDP JSON configuration, passed to transformers' Trainer."),
+    attn_implementation: str | None = typer.Option(None, "--attn-implementation", help=ATTN_HELP),
     keep_checkpoints: bool | None = typer.Option(
         None, "--keep-checkpoints/--no-keep-checkpoints", help="Keep OUT/checkpoints once the model is written (default: removed)."
     ),
@@ -376,6 +390,7 @@ def finetune(
         fsdp=fsdp,
         fsdp_config=fsdp_config,
         keep_checkpoints=keep_checkpoints,
+        attn_implementation=attn_implementation,
     )
     result = run_finetune(opts, resume=resume, force=force, accept_model_change=accept_model_change)
     if not result.main_process:  # another process of a multi-process launch: the first one reports
@@ -401,11 +416,19 @@ def export_command(
     source: str = typer.Argument(..., help="A run directory, a factors .json or a LongRoPE .csv."),
     fmt: str = typer.Option(..., "--format", "-f", help="hf, vllm, gguf, longrope-csv or json."),
     model_dir: str | None = typer.Option(None, "--model-dir", help="Model directory to copy with its config patched (hf, vllm)."),
-    gguf_file: str | None = typer.Option(None, "--gguf", help="The llama.cpp .gguf file to copy with the factors (gguf)."),
+    gguf_file: str | None = typer.Option(
+        None, "--gguf", help="The llama.cpp .gguf file to copy with the factors (gguf; default: --model when it is a .gguf file)."
+    ),
     out: str | None = typer.Option(
         None, "--out", "-o", help="Output path (default: inside the run directory or next to the factors file)."
     ),
-    model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP + " Used when there is no --model-dir."),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help=MODEL_HELP + " Used when there is no --model-dir; from a .gguf file, hf and vllm write a whole model directory "
+        "(float32 safetensors, config, tokenizer).",
+    ),
     target: str | None = typer.Option(None, "--target", "-t", help="Target length; needed for a .csv source."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),
     link: bool = typer.Option(
@@ -472,6 +495,13 @@ def eval_command(
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16."),
+    attn_implementation: str = typer.Option("auto", "--attn-implementation", help=ATTN_HELP),
+    attention_memory: str = typer.Option(
+        "2GiB",
+        "--attention-memory",
+        help="Memory the attention-side baselines' score maps may take per block of queries (e.g. 512MiB, 2GiB): the "
+        "block size follows from it; their sequence-wide tensors (6 × heads × head dim × 4 bytes per token and layer) come on top.",
+    ),
 ) -> None:
     """Needle NLL / accuracy (depth × length) and final-segment perplexity for each method and length."""
     import shlex
@@ -492,9 +522,15 @@ def eval_command(
     out_dir = Path(out) if out else ev.default_out_dir()
     if not force and destination_exists(out_dir):
         raise RunError(f"{out_dir} already exists: choose another --out or pass --force to replace it")
-    geometry = model_geometry(load_config(model))  # check every input before loading weights
-    methods = ev.build_methods(geometry, names, [*(factors or []), *(more_factors or [])], tgt)
-    lm = load_model(model, device=device, dtype=dtype)
+    from .windowed_attention import resolve_attn_implementation
+
+    config = load_config(model)  # check every input before loading weights
+    geometry = model_geometry(config)
+    attn_implementation = resolve_attn_implementation(attn_implementation, config)
+    from .attention import parse_memory
+
+    methods = ev.build_methods(geometry, names, [*(factors or []), *(more_factors or [])], tgt, parse_memory(attention_memory))
+    lm = load_model(model, device=device, dtype=dtype, attn_implementation=attn_implementation)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=False) as bar:
         task = bar.add_task("eval", total=None)

@@ -127,8 +127,12 @@ def build_methods(
     baselines: Sequence[str] = (),
     factor_files: Sequence[str | Path] = (),
     target_length: int | None = None,
+    attention_memory: int | None = None,
 ) -> list[EvalMethod]:
-    """``none`` first, then the baselines (λ for ``target_length``), then each factors file (checked against the model)."""
+    """``none`` first, then the baselines (λ for ``target_length``), then each factors file (checked against the model).
+
+    ``attention_memory``: bytes the score maps of one block of queries may take in the attention-side baselines
+    (default :data:`longsearch.attention.DEFAULT_BLOCK_MEMORY`)."""
     methods: list[EvalMethod] = [
         RopeEval("none", "none", method_schedule("none", geometry, geometry.original_length), False, "original RoPE", 1.0)
     ]
@@ -142,12 +146,17 @@ def build_methods(
         attention_name, params = parse_attention_baseline(name)
         if attention_name in ATTENTION_METHODS:
             am = make_attention_method(attention_name, geometry, target_length, **params)
+            if attention_memory is not None:
+                am.block_memory = int(attention_memory)
             methods.append(attention_eval(am, f"{am.describe()} for {format_length(target_length)}", target_length))
             continue
         sched = method_schedule(name, geometry, target_length)
         dynamic = get_method(name).dynamic
         m_base = sched(target_length).m
-        methods.append(RopeEval(name, "baseline", sched, dynamic, f"rope.{name} for {format_length(target_length)}", m_base, target_length))
+        source = f"rope.{name} for {format_length(target_length)}"
+        if target_length <= geometry.original_length:  # every baseline is the identity there (rope.extension_ratio)
+            source += f" (the identity: {format_length(target_length)} is inside the {format_length(geometry.original_length)} window)"
+        methods.append(RopeEval(name, "baseline", sched, dynamic, source, m_base, target_length))
     for f in factor_files:
         path = Path(f)
         factors = load_factors(path, geometry=geometry, target_length=target_length)
@@ -284,6 +293,7 @@ def run_eval(
         "segment_document_tokens": len(document),
         "device": str(getattr(lm, "device", "")),
         "dtype": str(getattr(lm, "dtype", "")),
+        "attn_implementation": str(getattr(getattr(lm.model, "config", None), "_attn_implementation", "")),
     }
     settings["cost"] = (
         f"one needle document per length; {cost_repeats} rounds of one forward per method, methods interleaved; "

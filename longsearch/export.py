@@ -271,7 +271,12 @@ def export_hf(
     *,
     _vllm: bool = False,
 ) -> ExportResult:
-    """A transformers model directory (``model_dir`` copied) or a lone config.json (from ``model``).
+    """A transformers model directory (``model_dir`` copied, or a GGUF ``model`` dequantized) or a lone config.json
+    (from any other ``model``).
+
+    From a llama.cpp GGUF file (``model`` = ``FILE.gguf``) the directory is a whole model: the dequantized weights
+    written as float32 safetensors (:func:`write_gguf_as_transformers`), the config transformers reads from the
+    file (patched) and its tokenizer.
 
     The exported directory also holds ``longsearch_factors.json``. Every file is a copy of its own (a
     reflink where the file system offers it), so nothing written into the export can reach the original;
@@ -279,11 +284,14 @@ def export_hf(
     (copied where that is impossible). An ``out`` that is the model directory, lies inside it or contains it
     is refused, with or without ``force``.
     """
-    from .models import TESTBED_DIR, load_config
+    from .models import TESTBED_DIR, is_gguf, load_config, resolve_source
 
     out = Path(out)
-    if model_dir is not None:
-        model_dir = Path(model_dir)
+    gguf_model = resolve_source(model).file if model_dir is None and is_gguf(model) else None
+    model_dir = Path(model_dir) if model_dir is not None else None
+    if gguf_model is not None:
+        _refuse_overlap(out, gguf_model, "the input GGUF")
+    elif model_dir is not None:
         cfg_path = model_dir / "config.json"
         if not cfg_path.is_file():
             raise ExportError(f"{model_dir} has no config.json: --model-dir must be a transformers model directory")
@@ -322,18 +330,81 @@ def export_hf(
             copied, how = _copy_tree(model_dir, tmp, link)
             paths += [out / p.relative_to(tmp) for p in copied]
             notes.append(_copy_note(len(copied), model_dir, how))
+        elif gguf_model is not None:
+            written, arch = write_gguf_as_transformers(str(gguf_model), tmp)
+            patched["architectures"] = [arch]
+            text_config_dict(patched).pop("quantization_config", None)
+            paths += [out / p.relative_to(tmp) for p in written]
+            notes.append(
+                f"{gguf_model.name}: weights dequantized by transformers, written as float32 safetensors, with its tokenizer "
+                "(a transformers model directory; the GGUF is only read)"
+            )
         atomic_write_text(tmp / "config.json", json.dumps(patched, indent=2) + "\n")
         factors.save(tmp / FACTORS_FILE)
         if overrides is not None:
             atomic_write_text(tmp / VLLM_OVERRIDES, json.dumps(overrides, separators=(",", ":")) + "\n")
     paths = [out / "config.json", out / FACTORS_FILE] + ([out / VLLM_OVERRIDES] if overrides is not None else []) + paths
-    if model_dir is None:
+    if model_dir is None and gguf_model is None:
         notes.append("config only: put config.json into a copy of the model directory (or pass --model-dir to copy it)")
     notes.append(
         f"rope_parameters: longrope, original window {factors.original_length}, max_position_embeddings {factors.target_length}, "
         f"attention_factor {factors.attention_factor:.6g}"
     )
     return ExportResult("hf", out, paths, notes=notes, hf_overrides=overrides)
+
+
+SHARD_BYTES = 5 << 30  # safetensors shards written from a GGUF: at most this many bytes each
+
+
+def write_gguf_as_transformers(gguf_path: str | Path, out_dir: Path) -> tuple[list[Path], str]:
+    """Load a GGUF file with transformers (dequantized, float32) and write its weights into ``out_dir`` as safetensors
+    (shards of at most :data:`SHARD_BYTES` with an index when larger) and its tokenizer. Returns the files written and
+    the model class name (the config's ``architectures``); the caller writes config.json.
+
+    The state dict is written directly: transformers' ``save_pretrained`` refuses a model loaded from GGUF. Weights
+    tied to another (an lm_head sharing the embedding) are written once, under the first name, as transformers does.
+    """
+    from safetensors.torch import save_file
+
+    from .models import load_model
+
+    lm = load_model(str(gguf_path), device="cpu", dtype="float32")
+    tensors: dict[str, Any] = {}
+    seen: set[tuple[int, tuple[int, ...]]] = set()
+    for name, t in lm.model.state_dict().items():
+        key = (t.data_ptr(), tuple(t.shape))
+        if key in seen:  # tied weights: one copy
+            continue
+        seen.add(key)
+        tensors[name] = t.detach().to("cpu").contiguous()
+    shards: list[dict[str, Any]] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > SHARD_BYTES:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    written: list[Path] = []
+    if len(shards) == 1:
+        names = ["model.safetensors"]
+    else:
+        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    weight_map = {}
+    for fname, shard in zip(names, shards, strict=True):
+        save_file(shard, str(out_dir / fname), metadata={"format": "pt"})
+        written.append(out_dir / fname)
+        weight_map.update(dict.fromkeys(shard, fname))
+    if len(shards) > 1:
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        atomic_write_text(out_dir / "model.safetensors.index.json", json.dumps(index, indent=2) + "\n")
+        written.append(out_dir / "model.safetensors.index.json")
+    before = {p for p in out_dir.iterdir()}
+    lm.tokenizer.save_pretrained(str(out_dir))
+    written += sorted(p for p in out_dir.iterdir() if p not in before)
+    return written, type(lm.model).__name__
 
 
 VLLM_OVERRIDES = "hf_overrides.json"
@@ -405,7 +476,9 @@ def export_vllm(
     read), plus the equivalent ``--hf-overrides`` in ``hf_overrides.json``, written in the same atomic step."""
     result = export_hf(factors, out, model=model, model_dir=model_dir, force=force, link=link, _vllm=True)
     text = json.dumps(result.hf_overrides, separators=(",", ":"))
-    if model_dir is not None:
+    from .models import is_gguf
+
+    if model_dir is not None or is_gguf(model):
         served = str(result.out)  # a whole model directory with the longrope config: serve it as is
     else:
         from .models import TESTBED_DIR
@@ -521,6 +594,21 @@ def _check_gguf_fit(info: GGUFRopeInfo, factors: RopeFactors, path: Path) -> Non
         )
 
 
+def llama_cpp_factor_readers() -> frozenset[str]:
+    """Architectures whose llama.cpp loader reads ``rope_factors_long/short`` (with the metadata the export writes)."""
+    return LLAMA_CPP_LONGROPE_ALWAYS | LLAMA_CPP_LONGROPE_TYPED | _archs_with_longrope_tensors()
+
+
+def _check_gguf_reads_factors(arch: str, path: Path) -> None:
+    readers = llama_cpp_factor_readers()
+    if arch not in readers:
+        raise ExportError(
+            f"{path} is a {arch!r} model, and llama.cpp's loader for {arch!r} does not read rope_factors_long/short (it would "
+            f"refuse the file or run plain RoPE): a GGUF export works for {', '.join(sorted(readers))}; export --format hf or "
+            "vllm instead"
+        )
+
+
 def export_gguf(factors: RopeFactors, gguf_file: str | Path, out: str | Path, force: bool = False) -> ExportResult:
     """A copy of ``gguf_file`` with LongRoPE tensors and metadata; the source file is only read.
 
@@ -531,7 +619,9 @@ def export_gguf(factors: RopeFactors, gguf_file: str | Path, out: str | Path, fo
     drops ``{arch}.rope.scaling.factor`` and the legacy ``{arch}.rope.scale_linear`` (llama.cpp would scale
     positions by either on top) and any ``{arch}.rope.scaling.yarn_*`` (settings of another scaling). llama.cpp
     chooses the long or short factors once, from the context size it is given: long when ``n_ctx`` exceeds the
-    original window. An ``out`` that is the input, contains it or lies inside it is refused, even with ``force``.
+    original window. An ``out`` that is the input, contains it or lies inside it is refused, even with ``force``;
+    so is an input whose architecture's llama.cpp loader does not read the factor tensors
+    (:func:`llama_cpp_factor_readers`), before anything is written.
     """
     import gguf
 
@@ -541,9 +631,11 @@ def export_gguf(factors: RopeFactors, gguf_file: str | Path, out: str | Path, fo
         _refuse_existing(out, force)
     reader = _open_gguf(src)
     info = gguf_rope_info(reader, src)
+    _check_gguf_reads_factors(info.arch, src)
     _check_gguf_fit(info, factors, src)
     arch = info.arch
-    notes, warnings = [short_factor_note(factors)], []
+    notes = [short_factor_note(factors)]
+    warnings: list[str] = []
 
     def int_type(key: str) -> Any:  # keep an existing key's integer type (llama.cpp checks it)
         f = reader.get_field(key)
@@ -582,14 +674,6 @@ def export_gguf(factors: RopeFactors, gguf_file: str | Path, out: str | Path, fo
         notes.append("removed rope_freqs.weight (Llama-3.1 scaling), replaced by the LongRoPE factors")
     if GGUF_LONG in names:
         notes.append("replaced the file's existing rope_factors_long/short tensors")
-
-    readers = LLAMA_CPP_LONGROPE_ALWAYS | LLAMA_CPP_LONGROPE_TYPED | _archs_with_longrope_tensors()
-    if arch not in readers:
-        warnings.append(
-            f"llama.cpp's loader for architecture {arch!r} does not read rope_factors_long/short (those of "
-            f"{', '.join(sorted(readers))} do) and refuses a file with tensors it does not ask for: "
-            "check that your llama.cpp loads this file before relying on it"
-        )
 
     long = np.ascontiguousarray(factors.long_factor, dtype=np.float32)
     short = np.ascontiguousarray(factors.short_factor, dtype=np.float32)
@@ -670,8 +754,12 @@ def export(
     fmt = fmt.strip().lower()
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    from .models import is_gguf
+
+    if fmt == "gguf" and gguf_file is None and is_gguf(model):
+        gguf_file = model  # --model FILE.gguf: the file to copy with the factors
     if fmt == "gguf" and gguf_file is None:
-        raise ExportError("--format gguf needs --gguf FILE: the llama.cpp model to copy with the factors")
+        raise ExportError("--format gguf needs --gguf FILE (or --model FILE.gguf): the llama.cpp model to copy with the factors")
     is_csv = Path(source).suffix.lower() == ".csv"
     if is_csv and target_length is None:
         raise FactorsError(f"{source} is a CSV of factors only: give --target (and the model) so the rest is known")
@@ -720,8 +808,10 @@ __all__ = [
     "export_vllm",
     "gguf_geometry",
     "gguf_rope_info",
+    "llama_cpp_factor_readers",
     "read_gguf_factors",
     "resolve_factors",
     "short_factor_note",
     "vllm_overrides",
+    "write_gguf_as_transformers",
 ]

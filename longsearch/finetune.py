@@ -82,6 +82,7 @@ class FinetuneOptions:
     fsdp: str | None = None
     fsdp_config: str | None = None
     keep_checkpoints: bool | None = None
+    attn_implementation: str | None = None
 
 
 DEFAULTS: dict[str, Any] = {
@@ -98,6 +99,7 @@ DEFAULTS: dict[str, Any] = {
     "device": "auto",
     "gradient_checkpointing": False,
     "keep_checkpoints": False,
+    "attn_implementation": "auto",
 }
 
 
@@ -151,7 +153,9 @@ def resolve_options(opts: FinetuneOptions, factors: RopeFactors) -> dict[str, An
     if o["warmup_steps"] is None:
         o["warmup_steps"] = max(0, round(0.05 * int(o["steps"])))
     from .needles import get_template, template_names
+    from .windowed_attention import resolve_attn_implementation
 
+    resolve_attn_implementation(o["attn_implementation"], None)  # an unknown name is refused before anything runs
     for t in template_names(o["template"]):
         get_template(t)  # an unknown template raises a one-line error naming the known ones
     for key in ("deepspeed", "fsdp_config"):
@@ -276,16 +280,138 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 # ---------------------------------------------------------------- training
 
 
-def _window_loss(model: Any, inputs: dict[str, Any]) -> Any:
-    """Weighted next-token cross entropy of one micro-batch: Σ w·CE / Σ w over the predicted tokens."""
+#: fp32 logits computed at once by the loss (one chunk of positions × the vocabulary): 256 MiB is 512 positions of
+#: a 128k vocabulary. The full logits of a 128k-token row on a 128k vocabulary would be 64 GiB in fp32.
+LOSS_CHUNK_BYTES = 256 << 20
+
+
+def logit_processor(net: Any) -> Any:
+    """What a transformers causal LM does to ``lm_head(hidden)`` before returning logits, as a function of the logits
+    (None: nothing): Gemma-style final soft-capping, Cohere's ``logit_scale``, Granite's ``logits_scaling``. The
+    chunked loss applies it per chunk; :func:`check_chunked_loss` proves it reproduces the model's own logits."""
+    import torch
+
+    config = net.config.get_text_config() if hasattr(net.config, "get_text_config") else net.config
+    steps: list[Any] = []
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap:
+        steps.append(lambda x, c=float(cap): torch.tanh(x / c) * c)
+    scale = getattr(net, "logit_scale", None)
+    if isinstance(scale, (int, float)) and scale != 1:
+        steps.append(lambda x, k=float(scale): x * k)
+    scaling = getattr(config, "logits_scaling", None)
+    if isinstance(scaling, (int, float)) and scaling != 1:
+        steps.append(lambda x, k=float(scaling): x / k)
+    if not steps:
+        return None
+
+    def apply(x: Any) -> Any:
+        for step in steps:
+            x = step(x)
+        return x
+
+    return apply
+
+
+def _chunk_loss(head: Any, process: Any, hidden: Any, targets: Any, weights: Any) -> Any:
+    """Σ w·CE over one chunk of positions: [B, c, H] hidden states → [B, c, V] fp32 logits, freed on return."""
+    import torch.nn.functional as F
+
+    logits = head(hidden)
+    if process is not None:
+        logits = process(logits)
+    logits = logits.float()
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    return (ce.view_as(weights) * weights).sum()
+
+
+def _unwrapped(model: Any) -> Any:
+    """The transformers model inside the wrappers a launch adds (DDP, DeepSpeed, FSDP keep it as ``.module``)."""
+    while not hasattr(model, "get_output_embeddings") and hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def _window_loss(model: Any, inputs: dict[str, Any], chunk_bytes: int = LOSS_CHUNK_BYTES) -> Any:
+    """Weighted next-token cross entropy of one micro-batch, Σ w·CE / Σ w over the predicted tokens, without the
+    full logits.
+
+    The model runs its own forward (through any wrapper of a launch); a pre-hook on its lm_head takes the final
+    hidden states, computes the loss chunk by chunk of positions (each chunk's logits recomputed in the backward
+    pass instead of kept: activation checkpointing per chunk) and hands the lm_head an empty slice, so the output's
+    logits are empty. At most ``chunk_bytes`` of fp32 logits exist at once instead of length × vocabulary."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    ids = inputs["input_ids"]
+    w = inputs["loss_weight"][:, 1:].float()
+    net = _unwrapped(model)
+    head = net.get_output_embeddings()
+    process = logit_processor(net)
+    vocab = int(head.weight.shape[0]) if isinstance(getattr(head, "weight", None), torch.Tensor) else int(net.config.vocab_size)
+    state: dict[str, Any] = {}
+
+    def take_hidden(module: Any, args: tuple[Any, ...]) -> Any:
+        if state.get("busy") or "sum" in state:  # our own lm_head calls below, or a second call: left alone
+            return None
+        hidden = args[0]
+        rows, n = hidden.shape[0], hidden.shape[1] - 1
+        chunk = max(1, int(chunk_bytes) // max(1, rows * vocab * 4))
+        targets, weights = ids[:, 1:].to(hidden.device), w.to(hidden.device)
+        total = hidden.new_zeros((), dtype=torch.float32)
+        state["busy"] = True
+        try:
+            for s in range(0, n, chunk):
+                e = min(n, s + chunk)
+                part = (head, process, hidden[:, s:e], targets[:, s:e], weights[:, s:e])
+                if torch.is_grad_enabled() and hidden.requires_grad:
+                    total = total + checkpoint(_chunk_loss, *part, use_reentrant=False)
+                else:
+                    total = total + _chunk_loss(*part)
+        finally:
+            state["busy"] = False
+        state["sum"] = total
+        return (hidden[:, :0], *args[1:])
+
+    handle = head.register_forward_pre_hook(take_hidden)
+    try:
+        out = model(input_ids=ids, use_cache=False)
+    finally:
+        handle.remove()
+    if "sum" not in state:
+        raise LongsearchError(
+            f"{type(net).__name__}'s forward never called its output embedding (lm_head): finetune cannot compute its loss"
+        )
+    total = state["sum"]
+    return total / w.to(total.device).sum().clamp_min(1e-8), out
+
+
+def full_logits_loss(model: Any, inputs: dict[str, Any]) -> Any:
+    """The same loss from the model's full logits (length × vocabulary): the reference the chunked loss is checked against."""
     import torch.nn.functional as F
 
     ids = inputs["input_ids"]
     w = inputs["loss_weight"][:, 1:].float()
-    out = model(input_ids=ids, use_cache=False)
-    logits = out.logits[:, :-1].float()
+    logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none").view_as(w)
-    return (ce * w).sum() / w.sum().clamp_min(1e-8), out
+    return (ce * w).sum() / w.sum().clamp_min(1e-8)
+
+
+def check_chunked_loss(model: Any, input_ids: Any) -> None:
+    """Refuse a model whose logits the chunked loss does not reproduce (a post-processing of ``lm_head(hidden)`` that
+    :func:`logit_processor` does not know): both losses on a short row, in the model's current precision."""
+    import torch
+
+    ids = input_ids[:1, :32]
+    inputs = {"input_ids": ids, "loss_weight": torch.ones(ids.shape, dtype=torch.float32)}
+    with torch.no_grad():
+        chunked = float(_window_loss(model, inputs, chunk_bytes=1)[0])
+        full = float(full_logits_loss(model, inputs))
+    if not math.isclose(chunked, full, rel_tol=1e-4, abs_tol=1e-5):
+        raise LongsearchError(
+            f"finetune's chunked loss gives {chunked:.6f} where the model's own logits give {full:.6f}: "
+            f"{type(_unwrapped(model)).__name__} processes its logits in a way longsearch does not know; report its model type"
+        )
 
 
 def _make_trainer_class() -> type:
@@ -548,8 +674,10 @@ def run_finetune(
     config = config_with_factors(load_config(o["model"]), factors)
     # loaded on the CPU in float32: Trainer places it (one device, or sharded by DeepSpeed / FSDP) and runs
     # bf16 as mixed precision over float32 weights
-    lm = load_model(o["model"], device="cpu", dtype="float32", config=config)
+    lm = load_model(o["model"], device="cpu", dtype="float32", config=config, attn_implementation=o.get("attn_implementation"))
     model = lm.model
+    # the loss is computed chunk by chunk from the final hidden states: proved equal to the full-logits loss first
+    check_chunked_loss(model, torch.arange(1, 33)[None] % int(model.config.get_text_config().vocab_size))
     model.train()
     if o["gradient_checkpointing"]:
         model.gradient_checkpointing_enable()

@@ -10,7 +10,8 @@ Only the config is read (no weights), so a hub id works as well as a local direc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +37,7 @@ class InfoReport:
     lambdas: dict[str, np.ndarray]
     attention: dict[str, float]
     model: str | None = None  # what was asked for (None = the embedded testbed)
+    layers: list[Any] = field(default_factory=list)  # models.LayerRope per layer type (from model_info)
 
 
 def info_report(g: RopeGeometry, target_length: int) -> InfoReport:
@@ -61,12 +63,15 @@ def info_report(g: RopeGeometry, target_length: int) -> InfoReport:
 
 
 def model_info(model: str | None, target: str | int) -> InfoReport:
-    """:func:`info_report` for ``model`` (hub id or local directory; None = the testbed) at ``target`` (e.g. "128k")."""
-    from .models import load_config, model_geometry  # torch/transformers only when the command runs
+    """:func:`info_report` for ``model`` (hub id, local directory or GGUF file; None = the testbed) at ``target`` (e.g.
+    "128k"), with the RoPE of each layer type (``layers``: which layers λ rescales)."""
+    from .models import layer_ropes, load_config, model_geometry  # torch/transformers only when the command runs
 
     target_length = parse_length(target)
-    report = info_report(model_geometry(load_config(model)), target_length)
+    config = load_config(model)
+    report = info_report(model_geometry(config), target_length)
     report.model = model
+    report.layers = layer_ropes(config)
     return report
 
 

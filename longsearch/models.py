@@ -22,6 +22,7 @@ Applying another λ only replaces the schedule (inv_freq is cached per distinct 
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import logging
 import os
@@ -49,6 +50,9 @@ TESTBED_DIR: Path = Path(__file__).parent / "tiny" / "model"
 RopeSpec = RopeFactors | Rescale | Schedule | str | None
 
 _FULL_ATTENTION = "full_attention"
+#: ``load_model``'s attention implementation when none is asked for (also what ``--attn-implementation`` defaults to
+#: in eval and finetune): longsearch_windowed for models with sliding-window layers, sdpa otherwise
+DEFAULT_ATTN_IMPLEMENTATION = "auto"
 _CACHE_SIZE = 32
 
 
@@ -107,29 +111,79 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return _DTYPES[text]
 
 
-def _resolve_source(name_or_path: str | os.PathLike | None) -> str:
-    """A local directory (checked) or a hub id (passed on); None = the embedded testbed."""
+GGUF_SUFFIX = ".gguf"
+_GGUF_MAGIC = b"GGUF"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model is read from: a transformers directory or hub id (``path``), or a llama.cpp GGUF file
+    (``path`` its directory, ``gguf_file`` its name), which transformers loads itself and dequantizes."""
+
+    path: str
+    gguf_file: str | None = None
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """What transformers' ``from_pretrained`` needs besides the path."""
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+    @property
+    def file(self) -> Path | None:
+        """The GGUF file, or None for a transformers model."""
+        return Path(self.path) / self.gguf_file if self.gguf_file else None
+
+    def __str__(self) -> str:
+        return str(self.file) if self.gguf_file else self.path
+
+
+def is_gguf(name_or_path: str | os.PathLike | None) -> bool:
+    """True for a path that names a ``.gguf`` file (whether or not it exists: :func:`resolve_source` checks it)."""
+    return name_or_path is not None and str(name_or_path).strip().lower().endswith(GGUF_SUFFIX)
+
+
+def resolve_source(name_or_path: str | os.PathLike | None) -> ModelSource:
+    """A local directory (checked), a ``.gguf`` file (checked: it exists and is a GGUF file) or a hub id (passed on);
+    None = the embedded testbed."""
     if name_or_path is None:
         if not (TESTBED_DIR / "config.json").exists():
             raise ModelError(
                 f"the embedded testbed model is missing from {TESTBED_DIR}: pass --model with a hub id or a local "
                 "model directory (or reinstall longsearch)"
             )
-        return str(TESTBED_DIR)
+        return ModelSource(str(TESTBED_DIR))
     text = os.path.expanduser(str(name_or_path))
     if not text.strip():
         raise ModelError("the model name is empty: pass a hub id or a local model directory")
     path = Path(text)
+    if is_gguf(text):
+        if not path.is_file():
+            raise ModelError(f"no GGUF file at {text}: check the path")
+        try:
+            with open(path, "rb") as f:
+                magic = f.read(4)
+        except OSError as e:
+            raise ModelError(f"cannot read {text} ({e.strerror or e})") from None
+        if magic != _GGUF_MAGIC:
+            raise ModelError(f"{text} is not a GGUF file (it does not start with the GGUF magic): pass a llama.cpp .gguf model")
+        return ModelSource(str(path.resolve().parent), path.name)
     if path.exists():
         if not path.is_dir():
-            raise ModelError(f"{text} is a file, not a model directory: pass the directory that holds config.json")
+            raise ModelError(
+                f"{text} is a file, not a model directory: pass the directory that holds config.json, or a llama.cpp .gguf file"
+            )
         if not (path / "config.json").exists():
             raise ModelError(f"{text} has no config.json: pass a directory saved with save_pretrained or a hub id")
-        return str(path)
+        return ModelSource(str(path))
     # a hub id is "name" or "org/name"; anything else that does not exist is a mistyped path
     if text.startswith((".", "/", "~", "\\")) or text.count("/") > 1 or "\\" in text:
         raise ModelError(f"no model directory at {text}: check the path, or pass a hub id such as org/name")
-    return text
+    return ModelSource(text)
+
+
+def _resolve_source(name_or_path: str | os.PathLike | None) -> str:
+    """The path transformers reads (a GGUF file's directory: pass :attr:`ModelSource.kwargs` with it)."""
+    return resolve_source(name_or_path).path
 
 
 def _short_reason(exc: BaseException) -> str:
@@ -139,31 +193,98 @@ def _short_reason(exc: BaseException) -> str:
 
 
 def load_config(name_or_path: str | os.PathLike | None = None) -> Any:
-    """The transformers config of a model (hub id, local dir, or None for the testbed); no weights are read."""
+    """The transformers config of a model (hub id, local dir, GGUF file, or None for the testbed); no weights are read.
+
+    A GGUF file's config is what transformers derives from its metadata, without the quantization marker (longsearch
+    always loads a GGUF dequantized: see :func:`load_model`); it is read once per file and process."""
     from transformers import AutoConfig
 
-    source = _resolve_source(name_or_path)
+    source = resolve_source(name_or_path)
+    if source.gguf_file:
+        return copy.deepcopy(_gguf_config(str(source.file), *_file_stamp(source.file)))
     try:
-        return AutoConfig.from_pretrained(source)
+        return AutoConfig.from_pretrained(source.path)
     except Exception as e:  # OSError (not found / offline), ValueError (unknown model type), ...
         raise ModelError(
-            f"cannot load the config of {source!r} ({_short_reason(e)}): pass a local model directory or a hub id "
+            f"cannot load the config of {source.path!r} ({_short_reason(e)}): pass a local model directory or a hub id "
             "that is reachable (or cached)"
         ) from None
 
 
-def load_tokenizer(name_or_path: str | os.PathLike | None = None) -> Any:
-    """The tokenizer of a model (hub id, local dir, or None for the testbed): the one place tokenizers are loaded."""
-    from transformers import AutoTokenizer
+def _file_stamp(path: Path | None) -> tuple[int, int]:
+    st = Path(str(path)).stat()
+    return st.st_size, st.st_mtime_ns
 
-    source = _resolve_source(name_or_path)
+
+@functools.lru_cache(maxsize=4)
+def _gguf_config(path: str, size: int, mtime_ns: int) -> Any:
+    """The config transformers builds from a GGUF file's metadata (cached by path, size and modification time)."""
+    from transformers import AutoConfig
+
+    p = Path(path)
     try:
-        return AutoTokenizer.from_pretrained(source)
+        config = AutoConfig.from_pretrained(str(p.parent), gguf_file=p.name)
     except Exception as e:
         raise ModelError(
-            f"cannot load a tokenizer for {source!r} ({_short_reason(e)}): the model directory needs its tokenizer files, "
+            f"transformers cannot read the GGUF file {path} ({_short_reason(e)}): its architecture may not be one transformers "
+            "loads from GGUF (it needs the gguf package too)"
+        ) from None
+    _drop_quantization_marker(config)
+    return config
+
+
+def _dequantized_is_plain(model: Any) -> None:
+    """Make a model transformers loaded from GGUF (its weights dequantized) a plain model: without the quantizer and
+    markers that make ``save_pretrained`` and ``Trainer`` refuse it (transformers' own removal, as for ``dequantize``)."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    model.hf_quantizer = None
+    model.is_quantized = False
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and getattr(config, "_is_quantized", False):
+            config._is_quantized = False
+        if config is not None:
+            _drop_quantization_marker(config)
+
+
+def _drop_quantization_marker(config: Any) -> None:
+    """A GGUF model is loaded dequantized: its config's ``quantization_config`` (which makes save_pretrained and
+    Trainer refuse the model) describes the file, not the loaded weights."""
+    if hasattr(config, "quantization_config"):
+        try:
+            delattr(config, "quantization_config")
+        except AttributeError:
+            config.quantization_config = None
+
+
+def load_tokenizer(name_or_path: str | os.PathLike | None = None) -> Any:
+    """The tokenizer of a model (hub id, local dir, GGUF file, or None for the testbed): the one place tokenizers are
+    loaded. A GGUF file's tokenizer is the one transformers builds from its metadata (read once per file and process)."""
+    from transformers import AutoTokenizer
+
+    source = resolve_source(name_or_path)
+    if source.gguf_file:
+        return _gguf_tokenizer(str(source.file), *_file_stamp(source.file))
+    try:
+        return AutoTokenizer.from_pretrained(source.path)
+    except Exception as e:
+        raise ModelError(
+            f"cannot load a tokenizer for {source.path!r} ({_short_reason(e)}): the model directory needs its tokenizer files, "
             "or pass a reachable hub id"
         ) from None
+
+
+@functools.lru_cache(maxsize=2)
+def _gguf_tokenizer(path: str, size: int, mtime_ns: int) -> Any:
+    from transformers import AutoTokenizer
+
+    p = Path(path)
+    try:
+        return AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+    except Exception as e:
+        raise ModelError(f"transformers cannot build a tokenizer from the GGUF file {path} ({_short_reason(e)})") from None
 
 
 def load_model(
@@ -171,7 +292,7 @@ def load_model(
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
     *,
-    attn_implementation: str = "sdpa",
+    attn_implementation: str | None = None,
     shard: bool = False,
     config: Any | None = None,
 ) -> LoadedModel:
@@ -181,16 +302,28 @@ def load_model(
     model too large for one GPU is spread over every visible GPU (transformers' ``device_map="auto"``, which
     needs ``accelerate``). ``config``: the model's config to load it with instead of its own (e.g.
     :func:`config_with_factors`, so that transformers' own rotary module applies the factors).
+
+    ``attn_implementation``: None or ``auto`` (:data:`DEFAULT_ATTN_IMPLEMENTATION`) is ``longsearch_windowed`` for a
+    model with sliding-window layers (no length × length mask: :mod:`longsearch.windowed_attention`) and ``sdpa``
+    otherwise; any name transformers knows is passed on (``sdpa``, ``eager``, ``flash_attention_2``).
+
+    A llama.cpp GGUF file is loaded by transformers itself (``gguf_file=``: every tensor dequantized, which
+    takes a while: about 45 s for a 270M model on one CPU core) and is then a plain model in ``dtype``: its
+    quantization marker is dropped, so that it can be trained and saved like any other.
     """
     from transformers import AutoModelForCausalLM
 
-    source = _resolve_source(name_or_path)
+    origin = resolve_source(name_or_path)
+    source = origin.path
     dev = resolve_device(device)
     tdtype = resolve_dtype(dtype, dev)
     if config is None:
-        config = load_config(source)
+        config = load_config(name_or_path)
     geometry = model_geometry(config)  # refuse models without RoPE before reading any weight
-    kwargs: dict[str, Any] = {"dtype": tdtype, "config": config}
+    from .windowed_attention import resolve_attn_implementation
+
+    attn_implementation = resolve_attn_implementation(attn_implementation, config)
+    kwargs: dict[str, Any] = {"dtype": tdtype, "config": config, **origin.kwargs}
     has_accelerate = importlib.util.find_spec("accelerate") is not None
     if shard:
         if not has_accelerate:
@@ -209,17 +342,43 @@ def load_model(
             log.warning("attention implementation %r not supported by %s; using eager", attn_implementation, source)
             model = AutoModelForCausalLM.from_pretrained(source, attn_implementation="eager", **kwargs)
     except Exception as e:
-        raise ModelError(f"cannot load the model {source!r} ({_short_reason(e)}): check the path or hub id") from None
-    tokenizer = load_tokenizer(source)
+        raise ModelError(f"cannot load the model {str(origin)!r} ({_short_reason(e)}): check the path or hub id") from None
+    if origin.gguf_file:  # dequantized: nothing of the GGUF quantization is left in the weights
+        _dequantized_is_plain(model)
+    tokenizer = load_tokenizer(name_or_path)
     if shard:
-        dev = next(model.parameters()).device  # where the inputs go: the first shard
+        dev = input_device(model)  # where the inputs go: the input embedding's device
     else:
         torch.nn.Module.to(model, dev)
     model.eval()
     keep_rope_fp32(model)
     find_rotary_embeddings(model)  # a model whose rotary module cannot be found is refused here, not mid-search
-    name = str(name_or_path) if name_or_path is not None else source
+    name = str(name_or_path) if name_or_path is not None else str(origin)
     return LoadedModel(model=model, tokenizer=tokenizer, geometry=geometry, name=name, device=dev, dtype=tdtype)
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where a model's input ids must go: its input embedding's device.
+
+    A model spread by accelerate (``device_map``) runs each module on its hook's execution device, and a module
+    offloaded to the CPU or disk holds its weights on ``meta``: the execution device is then the answer. Not the
+    first parameter's device, which for a spread model may be ``meta``, and is never where the final norm and
+    lm_head run (the last device)."""
+    get = getattr(model, "get_input_embeddings", None)
+    embedding = get() if callable(get) else None
+    candidates = [embedding] if isinstance(embedding, nn.Module) else []
+    for module in candidates:
+        hook = getattr(module, "_hf_hook", None)
+        device = getattr(hook, "execution_device", None)
+        if device is not None:
+            return torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.device.type != "meta":
+            return weight.device
+    for p in model.parameters():
+        if p.device.type != "meta":
+            return p.device
+    return torch.device("cpu")
 
 
 # ---------------------------------------------------------------- geometry
@@ -302,6 +461,54 @@ def model_geometry(config: Any) -> RopeGeometry:
         return RopeGeometry(rotary_dim=rotary_dim, base=float(base), original_length=int(original))
     except InputError as e:
         raise ModelError(f"the model's RoPE settings are unusable: {e}") from None
+
+
+@dataclass(frozen=True)
+class LayerRope:
+    """The RoPE of one kind of decoder layer: how many layers, their base and rotary dim, their sliding window (None
+    for full attention) and whether longsearch's λ applies to them (``rescaled``)."""
+
+    layer_type: str | None  # None: every layer
+    layers: int
+    base: float
+    rotary_dim: int
+    window: int | None
+    rope_type: str
+    rescaled: bool
+
+
+def layer_ropes(config: Any) -> list[LayerRope]:
+    """The RoPE of each layer type of a config: Gemma 3's sliding layers (their own local base, never rescaled: a
+    window of 512–4096 tokens never sees distances beyond it) and its global layers (the model's geometry, the
+    ones λ rescales); for a model whose layers share one RoPE (Llama; Mistral and Gemma 2 with sliding layers),
+    one entry per layer type, all rescaled."""
+    text = _text_config(config)
+    g = model_geometry(config)
+    rp = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None)
+    _, patched_key = _rope_dict(text)
+    types = list(getattr(text, "layer_types", None) or [])
+    n_layers = int(getattr(text, "num_hidden_layers", 0) or len(types))
+    sliding = getattr(text, "sliding_window", None)
+    head = _head_dim(text)
+
+    def window(kind: str | None) -> int | None:
+        return int(sliding) if sliding and kind is not None and "sliding" in kind else None
+
+    if patched_key is not None and isinstance(rp, dict):  # per-layer-type RoPE: only the patched type is rescaled
+        out = []
+        for kind, params in rp.items():
+            if not isinstance(params, dict):
+                continue
+            prf = _partial_rotary_factor(text, params) or 1.0
+            count = sum(1 for t in types if t == kind) if types else n_layers
+            base = float(params.get("rope_theta", g.base))
+            rope_type = str(params.get("rope_type", params.get("type", "default")))
+            out.append(LayerRope(kind, count, base, int(head * prf), window(kind), rope_type, kind == patched_key))
+        return out
+    rope_type = str((rp or {}).get("rope_type", (rp or {}).get("type", "default"))) if isinstance(rp, dict) else "default"
+    if not types:
+        return [LayerRope(None, n_layers, g.base, g.rotary_dim, None, rope_type, True)]
+    return [LayerRope(kind, types.count(kind), g.base, g.rotary_dim, window(kind), rope_type, True) for kind in dict.fromkeys(types)]
 
 
 # ---------------------------------------------------------------- transformers equivalents
@@ -665,15 +872,22 @@ def keep_rope_fp32(model: nn.Module) -> None:
 
 
 __all__ = [
+    "DEFAULT_ATTN_IMPLEMENTATION",
+    "GGUF_SUFFIX",
     "TESTBED_DIR",
+    "LayerRope",
     "LoadedModel",
     "LongsearchRotaryEmbedding",
+    "ModelSource",
     "RopeSpec",
     "apply_rope",
     "config_with_factors",
     "current_schedules",
     "find_rotary_embeddings",
+    "input_device",
+    "is_gguf",
     "keep_rope_fp32",
+    "layer_ropes",
     "load_config",
     "load_model",
     "longrope_rope_parameters",
@@ -683,6 +897,7 @@ __all__ = [
     "patched_layer_type",
     "resolve_device",
     "resolve_dtype",
+    "resolve_source",
     "restore_rope",
 ]
 
@@ -736,7 +951,8 @@ _TOKENIZER_FILES = (
 
 
 def model_fingerprint(name_or_path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """What identifies a model for a run: its config, each weight file's size and a fast hash, its tokenizer files.
+    """What identifies a model for a run: its config, each weight file's size and a fast hash, its tokenizer files
+    (for a GGUF file: the config transformers reads from it and the file's size and hash).
 
     ``{"config": hash, "weights": {file: "size:hash"}, "tokenizer": hash}``; a hub id that is not in the local
     cache gives only what its config says (``"weights": None``).
@@ -749,6 +965,9 @@ def model_fingerprint(name_or_path: str | os.PathLike | None = None) -> dict[str
     for volatile in ("_name_or_path", "transformers_version", "_commit_hash"):
         cfg.pop(volatile, None)
     out: dict[str, Any] = {"config": hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]}
+    gguf = resolve_source(name_or_path).file
+    if gguf is not None:  # one file holds the weights, the tokenizer and the config: its hash covers all three
+        return {**out, "weights": {gguf.name: f"{gguf.stat().st_size}:{_fast_file_hash(gguf)}"}, "tokenizer": None}
     d = _model_dir(name_or_path)
     if d is None:
         return {**out, "weights": None, "tokenizer": None}

@@ -44,6 +44,21 @@ def render_info(console: Any, report: InfoReport) -> None:
     console.print(f"d_rcd range       [{report.critical_index_lower}, {report.critical_index}]  (LongRoPE2's search range)")
     m = ", ".join(f"{title} {report.attention[key]:.4f}" for key, title in INFO_METHODS)
     console.print(f"attention factor  {m}")
+    if report.layers:
+        kinds = Table(title="RoPE per layer type (λ applies to the rescaled ones; the rest keep their own RoPE)")
+        for column in ("layer type", "layers", "base", "rotary dim", "sliding window", "rope type", "rescaled"):
+            kinds.add_column(column, justify="left" if column in ("layer type", "rope type") else "right", no_wrap=column == "layer type")
+        for lr in report.layers:
+            kinds.add_row(
+                lr.layer_type or "all",
+                str(lr.layers),
+                f"{lr.base:g}",
+                str(lr.rotary_dim),
+                str(lr.window) if lr.window else "–",
+                lr.rope_type,
+                "yes" if lr.rescaled else "no",
+            )
+        console.print(kinds)
 
     table = Table(title=f"per-frequency λ at {format_length(target_length)}", show_lines=False)
     table.add_column("i", justify="right")

@@ -100,6 +100,13 @@ def scale_ratio(g: RopeGeometry, target_length: int) -> float:
     return target_length / g.original_length
 
 
+def extension_ratio(g: RopeGeometry, target_length: int) -> float:
+    """s = L'/L for the baselines, at least 1: a target inside the original window needs no extension, and a ratio
+    below 1 would speed the frequencies up (PI "for 2k" on a 32k window: λ = 1/16). Every baseline is the identity
+    there (λ = 1, m = 1)."""
+    return max(1.0, scale_ratio(g, target_length))
+
+
 # ---------------------------------------------------------------- attention factor
 
 
@@ -137,13 +144,13 @@ def none_method(g: RopeGeometry, target_length: int) -> Rescale:
 
 def pi_method(g: RopeGeometry, target_length: int) -> Rescale:
     """Position interpolation (transformers' ``linear``): λ_i = s."""
-    s = scale_ratio(g, target_length)
+    s = extension_ratio(g, target_length)
     return Rescale(np.full(g.n_freq, s), 1.0)
 
 
 def ntk_method(g: RopeGeometry, target_length: int) -> Rescale:
     """NTK-aware: base b·s^(d/(d−2)), i.e. λ_i = s^(2i/(d−2))."""
-    s = scale_ratio(g, target_length)
+    s = extension_ratio(g, target_length)
     return Rescale(_ntk_lambda(g, s), 1.0)
 
 
@@ -158,7 +165,7 @@ def dynamic_ntk_method(g: RopeGeometry, target_length: int, current_length: int 
 
     ``target_length`` sets s (transformers' ``factor``); with no ``current_length`` it is taken as n.
     """
-    s = scale_ratio(g, target_length)
+    s = extension_ratio(g, target_length)
     n = max(current_length if current_length is not None else target_length, g.original_length)
     alpha = s * n / g.original_length - (s - 1)
     return Rescale(_ntk_lambda(g, alpha), 1.0)
@@ -193,7 +200,7 @@ def yarn_method(
     truncate: bool = True,
 ) -> Rescale:
     """YaRN: λ_i = 1 / ((1−e_i)/s + e_i) with e_i = 1 − ramp_i; m = 0.1·ln s + 1 (or the mscale ratio)."""
-    s = scale_ratio(g, target_length)
+    s = extension_ratio(g, target_length)
     e = 1.0 - yarn_ramp(g, beta_fast, beta_slow, truncate)
     lam = 1.0 / ((1.0 - e) / s + e)
     if attention is not None:
@@ -213,7 +220,7 @@ def llama3_method(
     high_freq_factor: float = 4.0,
 ) -> Rescale:
     """Llama-3.1 style: keep short wavelengths, divide long ones by s, blend in between; m = 1."""
-    s = scale_ratio(g, target_length)
+    s = extension_ratio(g, target_length)
     L = g.original_length
     wavelength = periods(g)
     lam = np.ones(g.n_freq)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .errors import ModelError, NeedleError
+from .models import input_device
 from .needles import NeedleSet
 
 log = logging.getLogger(__name__)
@@ -110,13 +111,6 @@ def _vocab_size(net: Any) -> int | None:  # a transformers model (nn.Module type
     return int(size) if size else None
 
 
-def _device(net: torch.nn.Module) -> torch.device:
-    try:
-        return next(net.parameters()).device
-    except StopIteration:  # pragma: no cover - a model without parameters
-        return torch.device("cpu")
-
-
 def _auto_batch_size(n: int, length: int, device: torch.device) -> int:
     budget = GPU_TOKENS_PER_BATCH if device.type == "cuda" else CPU_TOKENS_PER_BATCH
     return max(1, min(n, budget // max(1, length)))
@@ -169,7 +163,7 @@ def score(
     if not needle_set.samples:
         raise NeedleError("the needle set has no samples: build one with --samples 1 or more")
     target = int(target_length) if target_length is not None else needle_set.length
-    device = _device(net)
+    device = input_device(net)
     n = len(needle_set.samples)
     bs = int(batch_size) if batch_size else _auto_batch_size(n, needle_set.length, device)
     if bs < 1:
@@ -251,16 +245,22 @@ def _score_all(
 
 
 def _score_batch(net: torch.nn.Module, samples: list, device: torch.device) -> tuple[list[float], list[bool]]:
-    """One forward over a batch of equal-length samples; logits only at the answer-predicting positions."""
-    ids = torch.from_numpy(np.stack([s.input_ids for s in samples])).to(device)
+    """One forward over a batch of equal-length samples; logits only at the answer-predicting positions.
+
+    ``device`` is where the ids go (the input embedding's). The positions to keep stay on the CPU: the model
+    indexes its last hidden states with them wherever those live (with accelerate's ``device_map`` the final
+    norm and lm_head may sit on another device than the embedding; CPU indices are valid for a tensor on any
+    device), and everything after the forward happens on the device the logits come back on."""
+    ids = torch.from_numpy(np.stack([s.input_ids for s in samples]))
     positions = [torch.from_numpy(s.predict_positions) for s in samples]
     keep = torch.unique(torch.cat(positions))  # sorted: the union over the batch
-    logits = _answer_logits(net, ids, keep.to(device))  # [B, len(keep), V]
+    logits = _answer_logits(net, ids.to(device), keep)  # [B, len(keep), V]
+    out = logits.device
     nll_t, ok_t = [], []
     for b, (s, pos) in enumerate(zip(samples, positions, strict=True)):
-        sel = torch.searchsorted(keep, pos).to(device)
+        sel = torch.searchsorted(keep, pos).to(out)
         rows = logits[b].index_select(0, sel).float()
-        target = ids[b, s.answer_start : s.answer_end]
+        target = ids[b, s.answer_start : s.answer_end].to(out)
         logp = torch.log_softmax(rows, dim=-1).gather(-1, target[:, None]).squeeze(-1)
         nll_t.append(-logp.mean())
         ok_t.append((rows.argmax(-1) == target).all() & torch.isfinite(rows).all())
@@ -270,7 +270,7 @@ def _score_batch(net: torch.nn.Module, samples: list, device: torch.device) -> t
 
 
 def _answer_logits(net: Any, ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Logits at positions ``keep`` only: ``logits_to_keep`` as a tensor, or the decoder + lm_head by hand."""
+    """Logits at positions ``keep`` (a CPU tensor) only: ``logits_to_keep`` as a tensor, or the decoder + lm_head by hand."""
     try:
         out = net(input_ids=ids, use_cache=False, logits_to_keep=keep)
         logits = out.logits
@@ -286,7 +286,7 @@ def _answer_logits(net: Any, ids: torch.Tensor, keep: torch.Tensor) -> torch.Ten
     if decoder is None or head is None:
         raise ModelError(f"{type(net).__name__} supports neither logits_to_keep nor a decoder + lm_head split: cannot score it")
     hidden = decoder(input_ids=ids, use_cache=False).last_hidden_state
-    return head(hidden[:, keep])
+    return head(hidden[:, keep.to(hidden.device)])
 
 
 __all__ = ["CPU_TOKENS_PER_BATCH", "GPU_TOKENS_PER_BATCH", "Score", "check_compatible", "score"]

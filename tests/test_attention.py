@@ -511,3 +511,48 @@ def test_cost_time_ratio_is_paired_by_round():
         CostCell("x", 256, 4.0, 250.0, "process RSS", times=[2.0, 4.0, 27.0]),
     ]
     assert res.cost_ratio("x", 256) == pytest.approx((2.0, 2.5))
+
+
+def test_the_block_memory_sets_the_peak_and_leaves_the_results_unchanged():
+    """The query blocks are sized from a memory budget: the peak tensor memory of a forward (counted from the
+    allocator's records) follows the budget, and the logits do not depend on it."""
+    import transformers as T
+
+    from longsearch.memory import AllocatorPeak
+    from longsearch.models import model_geometry
+
+    torch.manual_seed(0)
+    cfg = T.LlamaConfig(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        max_position_embeddings=256,
+    )
+    model = T.LlamaForCausalLM(cfg).eval()
+    n = 2048
+    x = torch.randint(0, 97, (1, n), generator=torch.Generator().manual_seed(5))
+    g = model_geometry(model.config)
+    peaks, logits = {}, {}
+    for budget in (8 << 20, 32 << 20, 128 << 20):
+        method = A.make_attention_method("rerope", g, 4 * n)
+        method.block_memory = budget
+        assert A.query_block(budget, 1, 8, n) == budget // ((3 * 8 + 2) * n * 4)
+        with AllocatorPeak() as peak:
+            logits[budget] = fast_logits(model, x, method)
+        peaks[budget] = peak.bytes
+    for budget in (32 << 20, 128 << 20):
+        torch.testing.assert_close(logits[budget], logits[8 << 20], rtol=1e-5, atol=1e-5)
+    # the blocks' score maps are what grows: each extra budget byte shows in the peak, within the estimate's slack
+    for small, large in ((8 << 20, 32 << 20), (32 << 20, 128 << 20)):
+        grown = peaks[large] - peaks[small]
+        assert 0.7 * (large - small) <= grown <= 1.1 * (large - small), (small, large, peaks)
+    assert peaks[128 << 20] <= (128 << 20) + peaks[8 << 20]
+
+
+def test_parse_memory():
+    assert A.parse_memory("2GiB") == 2 << 30 and A.parse_memory("512m") == 512 << 20 and A.parse_memory("4096") == 4096
+    with pytest.raises(InputError, match="cannot read the memory size"):
+        A.parse_memory("lots")

@@ -524,17 +524,24 @@ def test_gguf_llama_arch_rope_freqs_and_fallback_dim(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("arch", "warns"),
-    [(a, False) for a in ("llama", "granite", "mistral3", "deci", "phi3", "minicpm3")] + [(a, True) for a in ("qwen2", "gemma3", "gpt2")],
+    ("arch", "reads"),
+    [(a, True) for a in ("llama", "granite", "mistral3", "deci", "phi3", "minicpm3")] + [(a, False) for a in ("qwen2", "gemma3", "gpt2")],
 )
-def test_gguf_warns_only_for_architectures_whose_loader_ignores_the_factors(tmp_path, arch, warns):
-    # the criterion is which llama.cpp loaders read the factor tensors, not the gguf package's tensor table
+def test_gguf_is_refused_for_architectures_whose_loader_ignores_the_factors(tmp_path, arch, reads):
+    # the criterion is which llama.cpp loaders read the factor tensors, not the gguf package's tensor table; a file
+    # whose loader would refuse the tensors (or run plain RoPE) is refused in one line before anything is written
     src = tmp_path / f"{arch}.gguf"
     _write_gguf(src, arch=arch)
-    r = export_gguf(_gguf_factors(), src, tmp_path / "o.gguf")
-    assert bool(r.warnings) == warns, r.warnings
-    if warns:
-        assert len(r.warnings) == 1 and repr(arch) in r.warnings[0] and "llama" in r.warnings[0]
+    out = tmp_path / "o.gguf"
+    if reads:
+        r = export_gguf(_gguf_factors(), src, out)
+        assert r.warnings == [] and out.is_file()
+        return
+    with pytest.raises(ExportError) as e:
+        export_gguf(_gguf_factors(), src, out)
+    message = str(e.value)
+    assert "\n" not in message and repr(arch) in message and "llama" in message and "--format hf" in message
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == [src.name]
 
 
 def test_gguf_drops_scale_linear_and_yarn_keys(tmp_path):

@@ -291,6 +291,7 @@ def test_two_processes_read_distinct_items_and_log_both_kinds(tiny_byte_llama_di
         "resume-with-options",
         "missing-deepspeed",
         "bad-ratio",
+        "unknown-attention",
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_byte_llama_dir, factors_file, tmp_path, run_cli, capsys, case):
@@ -316,6 +317,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_byte_llama_dir, fa
         args = ["finetune", "--resume", str(out), "--steps", "9"]
     elif case == "missing-deepspeed":
         args = [*base, "--deepspeed", str(tmp_path / "ds.json")]
+    elif case == "unknown-attention":
+        args = [*base, "--attn-implementation", "fast"]
     else:
         args = [*base, "--short-ratio", "1.5"]
     before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
@@ -323,3 +326,104 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_byte_llama_dir, fa
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and len(err.splitlines()) <= 2, err  # one message (rich may fold it)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before
+
+
+def _loss_models():
+    """A Llama and a Gemma-3 (final logit soft-capping, tied embeddings, sliding layers) with a 4k vocabulary."""
+    import transformers as T
+
+    torch.manual_seed(0)
+    llama = T.LlamaForCausalLM(
+        T.LlamaConfig(
+            vocab_size=4096, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=256
+        )
+    )
+    gemma = T.Gemma3ForCausalLM(
+        T.Gemma3TextConfig(
+            vocab_size=4096,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            sliding_window=16,
+            layer_types=["sliding_attention", "full_attention"],
+            final_logit_softcapping=5.0,
+            max_position_embeddings=256,
+        )
+    )
+    return {"llama": llama, "gemma3-softcap": gemma}
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3-softcap"])
+def test_chunked_loss_and_gradients_equal_the_full_logits_loss(family):
+    from longsearch.finetune import _window_loss, full_logits_loss
+
+    model = _loss_models()[family].train()
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 4096, (2, 300), generator=gen)
+    weight = torch.ones(2, 300)
+    weight[:, 0] = 0.0
+    weight[0, 250:260] = 3.0  # answer tokens weigh more
+    inputs = {"input_ids": ids, "loss_weight": weight}
+
+    def loss_and_grads(fn):
+        model.zero_grad(set_to_none=True)
+        loss = fn()
+        loss.backward()
+        return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full, full_grads = loss_and_grads(lambda: full_logits_loss(model, inputs))
+    # 7 positions per chunk (uneven: the last chunk is shorter)
+    chunked, chunked_grads = loss_and_grads(lambda: _window_loss(model, inputs, chunk_bytes=2 * 4096 * 4 * 7)[0])
+    assert chunked == pytest.approx(full, rel=1e-6)
+    assert set(chunked_grads) == set(full_grads)
+    for name, g in full_grads.items():
+        torch.testing.assert_close(chunked_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_the_loss_builds_no_length_by_vocabulary_tensor():
+    """Measured with the allocator's own records (PyTorch profiler): the full-logits loss allocates length × vocab
+    fp32 logits at once (and its backward as much again); the chunked loss's largest allocation is a chunk's."""
+    from longsearch.finetune import _window_loss, full_logits_loss
+    from longsearch.memory import AllocatorPeak
+
+    model = _loss_models()["llama"].train()
+    n, vocab = 512, 4096
+    ids = torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(2))
+    inputs = {"input_ids": ids, "loss_weight": torch.ones(1, n)}
+    length_by_vocab = (n - 1) * vocab * 4
+    with AllocatorPeak() as full:
+        full_logits_loss(model, inputs).backward()
+    chunk_bytes = 64 * vocab * 4
+    with AllocatorPeak() as chunked:
+        _window_loss(model, inputs, chunk_bytes=chunk_bytes)[0].backward()
+    assert full.largest >= length_by_vocab  # the measurement sees the tensor the old loss built
+    assert chunked.largest < length_by_vocab / 4
+    assert chunked.bytes < full.bytes / 3
+    assert chunked.largest <= chunk_bytes
+
+
+def test_a_model_whose_logits_the_chunked_loss_cannot_reproduce_is_refused():
+    from longsearch.errors import LongsearchError
+    from longsearch.finetune import check_chunked_loss
+
+    model = _loss_models()["gemma3-softcap"].eval()
+    check_chunked_loss(model, torch.arange(1, 33)[None])  # soft-capping is known: accepted
+    model.config.final_logit_softcapping = None  # the model caps, the processor does not know it any more
+    model.forward = _capped_forward(model, 0.05)  # a cap well inside the logits' range: it changes the loss
+    with pytest.raises(LongsearchError, match="does not know"):
+        check_chunked_loss(model, torch.arange(1, 33)[None])
+
+
+def _capped_forward(model, cap):
+    """The model's forward with a soft-capping its config does not declare (a model type longsearch does not know)."""
+    original = model.forward
+
+    def forward(*args, **kwargs):
+        out = original(*args, **kwargs)
+        out.logits = torch.tanh(out.logits / cap) * cap
+        return out
+
+    return forward

@@ -150,3 +150,43 @@ def test_info_subprocess_exit_code(tmp_path, llama3_dir):
     )
     assert bad.returncode == 2
     assert len(bad.stderr.strip().splitlines()) == 1 and "not above the original window" in bad.stderr
+
+
+def _layer_rows(out: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.split("│") if c.strip()]
+        if cells and cells[0] in ("sliding_attention", "full_attention", "all"):
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_info_shows_the_rope_of_each_layer_type(monkeypatch, capsys, tmp_path):
+    """Gemma 3 (270M's shape): 15 sliding layers with a local base of 10k are left alone, 3 global ones with base 1M
+    are what λ rescales (models.apply_rope patches the full-attention type only)."""
+    path = tmp_path / "gemma3"
+    T.Gemma3TextConfig(
+        hidden_size=640,
+        num_hidden_layers=18,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=256,
+        sliding_window=512,
+        max_position_embeddings=32768,
+        rope_parameters={
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+        },
+    ).save_pretrained(path)
+    code, out, err = run_cli(monkeypatch, capsys, "info", "--model", str(path), "--target", "128k")
+    assert code == 0, err
+    assert "base b            1e+06" in out and "d_tcd             80" in out
+    rows = _layer_rows(out)
+    assert rows["sliding_attention"][1:] == ["15", "10000", "256", "512", "default", "no"]
+    assert rows["full_attention"][1:] == ["3", "1e+06", "256", "–", "default", "yes"]
+
+
+def test_info_a_model_whose_layers_share_one_rope(monkeypatch, capsys, llama3_dir):
+    code, out, _ = run_cli(monkeypatch, capsys, "info", "--model", str(llama3_dir), "--target", "128k")
+    assert code == 0
+    assert _layer_rows(out)["all"][1:] == ["32", "500000", "128", "–", "default", "yes"]

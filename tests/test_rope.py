@@ -13,7 +13,7 @@ from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from longsearch import rope
 from longsearch.errors import InputError
-from longsearch.rope import RopeGeometry, rescale
+from longsearch.rope import RopeGeometry, rescale, schedule
 
 GEOMETRIES = [
     # (head_dim, base, original window): the testbed, Llama-3-8B, Phi-3-mini-like, an odd one
@@ -248,3 +248,24 @@ def test_a_misspelt_method_option_is_refused_by_name():
         RopeFactors.from_method("yarn", g, 1024, mscale_al=1.0)
     # the options a method does take still work, and change the result
     assert not np.array_equal(rescale("yarn", g, 1024, beta_fast=16).lam, rescale("yarn", g, 1024).lam)
+
+
+@pytest.mark.parametrize("name", ["pi", "ntk", "dynamic-ntk", "yarn", "llama3"])
+def test_a_baseline_for_a_length_inside_the_window_is_the_identity(name):
+    """Gemma 3's window is 32k: YaRN "for 2k" used s = 1/16 and sped every interpolated frequency up."""
+    g = RopeGeometry(256, 1_000_000.0, 32768)
+    for target in (2048, 32768):
+        r = rescale(name, g, target)
+        assert np.all(r.lam == 1.0) and r.m == 1.0, (target, r.lam[-3:], r.m)
+        assert np.all(schedule(name, g, target)(target).lam == 1.0)
+    assert rescale(name, g, 65536).lam[-1] > 1.0  # beyond the window it extends as before
+
+
+def test_eval_says_a_baseline_inside_the_window_is_the_identity():
+    from longsearch.evaluate import build_methods
+
+    g = RopeGeometry(256, 1_000_000.0, 32768)
+    methods = {m.label: m for m in build_methods(g, ["yarn", "pi"], target_length=2048)}
+    for label in ("yarn", "pi"):
+        assert np.all(methods[label].spec(2048).lam == 1.0) and methods[label].attention_factor == 1.0
+        assert "the identity: 2k is inside the 32k window" in methods[label].source

@@ -111,6 +111,25 @@ def test_batched_equals_one_at_a_time(model, long_set):
     assert two.per_sample == pytest.approx(one.per_sample, abs=TOL)
 
 
+@pytest.mark.parametrize("spec", [None, "yarn"])
+def test_a_model_spread_by_accelerate_scores_as_the_plain_model(model, long_set, tmp_path, spec):
+    """accelerate's device map (what --gpus-per-worker N loads) puts modules on several devices; the scorer must
+    feed the ids where the embedding runs and index the answer positions where the last hidden states are. On a
+    CPU machine the device map that genuinely spreads a model is an offload: the embedding's weights on disk
+    (the parameters on ``meta``, run on the CPU by accelerate's hooks), the rest on the CPU. Scoring used to send
+    the ids and positions to the first parameter's device (``meta``) and failed."""
+    from accelerate import dispatch_model
+
+    reference = score(model, long_set, spec, target_length=600)
+    spread = copy.deepcopy(model)
+    device_map = {"model.embed_tokens": "disk", "model.layers": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    spread = dispatch_model(spread, device_map, offload_dir=str(tmp_path))
+    assert next(spread.parameters()).device.type == "meta" and spread.lm_head.weight.device.type == "cpu"
+    result = score(spread, long_set, spec, target_length=600)
+    assert result.ok and result.per_sample == pytest.approx(reference.per_sample, abs=TOL)
+    assert result.per_sample_correct == reference.per_sample_correct
+
+
 def test_patched_score_matches_transformers_own_yarn(model, long_set):
     """The independent reference: the same weights under transformers' own yarn rope_parameters."""
     s = 600 / WINDOW
