@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -137,7 +138,7 @@ def main() -> None:
     lm, label = load(args.model)
     load_s = time.perf_counter() - t0
     info = data["models"].setdefault(label, {"commands": []})
-    cmd = "nice -n 10 python bench/ruler_inwindow.py " + " ".join(sys.argv[1:])
+    cmd = "nice -n 10 python bench/ruler_inwindow.py " + shlex.join(sys.argv[1:])
     if cmd not in info["commands"]:
         info["commands"].append(cmd)
     info["window"] = lm.geometry.original_length
