@@ -353,7 +353,8 @@ _NOUNS = [
 ]
 
 
-def _draw_key(rng: np.random.Generator, taken: set[str]) -> str:
+def draw_key(rng: np.random.Generator, taken: set[str]) -> str:
+    """A needle key (``adjective-noun``) not in ``taken``."""
     for _ in range(1000):
         key = f"{_ADJECTIVES[int(rng.integers(len(_ADJECTIVES)))]}-{_NOUNS[int(rng.integers(len(_NOUNS)))]}"
         if key not in taken:
@@ -398,7 +399,7 @@ def special_prefix(tokenizer) -> list[int]:
     return with_special[:at] if at is not None else []
 
 
-class _Encoder:
+class PieceEncoder:
     """Tokenizes pieces of a document as they would appear in running text."""
 
     def __init__(self, tokenizer):
@@ -664,9 +665,12 @@ def resolve_depths(depths, n: int, rng: np.random.Generator) -> tuple[list[float
     return [values[i % len(values)] for i in range(n)], {"kind": "list", "values": values}
 
 
-class _Builder:
+class DocumentBuilder:
+    """A needle document of exactly ``length`` tokens built from a haystack text in token space (the needle builder
+    and the RULER-style tasks share it)."""
+
     def __init__(self, tokenizer, length: int, template: Template, text: str):
-        self.enc = _Encoder(tokenizer)
+        self.enc = PieceEncoder(tokenizer)
         self.length = length
         self.t = template
         self.text = text
@@ -726,7 +730,7 @@ class _Builder:
         values: set[str] = set()
         needles = []
         for _ in range(t.n_needles):
-            key = _draw_key(rng, keys) if t.keyed else ""
+            key = draw_key(rng, keys) if t.keyed else ""
             value = _draw_value(rng, t.value_digits, values)
             keys.add(key)
             values.add(value)
@@ -842,7 +846,7 @@ def build_needle_set(
     text, hay_meta = load_haystack(haystack)
     rng = np.random.default_rng(int(seed))
     depth_list, depth_meta = resolve_depths(depths, n_samples, rng)
-    builders = [_Builder(tokenizer, length, tpl, text) for tpl in tpls]
+    builders = [DocumentBuilder(tokenizer, length, tpl, text) for tpl in tpls]
     # a mixed set interleaves its templates: sample k uses template k mod (number of templates)
     samples = [builders[k % len(builders)].build(rng, d) for k, d in enumerate(depth_list)]
     name, vh = tokenizer_fingerprint(tokenizer)

@@ -92,7 +92,7 @@ def _json_float(x: float) -> float | str:
     return x if math.isfinite(x) else ("inf" if x > 0 else ("-inf" if x < 0 else "nan"))
 
 
-def _unwrap(model: Any) -> tuple[torch.nn.Module, Any]:
+def unwrap_model(model: Any) -> tuple[torch.nn.Module, Any]:
     """(the transformers model, its tokenizer or None) from a LoadedModel or a PreTrainedModel."""
     if isinstance(model, torch.nn.Module):
         return model, None
@@ -124,7 +124,7 @@ def _is_oom(e: BaseException) -> bool:
 
 def check_compatible(model: Any, needle_set: NeedleSet, target_length: int | None = None) -> None:
     """Refuse a needle set built for another tokenizer or another length, or with ids the model cannot embed."""
-    net, tokenizer = _unwrap(model)
+    net, tokenizer = unwrap_model(model)
     needle_set.check(tokenizer, target_length)
     vocab = _vocab_size(net)
     if vocab is not None and needle_set.samples:
@@ -158,7 +158,7 @@ def score(
     from .models import patched
 
     t0 = time.perf_counter()
-    net, _ = _unwrap(model)
+    net, _ = unwrap_model(model)
     check_compatible(model, needle_set, target_length)
     if not needle_set.samples:
         raise NeedleError("the needle set has no samples: build one with --samples 1 or more")
