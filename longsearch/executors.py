@@ -20,6 +20,7 @@ The search hands an executor :class:`ScoreTask` s and gets :class:`ScoreOutcome`
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -27,8 +28,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
+from .errors import LongsearchError
 from .needles import NeedleSet
 from .rope import Rescale
+
+log = logging.getLogger(__name__)
 
 
 def clean_nll(value: Any) -> float:
@@ -45,13 +49,15 @@ class ScoreTask:
     """One evaluation: ``rescale`` (λ at every position, m) on the needle set named ``needles``.
 
     ``ref``: what is scored, handed back on the outcome (never sent to a worker). ``bar``: race against it —
-    stop as soon as the mean cannot end below it (+inf: score every document).
+    stop as soon as the mean cannot end below it (+inf: score every document). ``docs``: score only the documents
+    ``start:stop`` of the set (a piece of a task the pool split over its workers; None: all of them).
     """
 
     ref: Any
     rescale: Rescale
     needles: str = "search"
     bar: float = math.inf
+    docs: tuple[int, int] | None = None
 
     def for_worker(self) -> ScoreTask:
         """The task as a worker receives it: without the reference."""
@@ -76,6 +82,8 @@ class ScoreOutcome:
     ref: Any = None  # the task's reference (set by the executor)
     worker: str = ""
     attempts: int = 1
+    fault: str | None = None  # the worker's fault, not the candidate's (:func:`fault_of`): the pool replaces that worker
+    logs: list[tuple[int, str, str]] = field(default_factory=list)  # a worker's log records (level, logger, message)
 
     def __post_init__(self) -> None:
         self.nll = clean_nll(self.nll)
@@ -107,8 +115,85 @@ def error_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}"[:300]
 
 
+#: Words of an exception that says the device (or its driver, or the link between devices) is faulty, not the
+#: candidate: after such an error a CUDA context is usually unusable for good (a "sticky" error).
+DEVICE_ERROR_MARKERS = (
+    "cuda error",
+    "cuda driver",
+    "device-side assert",
+    "illegal memory access",
+    "illegal instruction",
+    "misaligned address",
+    "unspecified launch failure",
+    "uncorrectable ecc",
+    "ecc error",
+    "nccl",
+    "cublas_status",
+    "cudnn_status",
+    "hip error",
+)
+
+
+def is_oom(e: BaseException) -> bool:
+    """An out-of-memory error of torch (CUDA or another device)."""
+    import torch
+
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+
+
+def fault_of(e: BaseException) -> str | None:
+    """Whose failure an exception of :meth:`Scorer.score` is. None: the candidate's — longsearch's own refusals of
+    its λ, m or documents (any :class:`~longsearch.errors.LongsearchError`, out of memory on a single document
+    included) and out of memory (the scorer halves its batch first): a failed result, the worker goes on.
+    ``"device"``: a device error (:data:`DEVICE_ERROR_MARKERS`: CUDA errors other than out of memory, a device-side
+    assert, an illegal memory access, ECC, NCCL). ``"worker"``: any other exception, which nothing ties to the
+    candidate (a bug, a needle set the worker lacks). Either of the last two retires the worker (the pool replaces
+    it and runs the task elsewhere): a faulty worker must not take the next task at once and fail it too."""
+    if isinstance(e, LongsearchError) or is_oom(e):
+        return None
+    text = f"{type(e).__name__} {e}".lower()
+    if type(e).__name__ == "AcceleratorError" or any(m in text for m in DEVICE_ERROR_MARKERS):
+        return "device"
+    return "worker"
+
+
+class _Collector(logging.Handler):
+    """Keeps the warnings (and worse) a worker's loggers emit, for the driver (:attr:`ScoreOutcome.logs`)."""
+
+    LIMIT = 50
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[tuple[int, str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.records) < self.LIMIT:
+            self.records.append((record.levelno, record.name, record.getMessage()))
+
+    def drain(self) -> list[tuple[int, str, str]]:
+        out, self.records = self.records, []
+        return out
+
+
+#: the loggers whose warnings a worker sends to the driver
+FORWARDED_LOGGERS = ("longsearch", "transformers")
+
+
+def forward_logs(records: Iterable[tuple[int, str, str]], worker: str) -> None:
+    """Log a worker's records in this process, through their own loggers, naming the worker."""
+    for level, name, message in records:
+        logging.getLogger(name).log(level, "%s [worker %s]", message, worker)
+
+
 class Scorer:
-    """Holds one model replica and the needle sets; scores one task at a time (the body of a worker)."""
+    """Holds one model replica and the needle sets; scores one task at a time (the body of a worker).
+
+    ``load=False``: the model is loaded by :meth:`load` (the pool tells a worker placed from one still loading).
+    ``label``: the worker's name in the pool (fault injection aims at it). ``forward_logs``: keep the warnings this
+    process logs and return them on the outcomes (a Ray worker; in-process they reach the logging at once).
+    """
 
     def __init__(
         self,
@@ -118,35 +203,84 @@ class Scorer:
         dtype: str = "auto",
         threads: int | None = None,
         shard: bool = False,
+        *,
+        attn_implementation: str | None = None,
+        load: bool = True,
+        label: str = "",
+        forward_logs: bool = False,
+        fault_spec: str | None = None,
     ) -> None:
-        import torch
-
-        from .models import load_model
-
         if threads:
+            import torch
+
             torch.set_num_threads(int(threads))
-        self.target_length = int(target_length)
-        self.loaded = load_model(model, device=device, dtype=dtype, shard=shard)
+        self.model, self.target_length = model, int(target_length)
+        self._load_options: dict[str, Any] = dict(device=device, dtype=dtype, shard=shard, attn_implementation=attn_implementation)
+        self.loaded: Any = None
         self.needles: dict[str, NeedleSet] = {}
+        self._pieces: dict[tuple[str, int, int], NeedleSet] = {}
         self.name = f"{os.uname().nodename}:{os.getpid()}"
+        self.label = label or self.name
+        self._fault_spec, self._scored = fault_spec, 0
+        self._logs: _Collector | None = None
+        if forward_logs:
+            self._logs = _Collector()
+            for name in FORWARDED_LOGGERS:
+                logging.getLogger(name).addHandler(self._logs)
+        if load:
+            self.load()
 
     def ready(self) -> str:
+        """Answers once the worker is placed and its process runs (before :meth:`load` when that was deferred)."""
         return self.name
+
+    def load(self) -> list[tuple[int, str, str]]:
+        """Load the model (once); returns the warnings logged meanwhile (forwarded ones)."""
+        if self.loaded is None:
+            from .models import load_model
+
+            self.loaded = load_model(self.model, **self._load_options)
+        return self._logs.drain() if self._logs else []
+
+    def attention(self) -> str:
+        """The attention implementation the loaded model runs (what ``attn_implementation`` resolved to)."""
+        self.load()
+        return str(getattr(self.loaded.model.config, "_attn_implementation", ""))
 
     def set_needles(self, name: str, needle_set: NeedleSet) -> None:
         self.needles[name] = needle_set
+        self._pieces = {k: v for k, v in self._pieces.items() if k[0] != name}
+
+    def _needle_set(self, task: ScoreTask) -> NeedleSet:
+        try:
+            ns = self.needles[task.needles]  # the search's set, or an in-window set of the signal check
+        except KeyError:
+            raise RuntimeError(f"this worker holds no needle set {task.needles!r}") from None
+        if task.docs is None:
+            return ns
+        key = (task.needles, *task.docs)
+        if key not in self._pieces:  # kept: a set checks its tokenizer once
+            self._pieces[key] = replace(ns, samples=ns.samples[task.docs[0] : task.docs[1]])
+        return self._pieces[key]
 
     def score(self, task: ScoreTask) -> ScoreOutcome:
         """The answer-token NLL of the task's (λ, m) — applied at every position, as serving engines apply long
-        factors — on its needle set, raced against its bar. A bad candidate is a failed outcome, not an exception."""
+        factors — on its needle set (or the documents ``task.docs`` of it), raced against its bar. A bad candidate
+        is a failed outcome, not an exception; so is a faulty worker, with :attr:`ScoreOutcome.fault` set."""
+        from . import faults
         from .scoring import score
 
         t0 = time.perf_counter()
+        self._scored += 1
         try:
-            ns = self.needles[task.needles]  # the search's set, or an in-window set of the signal check
+            faults.score_point(self._fault_spec, self.label, self._scored)
+            self.load()
+            ns = self._needle_set(task)
             s = score(self.loaded, ns, task.rescale, target_length=ns.length, stop_at=task.bar)
         except Exception as e:
-            return ScoreOutcome.failure(error_line(e), seconds=time.perf_counter() - t0, worker=self.name)
+            fault = fault_of(e)
+            logs = self._logs.drain() if self._logs else []
+            return ScoreOutcome.failure(error_line(e), seconds=time.perf_counter() - t0, worker=self.name, fault=fault, logs=logs)
         return ScoreOutcome(
             nll=s.nll,
             per_sample=[float(x) for x in s.per_sample],
@@ -158,6 +292,7 @@ class Scorer:
             n_total=len(ns.samples),
             censored=bool(s.censored),
             worker=self.name,
+            logs=self._logs.drain() if self._logs else [],
         )
 
 
@@ -195,10 +330,17 @@ class InProcessPool:
     No Ray, no second process: what the tests of the search logic use, and enough for one device."""
 
     def __init__(
-        self, model: str | None, target_length: int, *, device: str = "auto", dtype: str = "auto", threads: int | None = None
+        self,
+        model: str | None,
+        target_length: int,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        threads: int | None = None,
+        attn_implementation: str | None = None,
     ) -> None:
         self.model, self.target_length = model, int(target_length)
-        self._options: dict[str, Any] = {"device": device, "dtype": dtype, "threads": threads}
+        self._options: dict[str, Any] = {"device": device, "dtype": dtype, "threads": threads, "attn_implementation": attn_implementation}
         self._scorer: Scorer | None = None
         self._needles: dict[str, NeedleSet] = {}
 
@@ -240,10 +382,25 @@ class InProcessPool:
             assert self._scorer is not None
             outcome = self._scorer.score(task.for_worker())
             outcome.ref, outcome.worker = task.ref, "local"
+            if outcome.fault:
+                log.warning("scoring failed with a %s error, not the candidate's (%s): no other worker here", outcome.fault, outcome.error)
             yield outcome
 
     def close(self) -> None:
         self._scorer = None
 
 
-__all__ = ["Executor", "InProcessPool", "ScoreOutcome", "ScoreTask", "Scorer", "clean_nll", "error_line"]
+__all__ = [
+    "DEVICE_ERROR_MARKERS",
+    "FORWARDED_LOGGERS",
+    "Executor",
+    "InProcessPool",
+    "ScoreOutcome",
+    "ScoreTask",
+    "Scorer",
+    "clean_nll",
+    "error_line",
+    "fault_of",
+    "forward_logs",
+    "is_oom",
+]

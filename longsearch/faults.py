@@ -13,6 +13,13 @@ Set ``LONGSEARCH_FAULT`` to one or more comma-separated ``FILE:N:WHEN:ACTION``:
   being replaced has been moved aside, the new one not yet renamed onto it);
 * ``ACTION`` — ``kill`` (SIGKILL: no handler, no cleanup) or ``enospc`` (raise ``OSError(ENOSPC)``).
 
+A worker's scoring can fail too (the pool's tests of a faulty worker): ``score:N:WHEN:ACTION`` on every worker, or
+``score@LABEL:N:WHEN:ACTION`` on the worker of that label only (``w0``; its replacement is ``w0.1``), where ``N``
+counts the scorings of that worker, ``WHEN`` is ``before`` (the N-th scoring only) or ``from`` (the N-th and every
+later one: a sticky fault), and ``ACTION`` is ``device`` (a CUDA-style ``RuntimeError``: an illegal memory access),
+``oom`` (``torch.cuda.OutOfMemoryError``) or ``kill`` (SIGKILL of the worker). The pool hands the driver's value to
+its workers (:func:`score_point`).
+
 Unset (the normal case), :func:`point` returns at once. Nothing else reads the variable. A malformed value is
 refused with a one-line :class:`~longsearch.errors.InputError` (:func:`check`, called by ``evolve`` before it
 writes anything; any other command at its first write).
@@ -30,6 +37,11 @@ from .errors import InputError
 ENV = "LONGSEARCH_FAULT"
 WHENS = ("before", "after", "partial", "aside")
 ACTIONS = ("kill", "enospc")
+SCORE = "score"
+SCORE_WHENS = ("before", "from")
+SCORE_ACTIONS = ("device", "oom", "kill")
+#: the message of an injected device fault (what a sticky CUDA error looks like)
+DEVICE_FAULT = "CUDA error: an illegal memory access was encountered (injected by LONGSEARCH_FAULT)"
 _COUNTS: dict[tuple[str, str], int] = {}
 
 
@@ -43,14 +55,16 @@ def parse(spec: str) -> tuple[tuple[str, str, int, str, str], ...]:
             continue
         parts = item.split(":")
         problem = None
-        if len(parts) != 4 or not parts[0]:
+        scoring = bool(parts) and parts[0].split("@", 1)[0] == SCORE
+        whens, actions = (SCORE_WHENS, SCORE_ACTIONS) if scoring else (WHENS, ACTIONS)
+        if len(parts) != 4 or not parts[0] or parts[0].endswith("@"):
             problem = "it is not FILE:N:WHEN:ACTION"
         elif not parts[1].isdigit() or int(parts[1]) < 1:
             problem = f"N must be a whole number from 1, not {parts[1]!r}"
-        elif parts[2] not in WHENS:
-            problem = f"WHEN must be one of {', '.join(WHENS)}, not {parts[2]!r}"
-        elif parts[3] not in ACTIONS:
-            problem = f"ACTION must be one of {', '.join(ACTIONS)}, not {parts[3]!r}"
+        elif parts[2] not in whens:
+            problem = f"WHEN must be one of {', '.join(whens)}, not {parts[2]!r}"
+        elif parts[3] not in actions:
+            problem = f"ACTION must be one of {', '.join(actions)}, not {parts[3]!r}"
         if problem:
             raise InputError(
                 f"{ENV}={spec!r}: {item!r} is malformed ({problem}): give FILE:N:WHEN:ACTION items such as "
@@ -96,6 +110,25 @@ def point(name: str, when: str) -> bool:
             return True
         trigger(action, name)
     return False
+
+
+def score_point(spec: str | None, label: str, n: int) -> None:
+    """Called by a worker's scorer before its ``n``-th scoring (from 1): raises the fault ``spec`` (the driver's
+    ``LONGSEARCH_FAULT``) puts there for the worker ``label``, if any."""
+    if not spec:
+        return
+    for _, target, at_n, when, action in parse(spec):
+        name, _, only = target.partition("@")
+        if name != SCORE or (only and only != label):
+            continue
+        if n == at_n or (when == "from" and n > at_n):
+            if action == "device":
+                raise RuntimeError(DEVICE_FAULT)
+            if action == "oom":
+                import torch
+
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by LONGSEARCH_FAULT)")
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def trigger(action: str, name: str) -> None:
