@@ -246,6 +246,18 @@ def evolve(
         help="GPUs per worker: 0 for CPU workers, a fraction below 1 to share a GPU, N for models too large for one.",
     ),
     task_timeout: float | None = typer.Option(None, "--task-timeout", help="Seconds (> 0) before a silent worker is replaced."),
+    device: str = typer.Option(
+        "auto",
+        "--device",
+        help="Where the workers score: auto (default: GPUs where the Ray cluster has them, waiting for busy ones; CPU "
+        "workers only on a cluster with no GPU), cuda, or cpu.",
+    ),
+    attn_implementation: str | None = typer.Option(None, "--attn-implementation", help=ATTN_HELP + " With --resume: the run's."),
+    worker_startup_timeout: float | None = typer.Option(
+        None,
+        "--worker-startup-timeout",
+        help="Seconds (> 0) a worker may take to be placed and to load the model (default 600; with --resume: the run's).",
+    ),
     template: str | None = typer.Option(
         None,
         "--template",
@@ -294,6 +306,9 @@ def evolve(
         force=force,
         gpus_per_worker=gpus_per_worker,
         task_timeout=task_timeout,
+        device=device,
+        attn_implementation=attn_implementation,
+        worker_startup_timeout=worker_startup_timeout,
         racing=racing,
         template=template,
         depths=depths,

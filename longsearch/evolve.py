@@ -177,8 +177,11 @@ def run_evolve(opts: EvolveOptions, reporter: EvolveReporter | None = None, pool
                 workers=cfg.workers,
                 address=cfg.address,
                 gpus_per_worker=opts.gpus_per_worker,
+                device=opts.device,
+                attn_implementation=cfg.attn_implementation,
                 max_attempts=opts.max_attempts,
                 task_timeout=opts.task_timeout,
+                startup_timeout=cfg.worker_startup_timeout,
             )
     except BaseException:
         if run is not None:

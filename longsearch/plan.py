@@ -24,9 +24,11 @@ from .executors import Executor, ScoreTask
 from .lengths import format_length
 from .needles import NeedleSet, build_needle_set, resolve_depths, template_names
 from .optimizers import Optimizer, make_optimizer, resolve_budget
+from .placement import check_device
 from .rope import Rescale, RopeGeometry
 from .runs import RunConfig
 from .space import SearchSpace
+from .windowed_attention import resolve_attn_implementation
 from .workers import check_pool_options
 
 DEFAULTS: dict[str, Any] = {
@@ -37,6 +39,8 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "template": "auto",
     "depths": "spread",
+    "attn_implementation": "auto",  # models.DEFAULT_ATTN_IMPLEMENTATION
+    "worker_startup_timeout": 600.0,  # placement.DEFAULT_STARTUP_TIMEOUT
 }
 #: A needle template is a usable signal when plain RoPE answers at least this share of its documents inside the
 #: model's own window: a perplexity the model cannot lower in-window cannot guide a search beyond it.
@@ -71,6 +75,9 @@ class EvolveOptions:
     depths: str | None = None  # needle depths: spread (default), uniform, start, or a list
     signal_check: bool | None = None  # measure in-window which templates the model solves (None: on; on resume, the run's)
     accept_model_change: bool = False  # resume although the model's files changed since the run started
+    device: str = "auto"  # the workers': auto (GPUs where the cluster has them, never a silent CPU fall-back), cuda, cpu
+    attn_implementation: str | None = None  # the workers' attention (None: auto, or the run's own on resume)
+    worker_startup_timeout: float | None = None  # seconds a worker may take to be placed and load (None: 600, or the run's)
 
 
 @dataclass
@@ -122,7 +129,10 @@ def check_options(opts: EvolveOptions) -> None:
     in :func:`plan` (a new run) and in :func:`longsearch.runstart.open_resume`. (:class:`~longsearch.workers.WorkerPool`
     checks its own arguments again: that is its contract as a class used on its own.)"""
     faults.check()
-    check_pool_options(opts.workers, opts.gpus_per_worker, opts.max_attempts, opts.task_timeout)
+    check_pool_options(opts.workers, opts.gpus_per_worker, opts.max_attempts, opts.task_timeout, opts.worker_startup_timeout)
+    check_device(opts.device)
+    if opts.attn_implementation is not None:
+        resolve_attn_implementation(opts.attn_implementation, None)  # an unknown name is refused now
 
 
 def plan(opts: EvolveOptions) -> Plan:
@@ -175,6 +185,8 @@ def plan(opts: EvolveOptions) -> Plan:
         heldout_seed=seed + HELDOUT_SEED_OFFSET,
         racing=True if opts.racing is None else bool(opts.racing),
         depths=depths,
+        attn_implementation=opts.attn_implementation,
+        worker_startup_timeout=opts.worker_startup_timeout,
     )
     return Plan(config, geometry, space, optimizer, tokenizer, out, opts.force, templates, depths)
 

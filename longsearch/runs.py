@@ -89,6 +89,8 @@ class RunConfig:
     depths: str | None = None
     signal: dict[str, Any] | None = None  # the in-window check: accuracy per template with plain RoPE
     model_fingerprint: dict[str, Any] | None = None
+    attn_implementation: str | None = None  # the workers' (None: auto; runs written before it: auto)
+    worker_startup_timeout: float | None = None  # seconds (None: the default, 600)
     longsearch_version: str = __version__
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 

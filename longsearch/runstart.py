@@ -197,6 +197,10 @@ def _reopen(store: RunStore, config: RunConfig, opts: EvolveOptions) -> Prepared
         config.workers = opts.workers
     if opts.address is not None:
         config.address = opts.address
+    if opts.attn_implementation is not None:
+        config.attn_implementation = opts.attn_implementation
+    if opts.worker_startup_timeout is not None:
+        config.worker_startup_timeout = opts.worker_startup_timeout
     return PreparedRun(store, config, geometry, space, optimizer, needles, tokenizer, journal, checkpoint, True, journal.truncated_bytes)
 
 

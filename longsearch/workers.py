@@ -34,8 +34,21 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import faults
+from .dispatch import Job, next_job, piece_spans
 from .errors import InputError, RunError
-from .executors import ScoreOutcome, Scorer, ScoreTask
+from .executors import ScoreOutcome, Scorer, ScoreTask, forward_logs
+from .placement import (
+    DEFAULT_STARTUP_TIMEOUT,
+    Resources,
+    Starting,
+    check_device,
+    check_startup_timeout,
+    not_started,
+    plan_resources,
+    root_message,
+    wait_started,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +97,13 @@ def _death_errors() -> tuple[type[BaseException], ...]:
     return tuple(getattr(E, n) for n in names if hasattr(E, n))
 
 
-def check_pool_options(workers: int | None, gpus_per_worker: float = 1.0, max_attempts: int = 3, task_timeout: float | None = None) -> None:
+def check_pool_options(
+    workers: int | None,
+    gpus_per_worker: float = 1.0,
+    max_attempts: int = 3,
+    task_timeout: float | None = None,
+    startup_timeout: float | None = None,
+) -> None:
     """Refuse pool options that cannot work (one line, InputError) before anything starts or is written."""
     if workers is not None and workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
@@ -97,6 +116,7 @@ def check_pool_options(workers: int | None, gpus_per_worker: float = 1.0, max_at
         raise InputError(f"max_attempts must be at least 1, got {max_attempts}")
     if task_timeout is not None and not (math.isfinite(float(task_timeout)) and float(task_timeout) > 0):
         raise InputError(f"--task-timeout must be a number of seconds above 0, got {task_timeout:g}")
+    check_startup_timeout(startup_timeout)
 
 
 @dataclass
@@ -105,16 +125,25 @@ class _Slot:
     actor: Any = None
     generation: int = 0  # how many times this slot's actor was replaced
     busy_since: float | None = None
-    starting: Any = None  # a replacement's ready() ref until its model is loaded: no task goes to it before
-    starting_since: float | None = None
+    starting: Starting | None = None  # a replacement's start until its model is loaded: no task goes to it before
+    leftover: Any = None  # a piece still running for a round that ended (its result is not needed)
 
     @property
     def label(self) -> str:
         return f"w{self.index}" + (f".{self.generation}" if self.generation else "")
 
+    @property
+    def blocking(self) -> Any:
+        """What to wait for before this slot takes a task (None: it is free)."""
+        return self.starting.loaded if self.starting is not None else self.leftover
+
 
 class WorkerPool:
-    """Ray actors scoring :class:`ScoreTask` s asynchronously. Use as a context manager."""
+    """Ray actors scoring :class:`ScoreTask` s asynchronously. Use as a context manager.
+
+    ``device``: ``auto`` (GPU workers on a cluster with GPUs, else CPU workers), ``cuda`` or ``cpu``
+    (:func:`~longsearch.placement.plan_resources`). ``split``: cut tasks into pieces of documents so that every
+    worker has work (:mod:`longsearch.dispatch`). ``scorer_cls``: what each actor runs (a stand-in in benchmarks)."""
 
     def __init__(
         self,
@@ -124,38 +153,34 @@ class WorkerPool:
         address: str | None = None,
         *,
         gpus_per_worker: float = 1.0,
+        device: str = "auto",
         dtype: str = "auto",
+        attn_implementation: str | None = None,
         max_attempts: int = 3,
         task_timeout: float | None = None,
-        startup_timeout: float = 600.0,
+        startup_timeout: float | None = None,
         temp_root: str | None = None,
         object_store_memory: int | None = DEFAULT_OBJECT_STORE,
+        split: bool = True,
+        scorer_cls: type = Scorer,
     ) -> None:
-        check_pool_options(workers, gpus_per_worker, max_attempts, task_timeout)
-        self.model = model
-        self.target_length = int(target_length)
-        self.requested_workers = workers
-        self.address = address
-        self.gpus_per_worker = gpus_per_worker
-        self.dtype = dtype
-        self.max_attempts = max_attempts
-        self.task_timeout = task_timeout
-        self.startup_timeout = startup_timeout
-        self.temp_root = temp_root
-        self.object_store_memory = object_store_memory
+        check_pool_options(workers, gpus_per_worker, max_attempts, task_timeout, startup_timeout)
+        self.model, self.target_length = model, int(target_length)
+        self.requested_workers, self.address = workers, address
+        self.gpus_per_worker, self.requested_device = gpus_per_worker, check_device(device)
+        self.dtype, self.attn_implementation = dtype, attn_implementation
+        self.max_attempts, self.task_timeout = max_attempts, task_timeout
+        self.startup_timeout = DEFAULT_STARTUP_TIMEOUT if startup_timeout is None else float(startup_timeout)
+        self.temp_root, self.object_store_memory = temp_root, object_store_memory
+        self.split, self.scorer_cls = split, scorer_cls
         self._own_ray = False
         self._temp_dir: str | None = None
         self._slots: list[_Slot] = []
         self._needle_refs: dict[str, Any] = {}
         self._needle_sets: dict[str, Any] = {}
         self._actor_cls: Any = None
-        self._actor_options: dict[str, Any] = {}
-        self._threads: int | None = None
-        self.device = "cpu"
-        self._busy = 0.0
-        self._completed = 0
-        self._failures = 0
-        self._replacements = 0
+        self.resources = Resources(0, "cpu")
+        self._busy, self._completed, self._failures, self._replacements = 0.0, 0, 0, 0
         self._retired = 0  # slots given up because the cluster lost the room for them
         self._t_start: float | None = None
         self._started = False
@@ -173,6 +198,10 @@ class WorkerPool:
         return len(self._slots)
 
     @property
+    def device(self) -> str:
+        return self.resources.device
+
+    @property
     def actors(self) -> list[Any]:
         """The current actor handles (one per worker slot)."""
         return [s.actor for s in self._slots]
@@ -186,107 +215,38 @@ class WorkerPool:
         self._started = True
         try:
             if not ray.is_initialized():
-                self._init_ray()
-            self._plan_resources()
-            self._actor_cls = ray.remote(Scorer)
+                self._temp_dir = init_ray(self.address, self.requested_workers, self.temp_root, self.object_store_memory)
+                self._own_ray = True
+            self.resources = plan_resources(self.requested_workers, self.gpus_per_worker, self.requested_device)
+            self._actor_cls = ray.remote(self.scorer_cls)
             self._needle_refs = {name: ray.put(ns) for name, ns in self._needle_sets.items()}
-            self._slots = [_Slot(i) for i in range(self._n_workers)]
-            for slot in self._slots:
-                slot.actor = self._new_actor()
-            self._wait_ready([s.actor for s in self._slots])
+            self._slots = [_Slot(i) for i in range(self.resources.workers)]
+            starts = [Starting.of(slot.label, self._new_actor(slot)) for slot in self._slots]
+            for start, logs in wait_started(starts, self.startup_timeout, self.resources):
+                forward_logs(logs, start.label)
             self._t_start = time.perf_counter()
         except BaseException:
             self.close()
             raise
 
-    def _init_ray(self) -> None:
-        import ray
-
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.ERROR)
-        address = self.address or os.environ.get("RAY_ADDRESS")  # a cluster named the usual Ray way is joined too
-        if address:
-            use_ray_token(address)
-            try:
-                ray.init(address=address, **kwargs)
-            except Exception as e:
-                first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-                raise RunError(f"cannot connect to the Ray cluster at {address} ({first}): check --address{ray_auth_hint()}") from None
-        else:
-            root = self.temp_root or "/tmp"
-            _remove_stale_temp_dirs(root)
-            self._temp_dir = tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=root)
-            with open(os.path.join(self._temp_dir, _OWNER_FILE), "w") as f:
-                f.write(str(os.getpid()))
-            cores = os.cpu_count() or 1
-            ray.init(
-                include_dashboard=False,
-                num_cpus=max(cores, self.requested_workers or 1),
-                _temp_dir=self._temp_dir,
-                object_store_memory=self.object_store_memory,
-                **kwargs,
-            )
-        self._own_ray = True
-
-    def _plan_resources(self) -> None:
-        import ray
-
-        res = ray.available_resources()  # what is free now (another job may share the cluster)
-        gpus = float(res.get("GPU", 0))
-        cpus = float(res.get("CPU", 0))
-        if gpus >= self.gpus_per_worker > 0:
-            capacity = int(gpus // self.gpus_per_worker)
-            n = self.requested_workers or capacity
-            if n > capacity:
-                raise InputError(
-                    f"--workers {n} needs {n * self.gpus_per_worker:g} GPUs but the cluster has {gpus:g}: ask for at most {capacity}"
-                )
-            self._n_workers = n
-            self._actor_options = {"num_gpus": self.gpus_per_worker, "num_cpus": 1}
-            self.device = "cuda"
-            self._threads = None
-        else:
-            n = self.requested_workers or 1
-            per = max(1, int(cpus // n))
-            if n > cpus:
-                hint = f"ask for at most {int(cpus)}" if cpus >= 1 else "wait for the other jobs on this Ray cluster to end"
-                raise InputError(f"--workers {n} needs {n} CPUs but Ray has {cpus:g} free: {hint}")
-            self._n_workers = n
-            self._actor_options = {"num_cpus": per}
-            self.device = "cpu"
-            self._threads = per
-        self._actor_options.update(max_restarts=0, max_task_retries=0)
-
-    def _new_actor(self) -> Any:
-        dtype = "float32" if self.device == "cpu" else self.dtype
-        actor = self._actor_cls.options(**self._actor_options).remote(
+    def _new_actor(self, slot: _Slot) -> Any:
+        cuda = self.device == "cuda"
+        slot.actor = self._actor_cls.options(**self.resources.options).remote(
             self.model,
             self.target_length,
-            device="cuda" if self.device == "cuda" else "cpu",
-            dtype=dtype,
-            threads=self._threads,
-            shard=self.device == "cuda" and self.gpus_per_worker > 1,
+            device="cuda" if cuda else "cpu",
+            dtype=self.dtype if cuda else "float32",
+            threads=self.resources.threads,
+            shard=cuda and self.gpus_per_worker > 1,
+            attn_implementation=self.attn_implementation,
+            load=False,  # loaded by Starting.of: placement and loading are told apart
+            label=slot.label,
+            forward_logs=True,
+            fault_spec=os.environ.get(faults.ENV),
         )
         for name, ref in self._needle_refs.items():
-            actor.set_needles.remote(name, ref)
-        return actor
-
-    def _wait_ready(self, actors: list[Any]) -> None:
-        import ray
-
-        refs = [a.ready.remote() for a in actors]
-        try:
-            ready, pending = ray.wait(refs, num_returns=len(refs), timeout=self.startup_timeout)
-            if pending:
-                raise RunError(
-                    f"{len(pending)} of {len(refs)} workers did not start within {self.startup_timeout:g} s (not enough "
-                    "free CPUs/GPUs in the cluster?): ask for fewer --workers"
-                )
-            ray.get(ready)
-        except RunError:
-            raise
-        except Exception as e:
-            raise RunError(f"a worker could not load the model: {_root_message(e)}") from None
+            slot.actor.set_needles.remote(name, ref)
+        return slot.actor
 
     def close(self) -> None:
         """Kill the actors and, if this pool started Ray, shut it down and remove its temp dir."""
@@ -334,18 +294,17 @@ class WorkerPool:
     # ------------------------------------------------------------ scoring
 
     def map_unordered(self, tasks: Iterable[ScoreTask]) -> Iterator[ScoreOutcome]:
-        """Score every task; yield outcomes as they complete. A free worker gets the next task at once."""
+        """Score every task; yield outcomes as they complete. A free worker gets the next piece of work at once."""
         import ray
 
-        if not self._started:
-            tasks = list(tasks)
-            if tasks:
-                self.start()
-        batch = _Round(self, tasks)
+        tasks = list(tasks)
+        if not self._started and tasks:
+            self.start()
+        batch = _Round(self, [self._job(t, i) for i, t in enumerate(tasks)])
         try:
-            while batch.queue or batch.inflight:
+            while batch.pending():
                 batch.dispatch()
-                if batch.queue and not batch.inflight and not batch.idle:
+                if batch.pending() and not batch.inflight and not batch.idle:
                     self._check_starting()  # every worker is a replacement still loading the model
                 ready, _ = ray.wait(batch.waiting(), num_returns=1, timeout=self._poll_interval())
                 outcomes = batch.timeouts(set(ready))
@@ -359,6 +318,13 @@ class WorkerPool:
                     yield o
         finally:
             batch.abandon()  # interrupted or abandoned: cancel what has not started; the rest ends on its own
+
+    def _job(self, task: ScoreTask, order: int) -> Job:
+        ns = self._needle_sets.get(task.needles)
+        if not self.split or ns is None or len(self._slots) < 2:
+            return Job(task, order)
+        n = len(ns.samples)
+        return Job(task, order, piece_spans(n, ns.length, math.isfinite(task.bar), self.device), n)
 
     def score_all(self, tasks: Sequence[ScoreTask]) -> dict[Any, ScoreOutcome]:
         """Score a batch and return the outcomes by their task's reference."""
@@ -378,22 +344,9 @@ class WorkerPool:
     def _poll_interval(self) -> float | None:
         return min(1.0, max(self.task_timeout / 2, 1e-3)) if self.task_timeout else 5.0
 
-    def _capacity(self) -> int:
-        """How many actors of this pool the cluster can hold now (its total resources: a lost node's are gone)."""
-        import ray
-
-        try:
-            total = ray.cluster_resources()
-        except Exception:
-            return len(self._slots)
-        if self.device == "cuda":
-            return int(float(total.get("GPU", 0)) // self.gpus_per_worker)
-        per = float(self._actor_options.get("num_cpus", 1)) or 1.0
-        return int(float(total.get("CPU", 0)) // per)
-
-    def _replace(self, slot: _Slot) -> None:
-        """A new actor for a dead one's slot, or, when the cluster lost the room for it (a node gone), no slot:
-        the pool goes on with the workers it has, and fails only when none is left."""
+    def _replace(self, slot: _Slot, why: str = "died") -> None:
+        """A new actor for a lost or faulty one's slot, or, when the cluster lost the room for it (a node gone),
+        no slot: the pool goes on with the workers it has, and fails only when none is left."""
         import ray
 
         try:
@@ -401,44 +354,47 @@ class WorkerPool:
         except Exception:
             pass
         others = [s for s in self._slots if s is not slot]
-        if len(others) + 1 > self._capacity():
-            self._slots = others
-            slot.actor = None
+        slot.leftover = None
+        if len(others) + 1 > capacity(self.resources):
+            self._slots, slot.actor = others, None
             self._retired += 1
-            log.warning("worker %s lost and the cluster has no room for a replacement: going on with %d worker(s)", slot.label, len(others))
+            log.warning(
+                "worker %s %s and the cluster has no room for a replacement: going on with %d worker(s)", slot.label, why, len(others)
+            )
             if not others:
                 raise RunError(
                     "every worker was lost and the cluster has no room for a new one (a node gone?): "
                     "add resources to the cluster, then resume the run with --resume"
                 )
             return
+        log.warning("worker %s %s; replacing it", slot.label, why)
         slot.generation += 1
         self._replacements += 1
-        slot.actor = self._new_actor()
         # it gets tasks once its model is loaded: a replacement the cluster cannot place (its node lost and the
         # loss not yet known) must not hold a task while the other workers go on
-        slot.starting = slot.actor.ready.remote()
-        slot.starting_since = time.perf_counter()
-        log.warning("worker %s died; replacing it", slot.label)
+        slot.starting = Starting.of(slot.label, self._new_actor(slot))
 
     def _check_starting(self) -> None:
         """Every worker is a replacement still starting: fail once the oldest has waited past the startup timeout."""
-        since = [s.starting_since for s in self._slots if s.starting_since is not None]
-        if since and time.perf_counter() - min(since) > self.startup_timeout:
-            raise RunError(
-                f"every worker was lost and no replacement started within {self.startup_timeout:g} s (not enough free "
-                "CPUs/GPUs in the cluster?): add resources, then resume the run with --resume"
-            )
+        starting = [s.starting for s in self._slots if s.starting is not None]
+        if starting and time.perf_counter() - min(s.since for s in starting) > self.startup_timeout:
+            why = not_started(starting, self.resources, self.startup_timeout)
+            raise RunError(f"every worker was lost and no replacement started: {why}; then resume the run with --resume")
 
-    def _on_death(self, slot: _Slot, task: ScoreTask, attempt: int, queue: deque, reason: str) -> ScoreOutcome | None:
-        self._replace(slot)
+    def _lost(self, slot: _Slot, job: Job, piece: int, attempt: int, reason: str, why: str = "died") -> ScoreOutcome | None:
+        """A piece's worker died or failed for its own reasons: replace it and run the piece again (or, after
+        ``max_attempts``, fail it)."""
+        self._replace(slot, why)
         if attempt < self.max_attempts:
-            queue.appendleft((task, attempt + 1))
+            job.retry(piece)
             return None
         self._failures += 1
-        return ScoreOutcome.failure(
-            f"worker died {attempt} times evaluating it (last: {reason})", ref=task.ref, worker=slot.label, attempts=attempt
+        lost = (
+            f"worker died {attempt} times evaluating it (last: {reason})"
+            if why == "died"
+            else f"{attempt} workers failed on it (last: {reason})"
         )
+        return job.take(piece, ScoreOutcome.failure(lost, worker=slot.label, attempts=attempt))
 
     def _abandon(self, ref: Any, slot: Any, now: float) -> None:
         """Stop waiting for ``ref``: count the slot's busy time so far and cancel the task (best effort)."""
@@ -453,95 +409,131 @@ class WorkerPool:
             pass
 
 
-class _Round:
-    """The dispatch state of one :meth:`WorkerPool.map_unordered` call: the tasks still to run (with their
-    attempt number), those running (by Ray ref), and the idle workers. Failure handling for a task — a
-    worker's death or a timeout — goes through the pool (:meth:`WorkerPool._on_death`), which replaces the
-    worker and puts the task back at the front of this round's queue, or reports it failed after
-    ``max_attempts``; the scorer in the actor turns an exception of the scoring itself into a failed result."""
+def capacity(resources: Resources) -> int:
+    """How many actors of this shape the cluster can hold now (its total resources: a lost node's are gone)."""
+    import ray
 
-    def __init__(self, pool: WorkerPool, tasks: Iterable[ScoreTask]) -> None:
-        self.pool = pool
-        self.queue: deque[tuple[ScoreTask, int]] = deque((t, 1) for t in tasks)
-        self.inflight: dict[Any, tuple[_Slot, ScoreTask, int]] = {}
-        self.idle: deque[_Slot] = deque(s for s in pool._slots if s.starting is None)
+    try:
+        total = ray.cluster_resources()
+    except Exception:
+        return resources.workers
+    gpus = float(resources.options.get("num_gpus") or 0)
+    if gpus:
+        return int(float(total.get("GPU", 0)) // gpus)
+    return int(float(total.get("CPU", 0)) // (float(resources.options.get("num_cpus") or 1)))
+
+
+class _Round:
+    """The dispatch state of one :meth:`WorkerPool.map_unordered` call: its jobs (:class:`~longsearch.dispatch.Job`:
+    a task, whole or in pieces), the pieces running (by Ray ref), and the idle workers. A worker's death, a
+    timeout or a worker's own fault (:attr:`ScoreOutcome.fault`: a device error) goes through the pool
+    (:meth:`WorkerPool._lost`), which replaces the worker and puts the piece back, or fails it after
+    ``max_attempts``; the scorer in the actor turns an exception of the candidate into a failed result."""
+
+    def __init__(self, pool: WorkerPool, jobs: list[Job]) -> None:
+        self.pool, self.jobs = pool, jobs
+        self.inflight: dict[Any, tuple[_Slot, Job, int, int]] = {}
+        self.idle: deque[_Slot] = deque(s for s in pool._slots if s.blocking is None)
         self.deaths = _death_errors()
         self.deaths_in_a_row = 0
 
+    def pending(self) -> bool:
+        return any(not j.done for j in self.jobs)
+
     def dispatch(self) -> None:
-        while self.idle and self.queue:
+        while self.idle:
+            job = next_job(self.jobs)
+            if job is None:
+                return
             slot = self.idle.popleft()
-            task, attempt = self.queue.popleft()
-            ref = slot.actor.score.remote(task.for_worker())
+            piece, task, attempt = job.next_piece()
+            ref = slot.actor.score.remote(task)
             slot.busy_since = time.perf_counter()
-            self.inflight[ref] = (slot, task, attempt)
+            self.inflight[ref] = (slot, job, piece, attempt)
 
     def waiting(self) -> list[Any]:
-        """What to wait for: running tasks, and replacements still loading the model."""
-        return list(self.inflight) + [s.starting for s in self.pool._slots if s.starting is not None]
+        """What to wait for: running pieces, replacements still loading the model, pieces left by a past round."""
+        return list(self.inflight) + [s.blocking for s in self.pool._slots if s.blocking is not None]
 
     def collect(self, ref: Any) -> ScoreOutcome | None:
-        """A finished ref: a task's outcome (None when it goes back to the queue), or a replacement that started."""
+        """A finished ref: a task's outcome once decided (None while it is not, or when a piece goes back to the
+        queue), or a replacement that started, or a past round's piece that ended."""
         import ray
 
         if ref not in self.inflight:
-            self._started(ref)
+            self._freed(ref)
             return None
         pool = self.pool
-        slot, task, attempt = self.inflight.pop(ref)
+        slot, job, piece, attempt = self.inflight.pop(ref)
         pool._busy += time.perf_counter() - (slot.busy_since or time.perf_counter())
         slot.busy_since = None
         try:
             outcome: ScoreOutcome = ray.get(ref)
         except self.deaths as e:
-            reason = _root_message(e)
-            self.deaths_in_a_row += 1
-            if self.deaths_in_a_row > pool.max_attempts * len(pool._slots) + 1:
-                raise RunError(
-                    f"workers keep dying without finishing any evaluation (last: {reason}): check the model and the memory of the machines"
-                ) from None
-            return pool._on_death(slot, task, attempt, self.queue, reason)
+            return self._lost(slot, job, piece, attempt, root_message(e), "died")
         except Exception as e:  # the task raised outside the scorer's own guard
-            outcome = ScoreOutcome.failure(_root_message(e))
+            outcome = ScoreOutcome.failure(root_message(e))
+        forward_logs(outcome.logs, slot.label)
+        outcome.worker, outcome.attempts, outcome.logs = slot.label, attempt, []
+        if outcome.fault:  # a device error (or another of the worker's own): it must not take the next task
+            return self._lost(slot, job, piece, attempt, outcome.error or outcome.fault, f"failed with a {outcome.fault} error")
         self.deaths_in_a_row = 0
         self.idle.append(slot)
-        outcome.ref, outcome.worker, outcome.attempts = task.ref, slot.label, attempt
-        return outcome
+        return job.take(piece, outcome)
 
-    def _started(self, ref: Any) -> None:
+    def _lost(self, slot: _Slot, job: Job, piece: int, attempt: int, reason: str, why: str) -> ScoreOutcome | None:
+        pool = self.pool
+        self.deaths_in_a_row += 1
+        if self.deaths_in_a_row > pool.max_attempts * len(pool._slots) + 1:
+            raise RunError(
+                f"workers keep dying or failing without finishing any evaluation (last: {reason}): check the model, the "
+                "devices and the memory of the machines"
+            ) from None
+        return pool._lost(slot, job, piece, attempt, reason, why)
+
+    def _freed(self, ref: Any) -> None:
         import ray
 
-        slot = next((s for s in self.pool._slots if s.starting is ref), None)
+        slot = next((s for s in self.pool._slots if s.blocking is ref), None)
         if slot is None:
             return
-        slot.starting = slot.starting_since = None
+        loading, slot.starting, slot.leftover = slot.starting, None, None
         try:
-            ray.get(ref)
+            logs = ray.get(ref)
+            if loading is not None:
+                forward_logs(logs, slot.label)
             self.idle.append(slot)
-        except Exception as e:  # the replacement died loading the model: try another (or retire the slot)
-            log.warning("replacement worker %s did not start (%s)", slot.label, _root_message(e))
+        except Exception as e:  # the replacement died loading the model (or a past piece's worker died): another one
+            log.warning("worker %s %s (%s)", slot.label, "did not start" if loading else "died", root_message(e))
             self.pool._replace(slot)
 
     def timeouts(self, ready: set) -> list[ScoreOutcome]:
-        """Tasks running past the pool's ``task_timeout``: abandoned and handled as their worker's death."""
+        """Pieces running past the pool's ``task_timeout``: abandoned and handled as their worker's death."""
         pool = self.pool
         failed: list[ScoreOutcome] = []
         if not pool.task_timeout:
             return failed
         now = time.perf_counter()
-        for ref, (slot, task, attempt) in list(self.inflight.items()):
+        for ref, (slot, job, piece, attempt) in list(self.inflight.items()):
             if ref not in ready and slot.busy_since is not None and now - slot.busy_since > pool.task_timeout:
                 self.inflight.pop(ref)
                 pool._abandon(ref, slot, now)
-                outcome = pool._on_death(slot, task, attempt, self.queue, f"no result within {pool.task_timeout:g} s")
+                outcome = pool._lost(slot, job, piece, attempt, f"no result within {pool.task_timeout:g} s")
                 if outcome is not None:
                     failed.append(outcome)
         return failed
 
     def abandon(self) -> None:
+        """The round ends: a piece still running whose task is decided is left to end (its worker takes no task of
+        the next round before); any other is cancelled (interrupted)."""
         now = time.perf_counter()
-        for ref, (slot, _, _) in list(self.inflight.items()):
-            self.pool._abandon(ref, slot, now)
+        for ref, (slot, job, _, _) in list(self.inflight.items()):
+            if job.done:
+                slot.leftover = ref
+                self.pool._busy += now - (slot.busy_since or now)
+                slot.busy_since = None
+            else:
+                self.pool._abandon(ref, slot, now)
         self.inflight.clear()
 
 
@@ -620,6 +612,43 @@ def ray_auth_hint() -> str:
     )
 
 
+def init_ray(address: str | None, workers: int | None, temp_root: str | None, object_store_memory: int | None) -> str | None:
+    """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local Ray with a temp dir under
+    ``temp_root`` (returned: removed when the pool closes). Workers' raw output stays with Ray (their warnings
+    reach this process's logging through the outcomes: :func:`~longsearch.executors.forward_logs`)."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.ERROR)
+    address = address or os.environ.get("RAY_ADDRESS")  # a cluster named the usual Ray way is joined too
+    if address:
+        use_ray_token(address)
+        try:
+            ray.init(address=address, **kwargs)
+        except Exception as e:
+            first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+            raise RunError(f"cannot connect to the Ray cluster at {address} ({first}): check --address{ray_auth_hint()}") from None
+        return None
+    root = temp_root or "/tmp"
+    _remove_stale_temp_dirs(root)
+    temp_dir = tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=root)
+    with open(os.path.join(temp_dir, _OWNER_FILE), "w") as f:
+        f.write(str(os.getpid()))
+    cores = os.cpu_count() or 1
+    try:
+        ray.init(
+            include_dashboard=False,
+            num_cpus=max(cores, workers or 1),
+            _temp_dir=temp_dir,
+            object_store_memory=object_store_memory,
+            **kwargs,
+        )
+    except BaseException:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+    return temp_dir
+
+
 _TEMP_PREFIX = "lsray-"
 _OWNER_FILE = "longsearch-owner.pid"
 
@@ -645,15 +674,4 @@ def _remove_stale_temp_dirs(root: str) -> None:
             pass  # alive, another user's
 
 
-def _root_message(e: BaseException) -> str:
-    cause = getattr(e, "cause", None) or e.__cause__
-    text = str(cause or e)
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    # Ray puts the remote traceback first; the last line is the exception itself
-    for ln in reversed(lines):
-        if not ln.startswith(("File ", "Traceback", "^", "~")):
-            return ln[:300]
-    return type(e).__name__
-
-
-__all__ = ["PoolStats", "WorkerPool"]
+__all__ = ["PoolStats", "WorkerPool", "capacity", "check_pool_options", "init_ray"]

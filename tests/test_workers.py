@@ -1,4 +1,5 @@
-"""The Ray worker pool, through real Ray: scores equal to in-process scoring, dead workers replaced."""
+"""The Ray worker pool, through real Ray: scores equal to in-process scoring, dead workers replaced, faulty workers
+retired, workers' warnings in the driver's log, tasks split over idle workers."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def ray_session(tmp_path_factory):
     temp = tempfile.mkdtemp(prefix="lsrt-", dir="/tmp")
     ray.init(
         num_cpus=3,
+        _node_ip_address="127.0.0.1",
         include_dashboard=False,
         log_to_driver=False,
         _temp_dir=temp,
@@ -110,7 +112,7 @@ def test_killed_worker_is_replaced_and_its_task_rerun(pool):
     assert any(o.attempts == 2 for o in seen)
     # the replacement takes tasks once its model is loaded (the other worker goes on meanwhile): once loaded,
     # it works, with the needles it was given
-    ray.wait([s.starting for s in pool._slots if s.starting is not None], timeout=120)
+    ray.wait([s.blocking for s in pool._slots if s.blocking is not None], timeout=120)
     more = list(pool.map_unordered(_tasks(8, 6, prefix="u")))
     assert all(math.isfinite(o.nll) and o.error is None for o in more)
     assert any(o.worker == "w0.1" for o in seen + more)
@@ -142,12 +144,17 @@ def test_a_task_past_its_timeout_counts_as_a_dead_worker(pool):
     assert all(math.isfinite(o.nll) for o in pool.map_unordered(_tasks(8, 2)))  # the replacement works
 
 
-def test_a_model_that_cannot_load_fails_fast(ray_session, tmp_path):
+def test_a_model_that_cannot_load_fails_fast(ray_session, tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING)
     (tmp_path / "config.json").write_text("{}")
     pool = WorkerPool(str(tmp_path), TARGET, workers=1, startup_timeout=120)
     with pytest.raises(RunError, match="could not load the model"):
         pool.start()
     pool.close()
+    # no GPU in the cluster and device auto: CPU workers, said so
+    assert any("the Ray cluster has no GPU: scoring on 1 CPU worker(s)" in r.getMessage() for r in caplog.records)
 
 
 def test_too_many_workers_is_refused(ray_session, model_dir):
@@ -155,3 +162,51 @@ def test_too_many_workers_is_refused(ray_session, model_dir):
 
     with pytest.raises(InputError, match="--workers 5 needs 5 CPUs"):
         WorkerPool(model_dir, TARGET, workers=5).start()
+
+
+# ---------------------------------------------------------------- workers' warnings (issue 18)
+
+
+def test_a_worker_warning_reaches_the_driver_log(pool, caplog):
+    """m = nan makes every answer loss non-finite: the scorer in the worker logs a warning, which the driver logs.
+    Before the fix, Ray dropped it (log_to_driver=False)."""
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    (o,) = pool.map_unordered([ScoreTask("nan", Rescale(np.ones(8), float("nan")))])
+    hits = [r for r in caplog.records if r.name == "longsearch.scoring" and "score is +inf" in r.getMessage()]
+    assert len(hits) == 1 and hits[0].levelno == logging.WARNING and "[worker w" in hits[0].getMessage()
+    assert o.failed and o.fault is None  # the candidate's failure, not the worker's
+
+
+# ---------------------------------------------------------------- tasks in pieces (issue 18)
+
+
+@pytest.fixture(scope="module")
+def many_needles(model_dir):
+    """10 documents: more than a piece holds, raced (2 per piece at 1k tokens) or not (8 per piece on a CPU)."""
+    lm = load_model(model_dir, device="cpu", dtype="float32")
+    return build_needle_set(lm.tokenizer, TARGET, 10, seed=1)
+
+
+def test_a_task_split_over_the_workers_equals_it_scored_whole(pool, model_dir, many_needles):
+    """One task, two workers: before the fix one worker scored it while the other idled; now both score pieces of
+    it, and the merged outcome is the whole task's — the race included (the same documents, the same stop)."""
+    from longsearch.executors import Scorer
+
+    pool.set_needles("many", many_needles)
+    whole = Scorer(model_dir, TARGET, device="cpu", dtype="float32", threads=1)
+    whole.set_needles("many", many_needles)
+    rescale = _tasks(8, 1)[0].rescale
+    full = whole.score(ScoreTask(None, rescale, needles="many"))
+    assert math.isfinite(full.nll) and full.n_scored == 10
+    for bar in (math.inf, 3 * full.nll, full.nll * 0.3):  # no race, a race it wins, a race it loses early
+        task = ScoreTask("one", rescale, needles="many", bar=bar)
+        (o,) = pool.map_unordered([task])
+        ref = whole.score(task.for_worker())
+        if bar != full.nll * 0.3:
+            assert len(set(o.worker.split(","))) == 2  # both workers scored pieces of it
+        assert o.nll == pytest.approx(ref.nll, rel=1e-9) and o.censored == ref.censored and o.n_scored == ref.n_scored
+        assert o.per_sample == pytest.approx(ref.per_sample, rel=1e-9) and o.per_sample_correct == ref.per_sample_correct
+        assert o.n_total == 10 and o.accuracy == pytest.approx(ref.accuracy)
+    assert ref.censored and ref.n_scored < 10  # the last race stopped early, split or not
