@@ -125,7 +125,7 @@ class _Slot:
     actor: Any = None
     generation: int = 0  # how many times this slot's actor was replaced
     busy_since: float | None = None
-    starting: Starting | None = None  # a replacement's start until its model is loaded: no task goes to it before
+    start: Starting | None = None  # a replacement's start until its model is loaded: no task goes to it before
     leftover: Any = None  # a piece still running for a round that ended (its result is not needed)
 
     @property
@@ -135,7 +135,12 @@ class _Slot:
     @property
     def blocking(self) -> Any:
         """What to wait for before this slot takes a task (None: it is free)."""
-        return self.starting.loaded if self.starting is not None else self.leftover
+        return self.starting if self.start is not None else self.leftover
+
+    @property
+    def starting(self) -> Any:
+        """A replacement's model load (a Ray ref) until it is done, else None."""
+        return self.start.loaded if self.start is not None else None
 
 
 class WorkerPool:
@@ -372,11 +377,11 @@ class WorkerPool:
         self._replacements += 1
         # it gets tasks once its model is loaded: a replacement the cluster cannot place (its node lost and the
         # loss not yet known) must not hold a task while the other workers go on
-        slot.starting = Starting.of(slot.label, self._new_actor(slot))
+        slot.start = Starting.of(slot.label, self._new_actor(slot))
 
     def _check_starting(self) -> None:
         """Every worker is a replacement still starting: fail once the oldest has waited past the startup timeout."""
-        starting = [s.starting for s in self._slots if s.starting is not None]
+        starting = [s.start for s in self._slots if s.start is not None]
         if starting and time.perf_counter() - min(s.since for s in starting) > self.startup_timeout:
             why = not_started(starting, self.resources, self.startup_timeout)
             raise RunError(f"every worker was lost and no replacement started: {why}; then resume the run with --resume")
@@ -497,7 +502,7 @@ class _Round:
         slot = next((s for s in self.pool._slots if s.blocking is ref), None)
         if slot is None:
             return
-        loading, slot.starting, slot.leftover = slot.starting, None, None
+        loading, slot.start, slot.leftover = slot.start, None, None
         try:
             logs = ray.get(ref)
             if loading is not None:

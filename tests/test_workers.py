@@ -112,7 +112,7 @@ def test_killed_worker_is_replaced_and_its_task_rerun(pool):
     assert any(o.attempts == 2 for o in seen)
     # the replacement takes tasks once its model is loaded (the other worker goes on meanwhile): once loaded,
     # it works, with the needles it was given
-    ray.wait([s.blocking for s in pool._slots if s.blocking is not None], timeout=120)
+    ray.wait([s.starting for s in pool._slots if s.starting is not None], timeout=120)
     more = list(pool.map_unordered(_tasks(8, 6, prefix="u")))
     assert all(math.isfinite(o.nll) and o.error is None for o in more)
     assert any(o.worker == "w0.1" for o in seen + more)
