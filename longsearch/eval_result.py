@@ -245,7 +245,7 @@ def _serving_note(result: EvalResult) -> str:
             if c.same_as and format_length(c.length) not in by.setdefault((c.method, c.same_as), []):
                 by[(c.method, c.same_as)].append(format_length(c.length))
         lines.append(
-            "Cells computed once (the same λ and m at that length): "
+            "\nCells computed once (the same λ and m at that length): "
             + "; ".join(f"{m} = {t} at {', '.join(by[(m, t)])}" for m, t in shared)
             + ".\n"
         )

@@ -196,7 +196,10 @@ def _accuracy_plot(result: EvalResult, path: Path) -> str:
     cycle = ["tab:blue", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "black"]  # none of the baselines' colours
     for label in result.labels:
         method, mode = result.method_of(label), result.serving(label)
-        colour = colours.setdefault(method, _BASELINE_STYLE.get(method, (cycle[len(colours) % len(cycle)], ""))[0])
+        if method not in colours:
+            others = sum(1 for m in colours if m not in _BASELINE_STYLE)
+            colours[method] = _BASELINE_STYLE.get(method, (cycle[others % len(cycle)], ""))[0]
+        colour = colours[method]
         style, marker = _MODE_STYLE.get(mode, ("-", "o"))
         ys = [result.needle_mean(label, n)[1] for n in result.lengths]
         name = method if mode == "every" else f"{method}, {mode}"
