@@ -139,8 +139,9 @@ def main() -> None:
         print(f"scoring ({key}) {label} …", flush=True)
         t0 = time.perf_counter()
         lm = load_model(str(model_dir) if model_dir else None, device="cpu", dtype="float32")
-        methods = build_methods(lm.geometry, factor_files=[fac])[1:]  # the factors only (the first is plain RoPE)
-        res = run_eval(lm, methods, lengths, depths=DEPTHS, samples=args.samples, seed=args.seed + 4242, template="passkey")
+        # the factors only (the first is plain RoPE), as transformers applies them; the segment as measured before
+        methods = build_methods(lm.geometry, factor_files=[fac], serving=["per-forward"])[1:]
+        res = run_eval(lm, methods, lengths, depths=DEPTHS, samples=args.samples, seed=args.seed + 4242, template="passkey", segment=256)
         label_m = methods[0].label
         row = {"key": key, "label": label, "model": str(model_dir) if model_dir else "testbed", "factors": str(fac), "cells": {}}
         for n in lengths:

@@ -497,15 +497,35 @@ def eval_command(
         "self-extend, nbce (attention-side), parameters as name:key=value, e.g. self-extend:group_size=8:window_size=64.",
     ),
     cost: bool = typer.Option(True, "--cost/--no-cost", help="Time and peak memory of one document per method and length (default on)."),
-    lengths: str = typer.Option(..., "--lengths", "-l", help="Comma-separated lengths, e.g. 1k,2k,4k."),
+    lengths: str | None = typer.Option(
+        None,
+        "--lengths",
+        "-l",
+        help="Comma-separated lengths, e.g. 256,1k,4k (default: the model's window, its doublings and the target).",
+    ),
     target: str | None = typer.Option(
-        None, "--target", "-t", help="Target length of the baselines (and of .csv factors); default: the largest length."
+        None,
+        "--target",
+        "-t",
+        help="Target length of the baselines (and of .csv factors); default: the largest length, else the factors' target.",
+    ),
+    serving: str = typer.Option(
+        "per-forward,long-everywhere",
+        "--serving",
+        help="How factors are applied: per-forward (transformers: each forward by its length), long-everywhere (vLLM, "
+        "llama.cpp: the long factors at every length once the served context exceeds the window), or both (default).",
     ),
     depths: str | None = typer.Option(None, "--depths", help="Needle depths: a count (5) or fractions such as 0.1,0.5,0.9."),
     samples: int = typer.Option(4, "--samples", help="Needle documents per depth × length cell."),
     seed: int = typer.Option(777, "--seed", help="Seed of the held-out needle sets (keep it apart from search seeds)."),
-    template: str = typer.Option("magic-number", "--template", help="Needle template: magic-number, passkey, multi-needle."),
-    segment: int = typer.Option(256, "--segment", help="Tokens of the fixed final segment scored at every length."),
+    template: str = typer.Option(
+        "auto",
+        "--template",
+        help="Needle template: auto (those the model solves in its window, as evolve checks), passkey, magic-number, multi-needle.",
+    ),
+    segment: int | None = typer.Option(
+        None, "--segment", help="Tokens of the fixed final segment scored at every length (default: a quarter of the window, at most 256)."
+    ),
     out: str | None = typer.Option(None, "--out", "-o", help="Output directory (default: outputs/eval-<time>)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
@@ -530,9 +550,8 @@ def eval_command(
     from .lengths import parse_length, parse_lengths
     from .models import load_config, load_model, model_geometry
 
-    ns = parse_lengths(lengths)
-    tgt = parse_length(target) if target else max(ns)
-    names, depth_list = ev.parse_baselines(baselines), ev.parse_depths(depths)
+    asked = parse_lengths(lengths) if lengths else None
+    names, depth_list, modes = ev.parse_baselines(baselines), ev.parse_depths(depths), ev.parse_serving(serving)
     ev.validate_settings(samples, segment, template)
     out_dir = Path(out) if out else ev.default_out_dir()
     if not force and destination_exists(out_dir):
@@ -544,7 +563,9 @@ def eval_command(
     attn_implementation = resolve_attn_implementation(attn_implementation, config)
     from .attention import parse_memory
 
-    methods = ev.build_methods(geometry, names, [*(factors or []), *(more_factors or [])], tgt, parse_memory(attention_memory))
+    files = [*(factors or []), *(more_factors or [])]
+    ns, tgt = ev.resolve_lengths(asked, geometry, parse_length(target) if target else None, files)
+    methods = ev.build_methods(geometry, names, files, tgt, parse_memory(attention_memory), serving=modes)
     lm = load_model(model, device=device, dtype=dtype, attn_implementation=attn_implementation)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=False) as bar:

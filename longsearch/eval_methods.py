@@ -2,7 +2,7 @@
 forward for the cost probe, and describes itself for eval.json and report.md.
 
 - :class:`RopeEval`: a RoPE-factor method — the original RoPE (``none``), a named baseline's schedule or searched
-  factors — patched into the model's rotary module;
+  factors — patched into the model's rotary module, as one serving mode applies it (:data:`SERVING_MODES`);
 - :class:`TwoMapEval`: an attention-side method that is one attention function (Λ-window, ReRoPE, Leaky ReRoPE,
   Self-Extend; :func:`longsearch.attention.attention_method`) around the model's own forward;
 - :class:`NbceEval`: NBCE, which runs the model once per chunk of the context.
@@ -16,7 +16,7 @@ forward for the cost probe, and describes itself for eval.json and report.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -27,8 +27,16 @@ from .errors import InputError
 from .factors import RopeFactors
 from .models import LoadedModel, patched
 from .needles import NeedleSample, NeedleSet, special_prefix
-from .rope import Schedule
+from .rope import Rescale, Schedule
 from .scoring import Score, score
+
+#: How an engine picks between short and long factors. ``per-forward``: transformers — each forward by its own
+#: length (long factors once it exceeds the original window; dynamic NTK grows with it). ``long-everywhere``:
+#: vLLM and llama.cpp — once at start-up, from the served context (``--max-model-len``, ``-c``): above the window,
+#: the long factors (the λ for the target) at every length, a 50-token prompt included.
+SERVING_MODES = ("per-forward", "long-everywhere")
+#: A method that behaves the same in every mode (plain RoPE, static baselines, attention-side methods).
+EVERY_MODE = "every"
 
 
 class EvalMethod(Protocol):
@@ -38,7 +46,8 @@ class EvalMethod(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """Its row of eval.json's ``methods``: ``label``, ``kind``, ``dynamic``, ``source``, ``attention_factor``,
-        ``target_length``."""
+        ``target_length``, and (readers take them as optional) ``method`` (the label its serving modes share) and
+        ``serving`` (a mode of :data:`SERVING_MODES`, or :data:`EVERY_MODE`)."""
         ...
 
     def needle_score(self, lm: LoadedModel, needle_set: NeedleSet) -> Score:
@@ -53,20 +62,29 @@ class EvalMethod(Protocol):
         """One needle document through the model the way this method runs it: what the cost probe measures."""
         ...
 
+    # Optional (run_eval looks them up with getattr): ``rope_at(length) -> Rescale`` — the RoPE the method applies
+    # at that length, so that the cells of two methods applying the same one are computed once; ``cost_as`` — a
+    # method whose cost probe stands for this one's (the same forward with other λ values).
+
 
 @dataclass
 class RopeEval:
-    """A RoPE-factor method: ``spec`` (a schedule or :class:`~longsearch.factors.RopeFactors`, as
-    :func:`~longsearch.models.apply_rope` takes it) patched in for each forward. ``kind``: ``"none"``,
-    ``"baseline"`` or ``"factors"``."""
+    """A RoPE-factor method: ``spec`` (a schedule, a :class:`~longsearch.rope.Rescale` or
+    :class:`~longsearch.factors.RopeFactors`, as :func:`~longsearch.models.apply_rope` takes it) patched in for each
+    forward. ``kind``: ``"none"``, ``"baseline"`` or ``"factors"``. ``serving``: the mode of :data:`SERVING_MODES`
+    whose behaviour ``spec`` is, or :data:`EVERY_MODE`; ``method``: the label the modes of one method share
+    (default: ``label``); ``cost_as``: the row whose cost probe stands for this one's."""
 
     label: str
     kind: str
-    spec: Schedule | RopeFactors
+    spec: Schedule | Rescale | RopeFactors
     dynamic: bool
     source: str
     attention_factor: float | None = None
     target_length: int | None = None
+    serving: str = EVERY_MODE
+    method: str | None = None
+    cost_as: Any = field(default=None, repr=False, compare=False)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -76,7 +94,17 @@ class RopeEval:
             "source": self.source,
             "attention_factor": self.attention_factor,
             "target_length": self.target_length,
+            "method": self.method or self.label,
+            "serving": self.serving,
         }
+
+    def rope_at(self, length: int) -> Rescale:
+        """λ and m this method applies to a forward of ``length`` tokens."""
+        spec = self.spec
+        if isinstance(spec, Rescale):
+            return spec
+        sched = spec.schedule() if isinstance(spec, RopeFactors) else spec
+        return sched(int(length))
 
     def needle_score(self, lm: LoadedModel, needle_set: NeedleSet) -> Score:
         return score(lm, needle_set, self.spec)  # the spec carries its own target; the set its length
@@ -110,6 +138,8 @@ class _AttentionSide:
             "source": self.source,
             "attention_factor": None,
             "target_length": self.target_length,
+            "method": self.label,
+            "serving": EVERY_MODE,
         }
 
 
@@ -179,4 +209,4 @@ def segment_nll(model: Any, document: np.ndarray, prefix: int, length: int, toke
     return float(nll.item())
 
 
-__all__ = ["EvalMethod", "NbceEval", "RopeEval", "TwoMapEval", "attention_eval", "segment_nll"]
+__all__ = ["EVERY_MODE", "SERVING_MODES", "EvalMethod", "NbceEval", "RopeEval", "TwoMapEval", "attention_eval", "segment_nll"]

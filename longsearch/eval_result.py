@@ -32,6 +32,7 @@ class NeedleCell:
     n_samples: int
     seconds: float
     error: str | None = None
+    same_as: str | None = None  # the method whose cell this is (the same λ and m at this length): computed once
 
 
 @dataclass
@@ -45,6 +46,7 @@ class SegmentCell:
     tokens: int
     seconds: float
     error: str | None = None
+    same_as: str | None = None  # as in NeedleCell
 
 
 @dataclass
@@ -61,6 +63,7 @@ class CostCell:
     memory: str  # how the peak was measured: "cuda allocator" or "process RSS"
     error: str | None = None
     times: list[float] = field(default_factory=list)
+    same_as: str | None = None  # the method whose probe stands for this one (the other serving mode of one method)
 
 
 @dataclass
@@ -80,6 +83,14 @@ class EvalResult:
     @property
     def labels(self) -> list[str]:
         return [m["label"] for m in self.methods]
+
+    def serving(self, label: str) -> str:
+        """The serving mode of a method's row (``per-forward``, ``long-everywhere``), or ``every``."""
+        return str(next(m for m in self.methods if m["label"] == label).get("serving") or "every")
+
+    def method_of(self, label: str) -> str:
+        """The label a method's serving-mode rows share (the row's own label for a method with one row)."""
+        return str(next(m for m in self.methods if m["label"] == label).get("method") or label)
 
     def cell(self, method: str, length: int, depth: float) -> NeedleCell:
         for c in self.needles:
@@ -127,6 +138,7 @@ class EvalResult:
         summary = [
             {
                 "method": label,
+                "serving": self.serving(label),
                 "length": n,
                 "needle_nll": _num(self.needle_mean(label, n)[0]),
                 "needle_accuracy": _num(self.needle_mean(label, n)[1]),
@@ -200,6 +212,46 @@ def _cell(v: float, fmt: str) -> str:
     return "–" if v is None or not math.isfinite(v) else format(v, fmt)
 
 
+def _template_note(s: dict[str, Any]) -> str:
+    """How ``--template auto`` chose (empty for a template named on the command line)."""
+    check = s.get("template_check")
+    if s.get("template_requested") != "auto" or not check:
+        return ""
+    measured = ", ".join(
+        f"{t} {_cell(m['accuracy'] if m['accuracy'] is not None else math.nan, '.2f')}" for t, m in check["templates"].items()
+    )
+    return (
+        f" (chosen by `--template auto`: the templates plain RoPE answers at least {check['threshold']:g} of inside the "
+        f"window; measured: {measured})"
+    )
+
+
+def _serving_note(result: EvalResult) -> str:
+    """What the serving modes are, and which rows are one method served two ways."""
+    modes = result.settings.get("serving") or []
+    if not modes:
+        return ""
+    lines = [
+        "\nServing modes: **per-forward** is transformers, which picks the factors each forward by its length; "
+        "**long-everywhere** is vLLM (`--max-model-len`) and llama.cpp (`-c`), which pick once from the served context: "
+        "above the window, the long factors (the λ for the target) at every length, short prompts included. "
+        f"Shown: {', '.join(modes)}. Rows marked `every` behave alike in every engine (plain RoPE, static baselines: "
+        "their λ applies at every length in transformers too, attention-side methods).\n"
+    ]
+    shared = sorted({(c.method, c.same_as) for c in result.needles if c.same_as}, key=lambda x: result.labels.index(x[0]))
+    if shared:
+        by: dict[tuple[str, str], list[str]] = {}
+        for c in result.needles:
+            if c.same_as and format_length(c.length) not in by.setdefault((c.method, c.same_as), []):
+                by[(c.method, c.same_as)].append(format_length(c.length))
+        lines.append(
+            "\nCells computed once (the same λ and m at that length): "
+            + "; ".join(f"{m} = {t} at {', '.join(by[(m, t)])}" for m, t in shared)
+            + ".\n"
+        )
+    return "".join(lines)
+
+
 def render_report(result: EvalResult, plots: Sequence[str] = ()) -> str:
     """The Markdown report: settings, methods, and the tables (method × length) with the plots."""
     L = result.lengths
@@ -216,21 +268,22 @@ def render_report(result: EvalResult, plots: Sequence[str] = ()) -> str:
         f"Command: `{result.command}`\n\n" if result.command else "",
         f"Model RoPE: rotary dim {g['rotary_dim']}, base {g['base']:g}, original window {format_length(g['original_length'])} "
         f"({g['original_length']} tokens).\n\n",
-        f"Needles: template `{s['template']}`, haystack `{s['haystack']}` (held out from search), seed {s['seed']}, "
-        f"samples per cell: {s['samples']}, depths: {', '.join(f'{d:g}' for d in result.depths)}.\n\n",
+        f"Needles: template `{s['template']}`{_template_note(s)}, haystack `{s['haystack']}` (held out from search), "
+        f"seed {s['seed']}, samples per cell: {s['samples']}, depths: {', '.join(f'{d:g}' for d in result.depths)}.\n\n",
         f"Final segment: the last {s['segment_tokens']} tokens of one held-out document, scored with n − {s['segment_tokens']} "
         "tokens of context at every length n. A perplexity that falls with n shows the longer context is used; "
         "a flat one shows it is merely tolerated.\n",
         "\n## Methods\n\n",
-        "| method | kind | dynamic | attention factor | target | source |\n|---|---|---|---:|---:|---|\n",
+        "| method | kind | serving | dynamic | attention factor | target | source |\n|---|---|---|---|---:|---:|---|\n",
         *(
-            f"| {m['label']} | {m['kind']} | {'yes' if m['dynamic'] else 'no'} | "
+            f"| {m['label']} | {m['kind']} | {m.get('serving') or 'every'} | {'yes' if m['dynamic'] else 'no'} | "
             f"{_cell(m['attention_factor'], '.4f') if m['attention_factor'] is not None else '–'} | "
             f"{format_length(m['target_length']) if m['target_length'] else '–'} | {m['source']} |\n"
             for m in result.methods
         ),
         "\nDynamic methods are applied as they behave at each length (LongRoPE factors: short factors up to the "
         "original window, long ones above it; dynamic NTK: λ from the current length).\n",
+        _serving_note(result),
         "\n## Needle answer NLL (mean over depths; lower is better)\n\n",
         table(lambda m, n: _cell(result.needle_mean(m, n)[0], ".3f")),
         "\n## Greedy needle accuracy (mean over depths)\n\n",

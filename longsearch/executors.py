@@ -230,6 +230,14 @@ class Scorer:
         if load:
             self.load()
 
+    @classmethod
+    def around(cls, loaded: Any, target_length: int) -> Scorer:
+        """A scorer around a model loaded already (eval's template check scores with the model it evaluates)."""
+        scorer = cls.__new__(cls)
+        scorer.target_length, scorer.loaded, scorer.needles = int(target_length), loaded, {}
+        scorer.name = f"{os.uname().nodename}:{os.getpid()}"
+        return scorer
+
     def ready(self) -> str:
         """Answers once the worker is placed and its process runs (before :meth:`load` when that was deferred)."""
         return self.name

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -194,6 +194,26 @@ def plan(opts: EvolveOptions) -> Plan:
 # ---------------------------------------------------------------- the in-window signal check
 
 
+class _Seeded(Protocol):
+    @property
+    def seed(self) -> int: ...
+
+
+class SignalInputs(Protocol):
+    """What the signal check reads of a plan: a :class:`Plan`, or eval's own (:func:`longsearch.evaluate.choose_template`)."""
+
+    @property
+    def geometry(self) -> RopeGeometry: ...
+    @property
+    def tokenizer(self) -> Any: ...
+    @property
+    def config(self) -> _Seeded: ...
+    @property
+    def depths(self) -> str: ...
+    @property
+    def templates(self) -> list[str] | None: ...
+
+
 @dataclass(frozen=True)
 class SignalTemplate:
     """A signal-check task's reference: the template measured in the window."""
@@ -201,7 +221,7 @@ class SignalTemplate:
     template: str
 
 
-def signal_needles(p: Plan, template: str) -> NeedleSet:
+def signal_needles(p: SignalInputs, template: str) -> NeedleSet:
     """In-window needle documents of one template: the model's window, or the shortest doubling that holds it."""
     length = p.geometry.original_length
     while True:
@@ -215,7 +235,7 @@ def signal_needles(p: Plan, template: str) -> NeedleSet:
             length *= 2
 
 
-def measure_signal(p: Plan, pool: Executor) -> dict[str, Any]:
+def measure_signal(p: SignalInputs, pool: Executor) -> dict[str, Any]:
     """Which needle templates the model solves inside its window with plain RoPE (λ = 1, m = 1): accuracy, NLL,
     length and documents per template, the threshold, and the templates solved. :func:`signal_templates` decides."""
     from .needles import TEMPLATES
@@ -240,7 +260,7 @@ def measure_signal(p: Plan, pool: Executor) -> dict[str, Any]:
     return {"threshold": SIGNAL_THRESHOLD, "templates": {t: measured[t] for t in candidates}, "solved": solved}
 
 
-def signal_templates(p: Plan, signal: dict[str, Any]) -> str:
+def signal_templates(p: SignalInputs, signal: dict[str, Any]) -> str:
     """The templates to search with (``"a+b"``) after :func:`measure_signal`: ``auto`` keeps every solved template; a
     named template the model does not solve, or no solved template at all, is refused (InputError) — before anything
     is written."""
@@ -276,6 +296,7 @@ __all__ = [
     "SIGNAL_THRESHOLD",
     "EvolveOptions",
     "Plan",
+    "SignalInputs",
     "SignalTemplate",
     "check_options",
     "default_out",

@@ -2,8 +2,8 @@
 
 - a search (evolve): ``progress.png`` (best score per generation against the baselines) and ``factors.png``
   (the best λ per frequency against PI, NTK and YaRN, with d_tcd and d_rcd marked);
-- an evaluation (eval): ``nll_vs_length.png``, ``segment_ppl_vs_length.png`` and one needle-accuracy
-  heatmap per method (:func:`eval_plots`);
+- an evaluation (eval): ``accuracy_vs_length.png`` (one line per method and serving mode),
+  ``nll_vs_length.png``, ``segment_ppl_vs_length.png`` and one needle-accuracy heatmap per method (:func:`eval_plots`);
 - a finetune run: ``loss.png``, the training loss per window kind (:func:`finetune_loss_plot`);
 - the testbed's training (``longsearch testbed train``): ``loss_curve.png``, the loss and the held-out needle
   accuracy per step (:func:`testbed_curve_plot`).
@@ -124,8 +124,10 @@ def factors_plot(
 
 
 def eval_plots(result: EvalResult, out_dir: Path) -> list[str]:
-    """nll_vs_length.png, segment_ppl_vs_length.png and accuracy_<method>.png in ``out_dir``; their file names."""
+    """accuracy_vs_length.png, nll_vs_length.png, segment_ppl_vs_length.png and accuracy_<method>.png in ``out_dir``;
+    their file names."""
     names = [
+        _accuracy_plot(result, out_dir / "accuracy_vs_length.png"),
         _line_plot(
             result,
             out_dir / "nll_vs_length.png",
@@ -177,6 +179,48 @@ def _line_plot(result: EvalResult, path: Path, value: Callable[[str, int], float
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, path).name
+
+
+_MODE_STYLE = {"per-forward": ("-", "o"), "long-everywhere": ("--", "s"), "every": (":", "^")}
+
+
+def _accuracy_plot(result: EvalResult, path: Path) -> str:
+    """Needle accuracy (mean over depths) against length: one colour per method, one line style per serving mode
+    (solid per-forward, dashed long-everywhere, dotted for a method that behaves alike in every engine)."""
+    from matplotlib.ticker import NullLocator
+
+    fig = _figure(7.5, 4.4)
+    ax = fig.add_subplot(1, 1, 1)
+    colours: dict[str, str] = {}
+    cycle = ["tab:blue", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "black"]  # none of the baselines' colours
+    for label in result.labels:
+        method, mode = result.method_of(label), result.serving(label)
+        if method not in colours:
+            others = sum(1 for m in colours if m not in _BASELINE_STYLE)
+            colours[method] = _BASELINE_STYLE.get(method, (cycle[others % len(cycle)], ""))[0]
+        colour = colours[method]
+        style, marker = _MODE_STYLE.get(mode, ("-", "o"))
+        ys = [result.needle_mean(label, n)[1] for n in result.lengths]
+        name = method if mode == "every" else f"{method}, {mode}"
+        ax.plot(result.lengths, ys, color=colour, linestyle=style, marker=marker, ms=4, label=name)
+    original = result.geometry["original_length"]
+    xlabel = "context length (tokens)"
+    if result.lengths[0] <= original <= result.lengths[-1]:
+        ax.axvline(original, color="grey", linestyle="-", linewidth=0.8, alpha=0.6, label="original window")
+    else:
+        xlabel += f"; original window {format_length(original)}"
+    if len(result.lengths) > 1:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(result.lengths)
+    ax.set_xticklabels([format_length(n) for n in result.lengths])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("needle accuracy (mean over depths)")
+    ax.set_title("accuracy by serving mode: per-forward (transformers) vs long-everywhere (vLLM, llama.cpp)", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
     return _save(fig, path).name
 
 

@@ -90,7 +90,8 @@ def evaluated(lm, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("eval")
     fpath = tmp / "searched.json"
     _searched_like(lm.geometry, max(LENGTHS)).save(fpath)
-    methods = build_methods(lm.geometry, ["yarn", "dynamic-ntk"], [fpath], target_length=max(LENGTHS))
+    # one serving mode (transformers'): one row per method (both modes: test_eval_serving.py)
+    methods = build_methods(lm.geometry, ["yarn", "dynamic-ntk"], [fpath], target_length=max(LENGTHS), serving=["per-forward"])
     calls = []
     result = run_eval(
         lm,
@@ -98,6 +99,7 @@ def evaluated(lm, tmp_path_factory):
         LENGTHS,
         depths=DEPTHS,
         samples=2,
+        template="magic-number",
         segment=SEGMENT,
         progress=lambda d, t, w: calls.append((d, t)),
         command="longsearch eval --test",
@@ -157,7 +159,7 @@ def test_files(evaluated):
     result, _, out, paths, _ = evaluated
     names = sorted(p.name for p in paths)
     assert names == sorted(
-        ["eval.json", "eval.csv", "report.md", "nll_vs_length.png", "segment_ppl_vs_length.png"]
+        ["eval.json", "eval.csv", "report.md", "accuracy_vs_length.png", "nll_vs_length.png", "segment_ppl_vs_length.png"]
         + [f"accuracy_{m}.png" for m in result.labels]
     )
     for p in paths:
@@ -214,7 +216,8 @@ def test_cli_eval(run_cli, capsys, tmp_path, model_source, lm):
     common = [*model_args, "--lengths", "512", "--depths", "0.5", "--samples", "1", "--segment", "64", "--device", "cpu"]
     assert run_cli("eval", *common, "--baselines", "ntk", "--factors", str(f1), str(f2), "--out", str(out)) == 0
     data = json.loads((out / "eval.json").read_text())
-    assert [m["label"] for m in data["methods"]] == ["none", "ntk", "a", "b"]
+    modes = ("per-forward", "long-everywhere")  # the default: both ways the engines serve, for factors that switch
+    assert [m["label"] for m in data["methods"]] == ["none", "ntk", *(f"{f} ({m})" for f in "ab" for m in modes)]
     assert "--factors" in data["command"]
     capsys.readouterr()
     assert run_cli("eval", *common, "--out", str(out)) == 2  # exists
@@ -231,7 +234,7 @@ def test_csv_factors_are_accepted(lm, tmp_path):
     long = np.linspace(1.0, 2.0, g.n_freq)
     path = tmp_path / "ref.csv"
     write_csv_factors(path, long)
-    methods = build_methods(g, ["pi"], [path], target_length=1024)
+    methods = build_methods(g, ["pi"], [path], target_length=1024, serving=["per-forward"])
     assert [m.label for m in methods] == ["none", "pi", "ref"]
     f = methods[-1].spec
     np.testing.assert_array_equal(f.long_factor, long)
