@@ -249,7 +249,7 @@ def evolve(
     template: str | None = typer.Option(
         None,
         "--template",
-        help="Needle template(s) of the search: auto (default: every template the model solves inside its window), passkey, magic-number, multi-needle, or a comma list.",
+        help="Needle template(s) of the search: auto (default: every template the model solves inside its window), passkey, magic-number, multi-needle, or a comma list; or one RULER-style task (e.g. niah-multikey-2; not cwe), checked in the window the same way.",
     ),
     depths: str | None = typer.Option(
         None,
