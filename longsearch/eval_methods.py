@@ -17,7 +17,7 @@ forward for the cost probe, and describes itself for eval.json and report.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -51,6 +51,17 @@ class EvalMethod(Protocol):
 
     def forward(self, lm: LoadedModel, sample: NeedleSample) -> None:
         """One needle document through the model the way this method runs it: what the cost probe measures."""
+        ...
+
+
+@runtime_checkable
+class Generates(Protocol):
+    """A method that can also generate (the RULER-style tasks with several answers, :mod:`longsearch.ruler.suite`):
+    :class:`RopeEval` and :class:`TwoMapEval`; NBCE pools one prediction per chunk and does not."""
+
+    def generate_outputs(self, lm: LoadedModel, task_set: NeedleSet) -> list[list[int]]:
+        """Greedy continuations of every sample's prompt, bounded by its ``max_new_tokens``, run the way this method
+        runs the model (see :func:`longsearch.ruler.generate_outputs`)."""
         ...
 
 
@@ -88,6 +99,11 @@ class RopeEval:
     def forward(self, lm: LoadedModel, sample: NeedleSample) -> None:
         with patched(lm.model, self.spec, self.target_length or len(sample.input_ids)):
             _forward(lm, sample)
+
+    def generate_outputs(self, lm: LoadedModel, task_set: NeedleSet) -> list[list[int]]:
+        from .ruler.generate import generate_outputs
+
+        return generate_outputs(lm, task_set, self.spec)  # patched as needle_score patches it
 
 
 @dataclass
@@ -127,6 +143,12 @@ class TwoMapEval(_AttentionSide):
     def forward(self, lm: LoadedModel, sample: NeedleSample) -> None:
         with attention_method(lm.model, self.method):
             _forward(lm, sample)
+
+    def generate_outputs(self, lm: LoadedModel, task_set: NeedleSet) -> list[list[int]]:
+        from .ruler.generate import generate_outputs
+
+        with attention_method(lm.model, self.method):
+            return generate_outputs(lm, task_set, None)
 
 
 class NbceEval(_AttentionSide):
@@ -179,4 +201,4 @@ def segment_nll(model: Any, document: np.ndarray, prefix: int, length: int, toke
     return float(nll.item())
 
 
-__all__ = ["EvalMethod", "NbceEval", "RopeEval", "TwoMapEval", "attention_eval", "segment_nll"]
+__all__ = ["EvalMethod", "Generates", "NbceEval", "RopeEval", "TwoMapEval", "attention_eval", "segment_nll"]
