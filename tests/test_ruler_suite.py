@@ -130,6 +130,20 @@ def test_cli_eval_single_tasks_by_name(run_cli, capsys, tmp_path):
     assert len(tasks["cells"]) == 2
 
 
+def test_a_method_that_does_not_generate_gets_failed_cells_and_the_rest_goes_on(testbed):
+    from longsearch.evaluate import build_methods
+    from longsearch.ruler.suite import run_tasks
+
+    methods = build_methods(testbed.geometry, ["nbce"], [], 1024)
+    suite = run_tasks(testbed, methods, ["niah-single-1", "fwe"], [256], samples=1)
+    nbce = methods[1].label
+    single, listed = suite.cell(nbce, "niah-single-1", 256), suite.cell(nbce, "fwe", 256)
+    assert single.ok and single.mode == "teacher-forced"  # scored through NBCE's own needle scorer
+    assert not listed.ok and "does not generate" in (listed.error or "") and math.isfinite(listed.nll)
+    assert suite.average(nbce, 256) == (single.score, 1) and suite.cell("none", "fwe", 256).ok
+    assert f"- {nbce}, fwe at 256: {nbce} does not generate" in suite.render_markdown([m.label for m in methods])
+
+
 def test_eval_refuses_an_unknown_task_or_suite_in_one_line(run_cli, capsys, tmp_path):
     out = tmp_path / "never"
     common = ["--lengths", "256", "--out", str(out)]

@@ -10,8 +10,8 @@ shared by every method. Each method scores it the way the task is scored (:mod:`
   generate (NBCE) gets a failed cell saying so.
 
 Every method runs as it does in the rest of the eval (dynamic methods pick their λ from each forward's length). A
-task that does not fit a length is a cell marked so; a cell that runs out of memory is recorded and the rest goes
-on. The result is a :class:`~longsearch.task_result.TaskSuite`, which :func:`longsearch.evaluate.write_eval` writes
+task that does not fit a length is a cell marked so; a cell that runs out of memory, or that a method cannot run
+(NBCE with a question longer than its window), is recorded with its error and the rest goes on. The result is a :class:`~longsearch.task_result.TaskSuite`, which :func:`longsearch.evaluate.write_eval` writes
 into eval.json, eval.csv and report.md, with one plot per task family (:func:`longsearch.plots.task_family_plots`).
 
 >>> names = suite_task_names(suite="ruler", tasks="vt")                       # doctest: +SKIP
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, ModelError, NeedleError
+from ..errors import InputError, LongsearchError, NeedleError
 from ..eval_methods import EvalMethod, Generates
 from ..lengths import format_length
 from ..needles import NeedleSet
@@ -149,8 +149,10 @@ def run_tasks(
                 else:
                     try:
                         cells.append(score_method(m, lm, ts))
-                    except (ModelError, MemoryError, RuntimeError) as e:  # out of memory at this length: record it, go on
-                        if not isinstance(e, ModelError) and not _is_oom(e):
+                    except (LongsearchError, MemoryError, RuntimeError) as e:
+                        # out of memory at this length, or a method that cannot run this task (NBCE with a question
+                        # longer than its window): record it, go on with the rest
+                        if not isinstance(e, LongsearchError) and not _is_oom(e):
                             raise
                         _empty_cache()
                         cells.append(
