@@ -261,7 +261,7 @@ def evolve(
     template: str | None = typer.Option(
         None,
         "--template",
-        help="Needle template(s) of the search: auto (default: every template the model solves inside its window), passkey, magic-number, multi-needle, or a comma list.",
+        help="Needle template(s) of the search: auto (default: every template the model solves inside its window), passkey, magic-number, multi-needle, or a comma list; or one RULER-style task (e.g. niah-multikey-2; not cwe), checked in the window the same way.",
     ),
     depths: str | None = typer.Option(
         None,
@@ -531,6 +531,15 @@ def eval_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16."),
     attn_implementation: str = typer.Option("auto", "--attn-implementation", help=ATTN_HELP),
+    suite: str | None = typer.Option(
+        None,
+        "--suite",
+        help="Also run a task suite at every length for every method: ruler (every RULER-style task longsearch builds; see docs/ruler.md).",
+    ),
+    tasks: str | None = typer.Option(
+        None, "--tasks", help="Also run these RULER-style tasks, comma-separated, e.g. niah-single-1,vt,cwe (with or without --suite)."
+    ),
+    task_samples: int = typer.Option(8, "--task-samples", help="Documents per task × length (with --suite / --tasks)."),
     attention_memory: str = typer.Option(
         "2GiB",
         "--attention-memory",
@@ -546,13 +555,18 @@ def eval_command(
 
     from . import evaluate as ev
     from .atomic import destination_exists
-    from .errors import RunError
+    from .errors import InputError, RunError
     from .lengths import parse_length, parse_lengths
     from .models import load_config, load_model, model_geometry
 
     asked = parse_lengths(lengths) if lengths else None
     names, depth_list, modes = ev.parse_baselines(baselines), ev.parse_depths(depths), ev.parse_serving(serving)
     ev.validate_settings(samples, segment, template)
+    from .ruler.suite import run_tasks, suite_task_names
+
+    task_list = suite_task_names(suite, tasks)
+    if task_list and task_samples < 1:
+        raise InputError(f"--task-samples must be at least 1, got {task_samples}")
     out_dir = Path(out) if out else ev.default_out_dir()
     if not force and destination_exists(out_dir):
         raise RunError(f"{out_dir} already exists: choose another --out or pass --force to replace it")
@@ -583,8 +597,21 @@ def eval_command(
             command="longsearch " + shlex.join(sys.argv[1:]),
             cost_repeats=3 if cost else 0,
         )
+        if task_list:
+            ruler = bar.add_task("tasks", total=None)
+            result.tasks = run_tasks(
+                lm,
+                methods,
+                task_list,
+                ns,
+                samples=task_samples,
+                seed=seed,
+                progress=lambda done, total, what: bar.update(ruler, completed=done, total=total, description=what),
+            )
     paths = ev.write_eval(result, out_dir, force=force)
     console.print(_eval_summary(result))
+    if result.tasks is not None:
+        console.print(_task_summary(result))
     console.print(f"[bold green]wrote[/] {len(paths)} files to {out_dir} (report: {out_dir / 'report.md'})", highlight=False)
 
 
@@ -603,6 +630,26 @@ def _eval_summary(result):
         for n in result.lengths:
             nll, acc = result.needle_mean(label, n)
             cells.append(f"{nll:.3f}/{acc:.2f}/{result.segment(label, n).ppl:.4g}")
+        table.add_row(label, *cells)
+    return table
+
+
+def _task_summary(result):
+    """method × length: the RULER-style average (tasks counted where fewer than all fit)."""
+    from rich.table import Table
+
+    from .lengths import format_length
+
+    suite = result.tasks
+    table = Table(title=f"RULER-style average over {len(suite.tasks)} tasks (k/n: tasks that fit)", show_lines=False)
+    table.add_column("method")
+    for n in suite.lengths:
+        table.add_column(format_length(n), justify="right")
+    for label in result.labels:
+        cells = []
+        for n in suite.lengths:
+            avg, k = suite.average(label, n)
+            cells.append(("–" if k == 0 else f"{avg:.2f}") + ("" if k == len(suite.tasks) else f" ({k}/{len(suite.tasks)})"))
         table.add_row(label, *cells)
     return table
 

@@ -17,7 +17,7 @@ forward for the cost probe, and describes itself for eval.json and report.md.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -65,6 +65,17 @@ class EvalMethod(Protocol):
     # Optional (run_eval looks them up with getattr): ``rope_at(length) -> Rescale`` — the RoPE the method applies
     # at that length, so that the cells of two methods applying the same one are computed once; ``cost_as`` — a
     # method whose cost probe stands for this one's (the same forward with other λ values).
+
+
+@runtime_checkable
+class Generates(Protocol):
+    """A method that can also generate (the RULER-style tasks with several answers, :mod:`longsearch.ruler.suite`):
+    :class:`RopeEval` and :class:`TwoMapEval`; NBCE pools one prediction per chunk and does not."""
+
+    def generate_outputs(self, lm: LoadedModel, task_set: NeedleSet) -> list[list[int]]:
+        """Greedy continuations of every sample's prompt, bounded by its ``max_new_tokens``, run the way this method
+        runs the model (see :func:`longsearch.ruler.generate_outputs`)."""
+        ...
 
 
 @dataclass
@@ -117,6 +128,11 @@ class RopeEval:
         with patched(lm.model, self.spec, self.target_length or len(sample.input_ids)):
             _forward(lm, sample)
 
+    def generate_outputs(self, lm: LoadedModel, task_set: NeedleSet) -> list[list[int]]:
+        from .ruler.generate import generate_outputs
+
+        return generate_outputs(lm, task_set, self.spec)  # patched as needle_score patches it
+
 
 @dataclass
 class _AttentionSide:
@@ -157,6 +173,12 @@ class TwoMapEval(_AttentionSide):
     def forward(self, lm: LoadedModel, sample: NeedleSample) -> None:
         with attention_method(lm.model, self.method):
             _forward(lm, sample)
+
+    def generate_outputs(self, lm: LoadedModel, task_set: NeedleSet) -> list[list[int]]:
+        from .ruler.generate import generate_outputs
+
+        with attention_method(lm.model, self.method):
+            return generate_outputs(lm, task_set, None)
 
 
 class NbceEval(_AttentionSide):
@@ -209,4 +231,4 @@ def segment_nll(model: Any, document: np.ndarray, prefix: int, length: int, toke
     return float(nll.item())
 
 
-__all__ = ["EVERY_MODE", "SERVING_MODES", "EvalMethod", "NbceEval", "RopeEval", "TwoMapEval", "attention_eval", "segment_nll"]
+__all__ = ["EVERY_MODE", "SERVING_MODES", "EvalMethod", "Generates", "NbceEval", "RopeEval", "TwoMapEval", "attention_eval", "segment_nll"]

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .lengths import format_length
+from .task_result import TaskSuite
 
 
 @dataclass
@@ -79,6 +80,7 @@ class EvalResult:
     command: str = ""
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
     costs: list[CostCell] = field(default_factory=list)
+    tasks: TaskSuite | None = None  # the RULER-style tasks (eval --suite / --tasks), when asked for
 
     @property
     def labels(self) -> list[str]:
@@ -148,7 +150,7 @@ class EvalResult:
             for label in self.labels
             for n in self.lengths
         ]
-        return {
+        out = {
             "kind": "longsearch.eval",
             "version": 1,
             "created": self.created,
@@ -164,6 +166,9 @@ class EvalResult:
             "segments": [{k: _num(v) for k, v in asdict(s).items()} for s in self.segments],
             "costs": [{k: _num(v) for k, v in asdict(c).items()} for c in self.costs],
         }
+        if self.tasks is not None:
+            out["tasks"] = self.tasks.to_dict(self.labels)
+        return out
 
 
 def _num(v: Any) -> Any:
@@ -177,7 +182,21 @@ def render_csv(result: EvalResult) -> str:
     """One tidy row per measurement: kind (needle, needle-mean, segment), method, length, depth, nll, ppl, accuracy, …"""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["kind", "method", "length", "depth", "nll", "ppl", "accuracy", "n", "seconds", "error"])
+    w.writerow(
+        [
+            "kind",
+            "method",
+            "length",
+            "depth",
+            "nll",
+            "ppl",
+            "accuracy",
+            "n",
+            "seconds",
+            "error",
+            *(["task"] if result.tasks is not None else []),
+        ]
+    )
     for c in result.needles:
         w.writerow(
             ["needle", c.method, c.length, c.depth, _f(c.nll), _f(c.ppl), _f(c.accuracy), c.n_samples, f"{c.seconds:.3f}", c.error or ""]
@@ -201,6 +220,8 @@ def render_csv(result: EvalResult) -> str:
             )
     for s in result.segments:
         w.writerow(["segment", s.method, s.length, "", _f(s.nll), _f(s.ppl), "", s.tokens, f"{s.seconds:.3f}", s.error or ""])
+    if result.tasks is not None:
+        w.writerows(result.tasks.csv_rows(result.labels))
     return buf.getvalue()
 
 
@@ -313,6 +334,8 @@ def render_report(result: EvalResult, plots: Sequence[str] = ()) -> str:
         lines.append(f"\n### {label}\n\n| depth | " + " | ".join(format_length(n) for n in L) + " |\n|---|" + "---:|" * len(L) + "\n")
         for i, d in enumerate(result.depths):
             lines.append(f"| {d:g} | " + " | ".join(_cell(v, ".2f") for v in grid[i]) + " |\n")
+    if result.tasks is not None:
+        lines.append(result.tasks.render_markdown(result.labels))
     if plots:
         lines.append("\n## Plots\n\n")
         lines += [f"![{p}]({p})\n" for p in plots]

@@ -22,10 +22,11 @@ from . import faults
 from .errors import InputError, NeedleError, RunError
 from .executors import Executor, ScoreTask
 from .lengths import format_length
-from .needles import NeedleSet, build_needle_set, resolve_depths, template_names
+from .needles import NeedleSet, resolve_depths
 from .optimizers import Optimizer, make_optimizer, resolve_budget
 from .placement import check_device
 from .rope import Rescale, RopeGeometry
+from .ruler.signal import build_signal_set, is_task_template, signal_template_names
 from .runs import RunConfig
 from .space import SearchSpace
 from .windowed_attention import resolve_attn_implementation
@@ -149,7 +150,7 @@ def plan(opts: EvolveOptions) -> Plan:
     if samples < 1:
         raise InputError(f"--samples must be at least 1, got {samples}")
     template = str(opts.template or DEFAULTS["template"]).strip().lower()
-    templates = None if template == "auto" else template_names(template)
+    templates = None if template == "auto" else signal_template_names(template)
     if opts.signal_check is False and templates is None:
         raise InputError("--no-signal-check needs a named --template (e.g. --template passkey): auto chooses by the check")
     depths = str(opts.depths or DEFAULTS["depths"])
@@ -222,11 +223,12 @@ class SignalTemplate:
 
 
 def signal_needles(p: SignalInputs, template: str) -> NeedleSet:
-    """In-window needle documents of one template: the model's window, or the shortest doubling that holds it."""
+    """In-window documents of one template or RULER-style task: the model's window, or the shortest doubling that
+    holds it."""
     length = p.geometry.original_length
     while True:
         try:
-            return build_needle_set(
+            return build_signal_set(
                 p.tokenizer, length, SIGNAL_SAMPLES, template=template, seed=p.config.seed + SIGNAL_SEED_OFFSET, depths=p.depths
             )
         except NeedleError as e:
@@ -241,6 +243,7 @@ def measure_signal(p: SignalInputs, pool: Executor) -> dict[str, Any]:
     from .needles import TEMPLATES
 
     candidates = list(TEMPLATES)  # all of them (a few in-window documents each), to say which ones work
+    candidates += [t for t in p.templates or [] if t not in TEMPLATES]  # and a RULER-style task named as the template
     sets = {t: signal_needles(p, t) for t in candidates}
     for t, ns in sets.items():
         pool.set_needles(f"signal:{t}", ns)
@@ -268,14 +271,15 @@ def signal_templates(p: SignalInputs, signal: dict[str, Any]) -> str:
 
     def shown(t: str) -> str:
         m = measured[t]
-        return f"{m['accuracy'] or 0:.2f} at {m['length']} tokens"
+        beyond = f" (the {p.geometry.original_length}-token window cannot hold it)" if m["length"] > p.geometry.original_length else ""
+        return f"{m['accuracy'] or 0:.2f} at {m['length']} tokens{beyond}"
 
     if p.templates is not None:
         for t in p.templates:
             if t not in solved:
-                others = ", ".join(solved) if solved else "none"
+                others = ", ".join(s for s in solved if s in measured and not is_task_template(s)) or "none"
                 raise InputError(
-                    f"the model does not solve the {t!r} needle task inside its window (accuracy {shown(t)} with plain "
+                    f"the model does not solve the {t!r} {'RULER-style' if is_task_template(t) else 'needle'} task inside its window (accuracy {shown(t)} with plain "
                     f"RoPE, below {SIGNAL_THRESHOLD}), so its perplexity cannot guide a search beyond it: use --template "
                     f"auto (solved: {others}) or pass --no-signal-check to search with it anyway"
                 )

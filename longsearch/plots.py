@@ -3,7 +3,8 @@
 - a search (evolve): ``progress.png`` (best score per generation against the baselines) and ``factors.png``
   (the best λ per frequency against PI, NTK and YaRN, with d_tcd and d_rcd marked);
 - an evaluation (eval): ``accuracy_vs_length.png`` (one line per method and serving mode),
-  ``nll_vs_length.png``, ``segment_ppl_vs_length.png`` and one needle-accuracy heatmap per method (:func:`eval_plots`);
+  ``nll_vs_length.png``, ``segment_ppl_vs_length.png`` and one needle-accuracy heatmap per method (:func:`eval_plots`),
+  and with RULER-style tasks one ``tasks_<family>.png`` per task family (:func:`task_family_plots`);
 - a finetune run: ``loss.png``, the training loss per window kind (:func:`finetune_loss_plot`);
 - the testbed's training (``longsearch testbed train``): ``loss_curve.png``, the loss and the held-out needle
   accuracy per step (:func:`testbed_curve_plot`).
@@ -25,6 +26,7 @@ from .lengths import format_length
 
 if TYPE_CHECKING:
     from .eval_result import EvalResult
+    from .task_result import TaskSuite
 
 _BASELINE_STYLE = {
     "pi": ("tab:orange", "--"),
@@ -145,6 +147,53 @@ def eval_plots(result: EvalResult, out_dir: Path) -> list[str]:
     ]
     for label in result.labels:
         names.append(_heatmap(result, label, out_dir / f"accuracy_{safe_name(label)}.png"))
+    if result.tasks is not None:
+        names += task_family_plots(result.tasks, result.labels, result.geometry["original_length"], out_dir)
+    return names
+
+
+def task_family_plots(suite: TaskSuite, labels: Sequence[str], original: int, out_dir: Path) -> list[str]:
+    """One figure per task family (``tasks_<family>.png``): a panel per task of its score against length, one line
+    per method (no point where a task does not fit or failed), the family's mean over the tasks that fit in the first
+    panel where it has several tasks; returns the file names."""
+    from matplotlib.ticker import NullLocator
+
+    from .task_result import task_values
+
+    names = []
+    lengths = suite.lengths
+    for family in suite.family_names:
+        tasks = suite.family_tasks(family)
+        panels: list[tuple[str, Callable[[str, int], float]]] = []
+        if len(tasks) > 1:
+            panels.append((f"{family}: mean of the tasks that fit", _family_mean(suite, tasks)))
+        panels += [(t, task_values(suite, t)) for t in tasks]
+        cols = min(3, len(panels))
+        rows = math.ceil(len(panels) / cols)
+        fig = _figure(3.4 * cols + 0.6, 2.7 * rows + 0.5)
+        axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
+        for k, ax in enumerate(axes.flat):
+            if k >= len(panels):
+                ax.set_visible(False)
+                continue
+            title, value = panels[k]
+            for label in labels:  # the colours of the other eval plots: the default cycle in method order
+                ax.plot(lengths, [value(label, n) for n in lengths], marker="o", ms=3, label=label)
+            if lengths[0] <= original <= lengths[-1]:
+                ax.axvline(original, color="grey", linestyle="--", linewidth=1)
+            ax.set_xscale("log", base=2)
+            ax.set_xlim(lengths[0] / 1.2, lengths[-1] * 1.2)  # the same axis in every panel, points or not
+            ax.set_xticks(lengths)
+            ax.set_xticklabels([format_length(n) for n in lengths], fontsize=7)
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_ylim(-0.03, 1.03)
+            ax.set_title(title, fontsize=9)
+            ax.grid(True, alpha=0.3)
+        axes.flat[0].set_ylabel("score (1 = solved)")
+        axes.flat[0].legend(fontsize=7)
+        window = f"; dashed: original window {format_length(original)}" if lengths[0] <= original <= lengths[-1] else ""
+        fig.suptitle(f"RULER-style {family} tasks: score against context length{window}", fontsize=10)
+        names.append(_save(fig, out_dir / f"tasks_{safe_name(family)}.png").name)
     return names
 
 
@@ -246,6 +295,10 @@ def _heatmap(result: EvalResult, label: str, path: Path) -> str:
     return _save(fig, path).name
 
 
+def _family_mean(suite: TaskSuite, tasks: Sequence[str]) -> Callable[[str, int], float]:
+    return lambda label, n: suite.average(label, n, tasks)[0]
+
+
 # ---------------------------------------------------------------- training
 
 
@@ -315,4 +368,13 @@ def testbed_curve_plot(
     return _save(fig, path)
 
 
-__all__ = ["eval_plots", "factors_plot", "finetune_loss_plot", "progress_plot", "safe_name", "testbed_curve_plot", "trailing_mean"]
+__all__ = [
+    "eval_plots",
+    "factors_plot",
+    "finetune_loss_plot",
+    "progress_plot",
+    "safe_name",
+    "task_family_plots",
+    "testbed_curve_plot",
+    "trailing_mean",
+]

@@ -528,10 +528,10 @@ def depths_key(depths: str | None) -> str:
 
 def template_key(template: str | None) -> str | None:
     """Needle template(s) in one spelling: ``"Passkey, multi-needle"`` → ``"passkey+multi-needle"``
-    (:func:`needles.template_names`: InputError for an unknown name)."""
-    from .needles import template_names
+    (:func:`ruler.signal.signal_template_names`, which also takes a RULER-style task: InputError for an unknown name)."""
+    from .ruler.signal import signal_template_names
 
-    return None if template is None else "+".join(template_names(str(template)))
+    return None if template is None else "+".join(signal_template_names(str(template)))
 
 
 def check_resume_options(config: RunConfig, given: dict[str, Any], path: str | os.PathLike, as_given: dict[str, str] | None = None) -> None:

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError, LongsearchError, NeedleError, RunError
-from .needles import NeedleSet, build_needle_set, load_needle_set
+from .needles import NeedleSet, load_needle_set
 from .optimizers import Optimizer, make_optimizer
 from .plan import EvolveOptions, Plan, check_options, load_model_info
 from .rope import RopeGeometry
+from .ruler.signal import build_signal_set
 from .runs import SPACE, JournalContents, RunConfig, RunStore, check_resume_options
 from .space import SearchSpace
 
@@ -67,8 +68,8 @@ def fingerprint_dir(path: Path) -> str:
 
 
 def search_needles(tokenizer: Any, config: RunConfig, seed: int, template: str, depths: str | None) -> NeedleSet:
-    """A needle set of the run's length, sample count, template(s) and depths, with ``seed``."""
-    return build_needle_set(tokenizer, config.target_length, config.samples, template=template, seed=seed, depths=depths)
+    """A needle set of the run's length, sample count, template(s) (or RULER-style task) and depths, with ``seed``."""
+    return build_signal_set(tokenizer, config.target_length, config.samples, template=template, seed=seed, depths=depths)
 
 
 def disk_full(e: OSError, then: str) -> RunError:

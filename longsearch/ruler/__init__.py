@@ -66,7 +66,7 @@ the answer tokens, the scorer's own definition — and tasks with several answer
 
 from __future__ import annotations
 
-from .generate import MODES, TaskScore, eos_ids, generate_outputs, greedy_generate, score_task
+from .generate import MODES, TaskScore, decode_outputs, eos_ids, generate_outputs, greedy_generate, judge_outputs, score_task
 from .match import MATCHERS, match_all, match_part, match_score
 from .tasks import (
     MATCH_RULES,
@@ -92,11 +92,13 @@ __all__ = [
     "Task",
     "TaskScore",
     "build_task_set",
+    "decode_outputs",
     "eos_ids",
     "generate_outputs",
     "get_task",
     "greedy_generate",
     "is_task_set",
+    "judge_outputs",
     "match_all",
     "match_part",
     "match_score",

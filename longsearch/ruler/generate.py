@@ -203,8 +203,17 @@ def greedy_generate(
     return out
 
 
-def _decode(tokenizer: Any, ids: Sequence[int]) -> str:
-    return tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+def decode_outputs(tokenizer: Any, outputs: Sequence[Sequence[int]]) -> list[str]:
+    """Generated token ids as text (special tokens dropped, spaces as generated)."""
+    return [tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False) for ids in outputs]
+
+
+def judge_outputs(task_set: NeedleSet, texts: Sequence[str]) -> list[float]:
+    """Each sample's generated text judged against its references by the task's match rule (RULER's all / part)."""
+    if not is_task_set(task_set):
+        raise NeedleError("this needle set was not built by longsearch.ruler.build_task_set: it has no references to match")
+    rule = str(task_set.meta.get("match", "all"))
+    return [match_score(str(s.meta.get("match", rule)), t, s.meta["references"]) for s, t in zip(task_set.samples, texts, strict=True)]
 
 
 def generate_outputs(
@@ -265,8 +274,8 @@ def score_task(
     if tokenizer is None:
         raise ModelError("generation needs the model's tokenizer: pass a LoadedModel")
     ids = generate_outputs(model, task_set, spec, target_length=target_length, batch_size=batch_size)
-    texts = [_decode(tokenizer, row) for row in ids]
-    per = [match_score(str(s.meta.get("match", task.match)), t, s.meta["references"]) for s, t in zip(task_set.samples, texts, strict=True)]
+    texts = decode_outputs(tokenizer, ids)
+    per = judge_outputs(task_set, texts)
     value, error = math.nan, None
     if nll:
         s = score(model, task_set, spec, target_length=target_length, batch_size=batch_size)
@@ -274,4 +283,4 @@ def score_task(
     return TaskScore(task.name, task_set.length, use, float(np.mean(per)), per, value, texts, time.perf_counter() - t0, error)
 
 
-__all__ = ["MODES", "TaskScore", "eos_ids", "generate_outputs", "greedy_generate", "score_task"]
+__all__ = ["MODES", "TaskScore", "decode_outputs", "eos_ids", "generate_outputs", "greedy_generate", "judge_outputs", "score_task"]
