@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
+from .mix import NeedleMix
 from .needles import NeedleSet
 from .rope import Rescale
 
@@ -73,6 +74,8 @@ class ScoreOutcome:
     n_scored: int | None = None  # documents run (fewer than the set's when the race stopped it)
     n_total: int | None = None  # documents in the set
     censored: bool = False  # stopped by the race: nll is a lower bound
+    token_forwards: int | None = None  # tokens run (documents run × their lengths)
+    per_length: list[dict[str, Any]] = field(default_factory=list)  # a needle mix's sets: length, weight, nll, accuracy, docs
     ref: Any = None  # the task's reference (set by the executor)
     worker: str = ""
     attempts: int = 1
@@ -127,23 +130,41 @@ class Scorer:
             torch.set_num_threads(int(threads))
         self.target_length = int(target_length)
         self.loaded = load_model(model, device=device, dtype=dtype, shard=shard)
-        self.needles: dict[str, NeedleSet] = {}
+        self.needles: dict[str, NeedleSet | NeedleMix] = {}
         self.name = f"{os.uname().nodename}:{os.getpid()}"
 
     def ready(self) -> str:
         return self.name
 
-    def set_needles(self, name: str, needle_set: NeedleSet) -> None:
+    def set_needles(self, name: str, needle_set: NeedleSet | NeedleMix) -> None:
         self.needles[name] = needle_set
 
     def score(self, task: ScoreTask) -> ScoreOutcome:
         """The answer-token NLL of the task's (λ, m) — applied at every position, as serving engines apply long
-        factors — on its needle set, raced against its bar. A bad candidate is a failed outcome, not an exception."""
+        factors — on its needle set or mix (every served length), raced against its bar. A bad candidate is a failed
+        outcome, not an exception."""
+        from .mix import score_mix
         from .scoring import score
 
         t0 = time.perf_counter()
         try:
-            ns = self.needles[task.needles]  # the search's set, or an in-window set of the signal check
+            ns = self.needles[task.needles]  # the search's mix, a held-out or validation mix, or an in-window set
+            if isinstance(ns, NeedleMix):
+                m = score_mix(self.loaded, ns, task.rescale, stop_at=task.bar)
+                return ScoreOutcome(
+                    nll=m.nll,
+                    per_sample=m.per_sample,
+                    accuracy=m.accuracy,
+                    per_sample_correct=m.per_sample_correct,
+                    seconds=m.seconds,
+                    error=m.error,
+                    n_scored=m.n_scored,
+                    n_total=len(ns.samples),
+                    censored=m.censored,
+                    token_forwards=ns.token_forwards(m.n_scored),
+                    per_length=m.per_length,
+                    worker=self.name,
+                )
             s = score(self.loaded, ns, task.rescale, target_length=ns.length, stop_at=task.bar)
         except Exception as e:
             return ScoreOutcome.failure(error_line(e), seconds=time.perf_counter() - t0, worker=self.name)
@@ -157,6 +178,7 @@ class Scorer:
             n_scored=s.n_scored,
             n_total=len(ns.samples),
             censored=bool(s.censored),
+            token_forwards=None if s.n_scored is None else int(s.n_scored) * ns.length,
             worker=self.name,
         )
 
@@ -178,8 +200,8 @@ class Executor(Protocol):
     def start(self) -> None:
         """Load the model replica(s); idempotent."""
 
-    def set_needles(self, name: str, needle_set: NeedleSet) -> None:
-        """Hand a needle set to every replica once (also those started later)."""
+    def set_needles(self, name: str, needle_set: NeedleSet | NeedleMix) -> None:
+        """Hand a needle set or mix to every replica once (also those started later)."""
 
     def map_unordered(self, tasks: Iterable[ScoreTask]) -> Iterator[ScoreOutcome]:
         """Score every task; yield each outcome (its ``ref`` set) as it finishes."""
@@ -200,7 +222,7 @@ class InProcessPool:
         self.model, self.target_length = model, int(target_length)
         self._options: dict[str, Any] = {"device": device, "dtype": dtype, "threads": threads}
         self._scorer: Scorer | None = None
-        self._needles: dict[str, NeedleSet] = {}
+        self._needles: dict[str, NeedleSet | NeedleMix] = {}
 
     @classmethod
     def around(cls, scorer: Scorer) -> InProcessPool:
@@ -229,7 +251,7 @@ class InProcessPool:
             for name, ns in self._needles.items():
                 self._scorer.set_needles(name, ns)
 
-    def set_needles(self, name: str, needle_set: NeedleSet) -> None:
+    def set_needles(self, name: str, needle_set: NeedleSet | NeedleMix) -> None:
         self._needles[name] = needle_set
         if self._scorer is not None:
             self._scorer.set_needles(name, needle_set)

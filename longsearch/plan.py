@@ -22,7 +22,8 @@ from . import faults
 from .errors import InputError, NeedleError, RunError
 from .executors import Executor, ScoreTask
 from .lengths import format_length
-from .needles import NeedleSet, build_needle_set, resolve_depths, template_names
+from .mix import parse_serve_lengths, parse_serve_weights
+from .needles import TEMPLATES, NeedleSet, build_needle_set, resolve_depths, template_names
 from .optimizers import Optimizer, make_optimizer, resolve_budget
 from .rope import Rescale, RopeGeometry
 from .runs import RunConfig
@@ -37,7 +38,15 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "template": "auto",
     "depths": "spread",
+    "serve_lengths": "auto",
+    "serve_weights": "auto",
+    "validation_samples": 16,
+    "patience": 3,
 }
+#: The validation needles: another haystack (generated sentences, no book) and, for the pass key, another framing.
+VALIDATION_HAYSTACK = "synthetic"
+VALIDATION_SEED_OFFSET = 3000
+VALIDATION_FRAMING = {"passkey": "passkey-find", "passkey-recall": "passkey-find"}
 #: A needle template is a usable signal when plain RoPE answers at least this share of its documents inside the
 #: model's own window: a perplexity the model cannot lower in-window cannot guide a search beyond it.
 SIGNAL_THRESHOLD = 0.75
@@ -71,6 +80,10 @@ class EvolveOptions:
     depths: str | None = None  # needle depths: spread (default), uniform, start, or a list
     signal_check: bool | None = None  # measure in-window which templates the model solves (None: on; on resume, the run's)
     accept_model_change: bool = False  # resume although the model's files changed since the run started
+    serve_lengths: str | None = None  # auto (window, doublings, target), target, or a comma list ending at the target
+    serve_weights: str | None = None  # auto, or one weight per served length
+    validation_samples: int | None = None  # documents per validation set at the target (0: no validation)
+    patience: int | None = None  # generations without a better validation score before stopping (0: never stop early)
 
 
 @dataclass
@@ -86,6 +99,7 @@ class Plan:
     force: bool
     templates: list[str] | None  # None: auto
     depths: str
+    validation_samples: int = 0
 
 
 def model_short_name(model: str | None) -> str:
@@ -145,12 +159,18 @@ def plan(opts: EvolveOptions) -> Plan:
     depths = str(opts.depths or DEFAULTS["depths"])
     resolve_depths(depths, 1, np.random.default_rng(0))  # refuse unreadable depths now
     resolve_budget(budget)
+    validation_samples = int(opts.validation_samples if opts.validation_samples is not None else DEFAULTS["validation_samples"])
+    patience = int(opts.patience if opts.patience is not None else DEFAULTS["patience"])
+    if validation_samples < 0 or patience < 0:
+        raise InputError("--validation-samples and --patience must be 0 (off) or more")
     geometry, tokenizer = load_model_info(model)
     target = int(opts.target)
     if target <= geometry.original_length:
         raise InputError(
             f"target {format_length(target)} is not above the model's window of {geometry.original_length} tokens: choose a longer --target"
         )
+    serve_lengths = parse_serve_lengths(opts.serve_lengths, geometry.original_length, target)
+    serve_weights = parse_serve_weights(opts.serve_weights, serve_lengths)
     space = SearchSpace.load(space_name, geometry, target)
     optimizer = make_optimizer(optimizer_spec, space, budget, seed)
     out = Path(opts.out) if opts.out else default_out(model, target, space_name, optimizer_spec, seed)
@@ -175,8 +195,11 @@ def plan(opts: EvolveOptions) -> Plan:
         heldout_seed=seed + HELDOUT_SEED_OFFSET,
         racing=True if opts.racing is None else bool(opts.racing),
         depths=depths,
+        serve_lengths=serve_lengths,
+        serve_weights=[float(w) for w in serve_weights],
+        patience=patience or None,
     )
-    return Plan(config, geometry, space, optimizer, tokenizer, out, opts.force, templates, depths)
+    return Plan(config, geometry, space, optimizer, tokenizer, out, opts.force, templates, depths, validation_samples)
 
 
 # ---------------------------------------------------------------- the in-window signal check
@@ -206,7 +229,6 @@ def signal_needles(p: Plan, template: str) -> NeedleSet:
 def measure_signal(p: Plan, pool: Executor) -> dict[str, Any]:
     """Which needle templates the model solves inside its window with plain RoPE (λ = 1, m = 1): accuracy, NLL,
     length and documents per template, the threshold, and the templates solved. :func:`signal_templates` decides."""
-    from .needles import TEMPLATES
 
     candidates = list(TEMPLATES)  # all of them (a few in-window documents each), to say which ones work
     sets = {t: signal_needles(p, t) for t in candidates}
@@ -224,8 +246,37 @@ def measure_signal(p: Plan, pool: Executor) -> dict[str, Any]:
             "samples": len(sets[t].samples),
             "error": o.error,
         }
-    solved = [t for t in candidates if (measured[t]["accuracy"] or 0.0) >= SIGNAL_THRESHOLD]
-    return {"threshold": SIGNAL_THRESHOLD, "templates": {t: measured[t] for t in candidates}, "solved": solved}
+    solved = [t for t in candidates if (measured[t]["accuracy"] or 0.0) >= SIGNAL_THRESHOLD and not TEMPLATES[t].validation_only]
+    validation_solved = [t for t in candidates if (measured[t]["accuracy"] or 0.0) >= SIGNAL_THRESHOLD and TEMPLATES[t].validation_only]
+    return {
+        "threshold": SIGNAL_THRESHOLD,
+        "templates": {t: measured[t] for t in candidates},
+        "solved": solved,
+        "validation_solved": validation_solved,
+    }
+
+
+def validation_spec(p: Plan, template: str, signal: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The validation needles of a new run (None when ``--validation-samples 0``): the search's templates in another
+    framing where there is one the model solves in its window (the pass key's: ``passkey-find``), on generated
+    sentences (:data:`VALIDATION_HAYSTACK`), depths spread over the document, another seed."""
+    if p.validation_samples <= 0:
+        return None
+    solved = None if signal is None else set(signal.get("validation_solved", []))
+    names: list[str] = []
+    for t in template_names(template):
+        v = VALIDATION_FRAMING.get(t, t)
+        if solved is not None and v != t and v not in solved:
+            v = t  # the other framing is not solved in the window: the search's own, on the other haystack
+        if v not in names:
+            names.append(v)
+    return {
+        "samples": p.validation_samples,
+        "seed": p.config.seed + VALIDATION_SEED_OFFSET,
+        "template": "+".join(names),
+        "haystack": VALIDATION_HAYSTACK,
+        "depths": "spread",
+    }
 
 
 def signal_templates(p: Plan, signal: dict[str, Any]) -> str:
@@ -240,6 +291,8 @@ def signal_templates(p: Plan, signal: dict[str, Any]) -> str:
 
     if p.templates is not None:
         for t in p.templates:
+            if TEMPLATES[t].validation_only:
+                raise InputError(f"the {t!r} needle template is kept for the validation needles: search with another --template")
             if t not in solved:
                 others = ", ".join(solved) if solved else "none"
                 raise InputError(
@@ -262,6 +315,8 @@ __all__ = [
     "DEFAULTS",
     "HELDOUT_SEED_OFFSET",
     "SIGNAL_THRESHOLD",
+    "VALIDATION_FRAMING",
+    "VALIDATION_HAYSTACK",
     "EvolveOptions",
     "Plan",
     "SignalTemplate",
@@ -274,4 +329,5 @@ __all__ = [
     "plan",
     "signal_needles",
     "signal_templates",
+    "validation_spec",
 ]
