@@ -283,6 +283,24 @@ def evolve(
         "--racing/--no-racing",
         help="Stop scoring a candidate once it cannot beat the optimizer's bar (default on; same decisions, fewer token-forwards).",
     ),
+    serve_lengths: str | None = typer.Option(
+        None,
+        "--serve-lengths",
+        help="Lengths a candidate is scored at, long factors at each (as vLLM and llama.cpp serve them): auto (default: the window, its doublings, the target), target (the target alone), or a list ending at the target (256,1k,2k).",
+    ),
+    serve_weights: str | None = typer.Option(
+        None,
+        "--serve-weights",
+        help="Weight of each served length in the score: auto (default: half on the target, half spread below) or one number per length.",
+    ),
+    validation_samples: int | None = typer.Option(
+        None,
+        "--validation-samples",
+        help="Documents per validation set (another haystack and framing, never seen by the optimizer; it chooses the final factors). Default 16; 0: none.",
+    ),
+    patience: int | None = typer.Option(
+        None, "--patience", help="Stop after this many generations without a better validation score (default 3; 0: never early)."
+    ),
 ) -> None:
     """Search per-dimension RoPE factors (LongRoPE2) with an evolutionary search on Ray workers; resumable."""
     from pathlib import Path
@@ -314,6 +332,10 @@ def evolve(
         depths=depths,
         signal_check=signal_check,
         accept_model_change=accept_model_change,
+        serve_lengths=serve_lengths,
+        serve_weights=serve_weights,
+        validation_samples=validation_samples,
+        patience=patience,
     )
     import signal
 

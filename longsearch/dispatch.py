@@ -147,8 +147,10 @@ class Job:
         per_sample = [x for r in parts for x in r.per_sample]
         correct = [x for r in parts for x in r.per_sample_correct]
         nll = float(np.sum(per_sample)) / self.n_docs if censored else float(np.mean(per_sample))
+        forwards = [r.token_forwards for r in parts]
         return ScoreOutcome(
             nll=nll,
+            token_forwards=None if any(f is None for f in forwards) else sum(f for f in forwards if f is not None),
             per_sample=per_sample,
             accuracy=float(np.mean(correct)) if correct else None,
             per_sample_correct=correct,

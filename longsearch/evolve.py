@@ -40,7 +40,7 @@ from .loop import (
     MAX_FAILED_ATTEMPTS,
     GenerationSummary,
     baseline_factors,
-    best_factors,
+    chosen_factors,
     generation_of,
     retry_failures,
     search,
@@ -204,6 +204,8 @@ def _run(run: PreparedRun, pool: Executor, opts: EvolveOptions, reporter: Evolve
     try:
         reporter.run_started(run)
         pool.set_needles("search", run.needles)
+        if run.validation is not None:
+            pool.set_needles("validation", run.validation)
         if not run.optimizer.done and not pool.workers:  # a resumed run starts its workers here
             t0 = time.perf_counter()
             pool.start()
@@ -211,10 +213,10 @@ def _run(run: PreparedRun, pool: Executor, opts: EvolveOptions, reporter: Evolve
         baseline_scores, history = search(run, pool, reporter)
         rows = heldout(run, pool, reporter, baseline_scores) if opts.heldout else []
         paths = {"run": run.store.path, "journal": run.store.journal_path}
-        best = run.optimizer.best()
-        factors = None
-        if best is not None:
-            factors = best_factors(run, best, generation_of(best, history))
+        journal = run.store.read_journal()
+        made = chosen_factors(run, journal.candidates(), journal.validations(), history)
+        factors, best = made if made is not None else (None, None)
+        if factors is not None:
             factors.save(run.store.file(BEST))
             paths["best"] = run.store.file(BEST)
         if rows:
@@ -228,7 +230,7 @@ def _run(run: PreparedRun, pool: Executor, opts: EvolveOptions, reporter: Evolve
             baselines=baseline_scores,
             heldout=rows,
             history=history,
-            evaluations=len(run.store.read_journal().records),
+            evaluations=len(journal.records),
             resumed=run.resumed,
             paths=paths,
             final=run.store.read_json(FINAL) if rows else {},

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 from .errors import LongsearchError
+from .mix import NeedleMix
 from .needles import NeedleSet
 from .rope import Rescale
 
@@ -79,6 +80,8 @@ class ScoreOutcome:
     n_scored: int | None = None  # documents run (fewer than the set's when the race stopped it)
     n_total: int | None = None  # documents in the set
     censored: bool = False  # stopped by the race: nll is a lower bound
+    token_forwards: int | None = None  # tokens run (documents run × their lengths)
+    per_length: list[dict[str, Any]] = field(default_factory=list)  # a needle mix's sets: length, weight, nll, accuracy, docs
     ref: Any = None  # the task's reference (set by the executor)
     worker: str = ""
     attempts: int = 1
@@ -217,7 +220,7 @@ class Scorer:
         self.model, self.target_length = model, int(target_length)
         self._load_options: dict[str, Any] = dict(device=device, dtype=dtype, shard=shard, attn_implementation=attn_implementation)
         self.loaded: Any = None
-        self.needles: dict[str, NeedleSet] = {}
+        self.needles: dict[str, NeedleSet | NeedleMix] = {}
         self._pieces: dict[tuple[str, int, int], NeedleSet] = {}
         self.name = f"{os.uname().nodename}:{os.getpid()}"
         self.label = label or self.name
@@ -233,9 +236,8 @@ class Scorer:
     @classmethod
     def around(cls, loaded: Any, target_length: int) -> Scorer:
         """A scorer around a model loaded already (eval's template check scores with the model it evaluates)."""
-        scorer = cls.__new__(cls)
-        scorer.target_length, scorer.loaded, scorer.needles = int(target_length), loaded, {}
-        scorer.name = f"{os.uname().nodename}:{os.getpid()}"
+        scorer = cls(None, target_length, load=False)
+        scorer.loaded = loaded
         return scorer
 
     def ready(self) -> str:
@@ -255,17 +257,21 @@ class Scorer:
         self.load()
         return str(getattr(self.loaded.model.config, "_attn_implementation", ""))
 
-    def set_needles(self, name: str, needle_set: NeedleSet) -> None:
+    def set_needles(self, name: str, needle_set: NeedleSet | NeedleMix) -> None:
         self.needles[name] = needle_set
         self._pieces = {k: v for k, v in self._pieces.items() if k[0] != name}
 
-    def _needle_set(self, task: ScoreTask) -> NeedleSet:
+    def _needle_set(self, task: ScoreTask) -> NeedleSet | NeedleMix:
         try:
-            ns = self.needles[task.needles]  # the search's set, or an in-window set of the signal check
+            ns = self.needles[task.needles]  # the search's mix, a validation or held-out mix, an in-window set
         except KeyError:
             raise RuntimeError(f"this worker holds no needle set {task.needles!r}") from None
         if task.docs is None:
             return ns
+        if isinstance(ns, NeedleMix):
+            if len(ns.parts) != 1:
+                raise RuntimeError(f"the needle mix {task.needles!r} of several lengths is scored whole, never in pieces")
+            ns = ns.parts[0]  # a mix of one length is its set: in pieces like one
         key = (task.needles, *task.docs)
         if key not in self._pieces:  # kept: a set checks its tokenizer once
             self._pieces[key] = replace(ns, samples=ns.samples[task.docs[0] : task.docs[1]])
@@ -273,9 +279,11 @@ class Scorer:
 
     def score(self, task: ScoreTask) -> ScoreOutcome:
         """The answer-token NLL of the task's (λ, m) — applied at every position, as serving engines apply long
-        factors — on its needle set (or the documents ``task.docs`` of it), raced against its bar. A bad candidate
-        is a failed outcome, not an exception; so is a faulty worker, with :attr:`ScoreOutcome.fault` set."""
+        factors — on its needle set (or the documents ``task.docs`` of it) or its mix (every served length), raced
+        against its bar. A bad candidate is a failed outcome, not an exception; so is a faulty worker, with
+        :attr:`ScoreOutcome.fault` set."""
         from . import faults
+        from .mix import score_mix
         from .scoring import score
 
         t0 = time.perf_counter()
@@ -284,6 +292,23 @@ class Scorer:
             faults.score_point(self._fault_spec, self.label, self._scored)
             self.load()
             ns = self._needle_set(task)
+            if isinstance(ns, NeedleMix):
+                m = score_mix(self.loaded, ns, task.rescale, stop_at=task.bar)
+                return ScoreOutcome(
+                    nll=m.nll,
+                    per_sample=m.per_sample,
+                    accuracy=m.accuracy,
+                    per_sample_correct=m.per_sample_correct,
+                    seconds=m.seconds,
+                    error=m.error,
+                    n_scored=m.n_scored,
+                    n_total=len(ns.samples),
+                    censored=m.censored,
+                    token_forwards=ns.token_forwards(m.n_scored),
+                    per_length=m.per_length,
+                    worker=self.name,
+                    logs=self._logs.drain() if self._logs else [],
+                )
             s = score(self.loaded, ns, task.rescale, target_length=ns.length, stop_at=task.bar)
         except Exception as e:
             fault = fault_of(e)
@@ -299,6 +324,7 @@ class Scorer:
             n_scored=s.n_scored,
             n_total=len(ns.samples),
             censored=bool(s.censored),
+            token_forwards=None if s.n_scored is None else int(s.n_scored) * ns.length,
             worker=self.name,
             logs=self._logs.drain() if self._logs else [],
         )
@@ -321,8 +347,8 @@ class Executor(Protocol):
     def start(self) -> None:
         """Load the model replica(s); idempotent."""
 
-    def set_needles(self, name: str, needle_set: NeedleSet) -> None:
-        """Hand a needle set to every replica once (also those started later)."""
+    def set_needles(self, name: str, needle_set: NeedleSet | NeedleMix) -> None:
+        """Hand a needle set or mix to every replica once (also those started later)."""
 
     def map_unordered(self, tasks: Iterable[ScoreTask]) -> Iterator[ScoreOutcome]:
         """Score every task; yield each outcome (its ``ref`` set) as it finishes."""
@@ -350,7 +376,7 @@ class InProcessPool:
         self.model, self.target_length = model, int(target_length)
         self._options: dict[str, Any] = {"device": device, "dtype": dtype, "threads": threads, "attn_implementation": attn_implementation}
         self._scorer: Scorer | None = None
-        self._needles: dict[str, NeedleSet] = {}
+        self._needles: dict[str, NeedleSet | NeedleMix] = {}
 
     @classmethod
     def around(cls, scorer: Scorer) -> InProcessPool:
@@ -379,7 +405,7 @@ class InProcessPool:
             for name, ns in self._needles.items():
                 self._scorer.set_needles(name, ns)
 
-    def set_needles(self, name: str, needle_set: NeedleSet) -> None:
+    def set_needles(self, name: str, needle_set: NeedleSet | NeedleMix) -> None:
         self._needles[name] = needle_set
         if self._scorer is not None:
             self._scorer.set_needles(name, needle_set)

@@ -15,8 +15,8 @@ import numpy as np
 
 from .errors import NeedleError, RunError
 from .executors import Executor, ScoreOutcome, ScoreTask
-from .loop import MAX_FAILED_ATTEMPTS, baseline_factors, json_float
-from .needles import NeedleSet, load_needle_set
+from .loop import MAX_FAILED_ATTEMPTS, baseline_factors, chosen, json_float, validation_scores
+from .mix import NeedleMix, load_needle_mix
 from .plan import HELDOUT_SEED_OFFSET
 from .rope import Rescale
 from .runs import FINAL, JournalContents, JournalRecord
@@ -34,6 +34,7 @@ class HeldoutRow:
     accuracy: float | None
     search_nll: float | None
     error: str | None = None
+    per_length: list[dict[str, Any]] | None = None  # per served length: length, nll, accuracy (long factors at each)
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,11 @@ def heldout(run: PreparedRun, pool: Executor, reporter: HeldoutReporter, baselin
     search's templates and depths, seed + 1000); write final.json with the table, how well the search score ranks
     candidates as the held-out score does (Spearman), and the evaluations that failed for good."""
     store, cfg = run.store, run.config
-    best = run.optimizer.best()
-    if best is None:
-        return []
     journal = store.read_journal()
+    choice = chosen(run, journal.candidates(), journal.validations())
+    if choice is None:
+        return []
+    best, vrec = choice
     failed = failed_evaluations(journal)
     kept = _kept_rows(run, int(best.candidate.id), failed)
     if kept is not None:  # a finished run resumed again: its table is already there
@@ -80,7 +82,10 @@ def heldout(run: PreparedRun, pool: Executor, reporter: HeldoutReporter, baselin
         reporter.heldout_evaluated(o.ref.name, o)
     by_name = {e.name: e for e in entries}
     shown = ["longsearch", *baseline_factors(run.geometry, cfg.target_length)]
-    rows = [HeldoutRow(n, outcomes[n].nll, outcomes[n].accuracy, by_name[n].search_nll, outcomes[n].error) for n in shown]
+    rows = [
+        HeldoutRow(n, outcomes[n].nll, outcomes[n].accuracy, by_name[n].search_nll, outcomes[n].error, _per_length(outcomes[n]))
+        for n in shown
+    ]
     pairs: list[tuple[str, float, float]] = []
     for e in entries:
         a, b = e.search_nll, outcomes[e.name].nll
@@ -99,6 +104,7 @@ def heldout(run: PreparedRun, pool: Executor, reporter: HeldoutReporter, baselin
                 "depths": cfg.depths,
             },
             "best": {"candidate": int(best.candidate.id), "search_nll": json_float(best.score)},
+            "choice": _choice(run, best, vrec, journal, outcomes["longsearch"]),
             "rows": [{k: json_float(v) for k, v in asdict(r).items()} for r in rows],
             "rank_agreement": {
                 "spearman": rho,
@@ -111,6 +117,41 @@ def heldout(run: PreparedRun, pool: Executor, reporter: HeldoutReporter, baselin
         },
     )
     return rows
+
+
+def _per_length(o: ScoreOutcome) -> list[dict[str, Any]] | None:
+    if not o.per_length:
+        return None
+    return [{"length": int(p["length"]), "nll": json_float(float(p["nll"])), "accuracy": p.get("accuracy")} for p in o.per_length]
+
+
+def _choice(run: PreparedRun, best: Any, vrec: JournalRecord | None, journal: JournalContents, held: ScoreOutcome) -> dict[str, Any]:
+    """The chosen factors' scores on the three needle families side by side, and the gaps between them: what the
+    search fitted (search), what chose them (validation: another haystack and framing), what neither saw (held-out)."""
+    rec = journal.candidates().get(int(best.candidate.id))
+    search_acc = None if rec is None else rec.accuracy
+    out: dict[str, Any] = {
+        "candidate": int(best.candidate.id),
+        "chosen_by": "validation" if vrec is not None else "search score",
+        "search": {"nll": json_float(float(best.score)), "accuracy": search_acc},
+        "validation": None
+        if vrec is None
+        else {"nll": json_float(float(vrec.score)), "accuracy": vrec.accuracy, "generation": vrec.generation},
+        "heldout": {"nll": json_float(held.nll), "accuracy": held.accuracy},
+        "validated": [
+            {"generation": v.generation, "candidate": v.id, "validation_nll": v.score, "accuracy": v.accuracy}
+            for v in validation_scores(run, journal.validations())
+        ],
+    }
+    gaps: dict[str, Any] = {}
+    if search_acc is not None and held.accuracy is not None:
+        gaps["search_minus_heldout_accuracy"] = round(float(search_acc) - float(held.accuracy), 4)
+    if vrec is not None and vrec.accuracy is not None and held.accuracy is not None:
+        gaps["validation_minus_heldout_accuracy"] = round(float(vrec.accuracy) - float(held.accuracy), 4)
+    if search_acc is not None and vrec is not None and vrec.accuracy is not None:
+        gaps["search_minus_validation_accuracy"] = round(float(search_acc) - float(vrec.accuracy), 4)
+    out["gaps"] = gaps
+    return out
 
 
 def _kept_rows(run: PreparedRun, best_id: int, failed: list[dict[str, Any]]) -> list[HeldoutRow] | None:
@@ -132,13 +173,14 @@ def _kept_rows(run: PreparedRun, best_id: int, failed: list[dict[str, Any]]) -> 
         return None  # rewritten
 
 
-def _heldout_needles(run: PreparedRun, seed: int) -> NeedleSet:
-    """The held-out set saved in the run (built and saved the first time)."""
+def _heldout_needles(run: PreparedRun, seed: int) -> NeedleMix:
+    """The held-out mix saved in the run (built and saved the first time): the search's served lengths and templates,
+    another seed."""
     cfg, hdir = run.config, run.store.heldout_needles_dir
     if hdir.is_dir():
         try:
-            return load_needle_set(hdir, tokenizer=run.tokenizer, length=cfg.target_length)
-        except NeedleError:
+            return load_needle_mix(hdir, tokenizer=run.tokenizer, length=cfg.target_length)
+        except (NeedleError, RunError):
             pass
     needles = search_needles(run.tokenizer, cfg, seed, cfg.template or "magic-number", cfg.depths)
     needles.save(hdir)

@@ -25,10 +25,12 @@ from . import __version__
 from .errors import RunError
 from .executors import Executor, ScoreOutcome, ScoreTask
 from .factors import RopeFactors
+from .mix import NeedleMix
 from .optimizers import Candidate, Optimizer, Result
 from .rope import RopeGeometry
 from .runs import BASELINES, BEST, JournalRecord, RunStore
 from .runstart import PreparedRun
+from .space import Point
 
 #: Baselines scored beside the search (in generation 0, on the search needles) and on the held-out set.
 BASELINE_METHODS = ("none", "pi", "ntk", "yarn")
@@ -36,6 +38,14 @@ BASELINE_METHODS = ("none", "pi", "ntk", "yarn")
 #: was interrupted, else at the first generation boundary the resume reaches (:func:`retry_failures`) — until it
 #: has failed this many times in all; then its failure stands (never a parent nor the best, listed in final.json).
 MAX_FAILED_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class Validation:
+    """A candidate scored on the validation mix (a task's reference): the best candidate told in ``generation``."""
+
+    candidate: Candidate
+    generation: int
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,9 @@ class GenerationSummary:
     best_m: float | None = None
     failed: int = 0  # results told failed in this generation, and baselines whose last outcome (in it) failed
     max_cost: float | None = None  # a cost budget (Nevals): full evaluations' worth it allows (``spent`` counts up to it)
+    validation_score: float | None = None  # the best validation score so far (None: no validation)
+    validation_id: int | None = None  # the candidate it belongs to: the factors best.json holds
+    stopping: bool = False  # patience ran out: no better validation score for ``patience`` generations
 
     @property
     def evals_per_second(self) -> float:
@@ -117,9 +130,11 @@ def best_factors(run: PreparedRun, result: Result, generation: int | None) -> Ro
 
 
 def journal_record(outcome: ScoreOutcome, length: int, generation: int) -> JournalRecord:
-    """The journal line of an outcome whose reference is a :class:`Candidate` or a :class:`Baseline`."""
+    """The journal line of an outcome whose reference is a :class:`Candidate`, a :class:`Baseline` or a
+    :class:`Validation` (``length``: tokens per document, for an outcome that does not count its token-forwards)."""
     ref = outcome.ref
     docs = outcome.n_scored
+    tokens = outcome.token_forwards if outcome.token_forwards is not None else (None if docs is None else int(docs) * int(length))
     common: dict[str, Any] = dict(
         score=outcome.nll,
         per_sample=list(outcome.per_sample),
@@ -132,7 +147,7 @@ def journal_record(outcome: ScoreOutcome, length: int, generation: int) -> Journ
         censored=bool(outcome.censored),
         failed=outcome.failed,
         docs=docs,
-        token_forwards=None if docs is None else int(docs) * int(length),
+        token_forwards=tokens,
     )
     if isinstance(ref, Baseline):
         f = ref.factors
@@ -143,6 +158,19 @@ def journal_record(outcome: ScoreOutcome, length: int, generation: int) -> Journ
             origin=f"baseline:{ref.name}",
             lam=[float(x) for x in f.long_factor],
             m=f.attention_factor,
+            **common,
+        )
+    if isinstance(ref, Validation):
+        c = ref.candidate
+        return JournalRecord(
+            kind="validation",
+            id=c.id,
+            generation=ref.generation,
+            origin=c.origin,
+            lam=[float(x) for x in c.lam],
+            m=float(c.m),
+            d_rcd=c.params.get("d_rcd"),
+            params=c.params,
             **common,
         )
     if isinstance(ref, Candidate):
@@ -160,9 +188,10 @@ def journal_record(outcome: ScoreOutcome, length: int, generation: int) -> Journ
     raise TypeError(f"the search journals candidates and baselines, not {type(ref).__name__}")
 
 
-def result_of(c: Candidate, rec: JournalRecord, n_docs: int) -> Result:
-    """The optimizer's view of a journaled evaluation."""
-    cost = 1.0 if rec.docs is None or not n_docs else rec.docs / n_docs
+def result_of(c: Candidate, rec: JournalRecord, needles: NeedleMix) -> Result:
+    """The optimizer's view of a journaled evaluation: its cost is the share of the mix's token-forwards it ran
+    (the documents run are a prefix of the mix's, so the count gives the tokens back exactly)."""
+    cost = 1.0 if rec.docs is None or not needles.samples else needles.token_cost(rec.docs)
     return Result(c, rec.score, cost, bool(rec.censored), bool(rec.failed))
 
 
@@ -176,6 +205,7 @@ class Ledger:
         self.baselines = {name: Baseline(name, f) for name, f in baselines.items()}
         self.journal: dict[int, JournalRecord] = run.journal.candidates()
         self.baseline_records: dict[str, JournalRecord] = run.journal.baselines()
+        self.validated: dict[int, JournalRecord] = run.journal.validations()
         self.failures: dict[tuple[str, Any], int] = run.journal.failures()
         self.history: list[dict[str, Any]] = list((run.checkpoint or {}).get("history", []))
         self.scores: dict[str, float] = {
@@ -183,7 +213,6 @@ class Ledger:
             for n, r in self.baseline_records.items()
             if n in baselines and (not r.failed or self.failures.get(("baseline", n), 0) >= MAX_FAILED_ATTEMPTS)
         }
-        self.n_docs = len(run.needles.samples)
         self.length = run.config.target_length
         self.token_forwards = sum(r.token_forwards or 0 for r in run.journal.records)
         self.evaluations = len(run.journal.records)
@@ -209,15 +238,18 @@ class Ledger:
         self.evaluations += 1
         self.token_forwards += rec.token_forwards or 0
         result: Result | None = None
-        if isinstance(outcome.ref, Baseline):
+        if isinstance(outcome.ref, Validation):
+            self.validated[outcome.ref.candidate.id] = rec
+            key: tuple[str, Any] = ("validation", outcome.ref.candidate.id)
+        elif isinstance(outcome.ref, Baseline):
             name = outcome.ref.name
             self.scores[name] = rec.score
             self.baseline_records[name] = rec
             self._dirty = True
-            key: tuple[str, Any] = ("baseline", name)
+            key = ("baseline", name)
         else:
             c: Candidate = outcome.ref
-            result = result_of(c, rec, self.n_docs)
+            result = result_of(c, rec, self.run.needles)
             self.journal[c.id] = rec
             key = ("candidate", c.id)
         if rec.failed:
@@ -233,7 +265,7 @@ class Ledger:
         if rec is None or (rec.failed and self.failures.get(("candidate", c.id), 0) < MAX_FAILED_ATTEMPTS):
             return None
         check_same(c, rec, self.store)
-        return result_of(c, rec, self.n_docs)
+        return result_of(c, rec, self.run.needles)
 
     def write_baselines(self) -> None:
         """baselines.json once every baseline has an outcome, and again whenever one was scored again; on resume
@@ -270,9 +302,9 @@ class Ledger:
                 "evaluations": self.evaluations,
             },
         )
-        best = opt.best()
-        if best is not None:
-            best_factors(self.run, best, generation_of(best, self.history)).save(self.store.file(BEST))
+        made = chosen_factors(self.run, self.journal, self.validated, self.history)
+        if made is not None:
+            made[0].save(self.store.file(BEST))
 
 
 def check_same(c: Candidate, rec: JournalRecord, store: RunStore) -> None:
@@ -298,7 +330,7 @@ def search(run: PreparedRun, pool: Executor, reporter: LoopReporter) -> tuple[di
     if not opt.done and any(r.generation >= opt.generation for r in ledger.journal.values()):
         run_generation(ledger, pool)  # the interrupted generation, as the stopped process asked it
     retry_failures(ledger, pool)
-    while not opt.done:
+    while not opt.done and not stopped_early(ledger):
         run_generation(ledger, pool)
     ledger.write_baselines()  # unchanged unless a baseline was scored again since it was written
     return ledger.scores, ledger.history
@@ -330,6 +362,7 @@ def run_generation(ledger: Ledger, pool: Executor) -> None:
     ledger.write_baselines()
     told = [results[c.id] for c in batch]
     opt.tell(told)
+    validate(ledger, pool, generation, told)
     failed = sum(1 for r in told if r.failed) + ledger.failed_baselines(generation)
     summary = _summary(opt, generation, ledger, len(tasks), n_reused, bar, time.perf_counter() - t0, failed)
     ledger.history.append({k: json_float(v) for k, v in asdict(summary).items() if k not in ("seconds",)})
@@ -357,7 +390,7 @@ def retry_failures(ledger: Ledger, pool: Executor) -> None:
         rec = ledger.journal.get(c.id)
         if rec is not None and not rec.failed:
             check_same(c, rec, ledger.store)
-            results[c.id] = result_of(c, rec, ledger.n_docs)
+            results[c.id] = result_of(c, rec, ledger.run.needles)
         elif ledger.failures.get(("candidate", c.id), 0) < MAX_FAILED_ATTEMPTS:
             tasks.append(ScoreTask(c, c.rescale))
     baseline_tasks = ledger.baseline_tasks()
@@ -380,6 +413,79 @@ def retry_failures(ledger: Ledger, pool: Executor) -> None:
     reporter.retry_finished(recovered, len(late) - recovered + failed_baselines)
 
 
+def validate(ledger: Ledger, pool: Executor, generation: int, told: list[Result]) -> None:
+    """Score the best candidate told in ``generation`` (fully scored) on the validation mix, unless the journal holds
+    it (a resume); the optimizer never sees this score — it chooses the final factors (:func:`chosen`) and may stop the
+    search early (:func:`stopped_early`). One candidate per generation: the shortlist is each generation's best, not a
+    set of near-copies of one."""
+    run = ledger.run
+    if run.validation is None:
+        return
+    scored = [r for r in told if not r.failed and not r.censored and math.isfinite(r.score)]
+    if not scored:
+        return
+    c = min(scored, key=lambda r: (r.score, r.candidate.id)).candidate
+    rec = ledger.validated.get(c.id)
+    if rec is not None:
+        check_same(c, rec, ledger.store)
+        return
+    for outcome in pool.map_unordered([ScoreTask(Validation(c, generation), c.rescale, needles="validation")]):
+        ledger.take(outcome, generation)
+
+
+def validation_scores(run: PreparedRun, validations: dict[int, JournalRecord]) -> list[JournalRecord]:
+    """The validation records of the generations told so far, in generation order (failures left out)."""
+    told = run.optimizer.generation
+    out = [v for v in validations.values() if v.generation < told and not v.failed and math.isfinite(v.score)]
+    return sorted(out, key=lambda r: (r.generation, r.id or 0))
+
+
+def stopped_early(ledger: Ledger) -> bool:
+    """Whether ``patience`` generations have passed since the best validation score (decided from the journal, so a
+    resumed run stops where an uninterrupted one does)."""
+    patience = ledger.run.config.patience
+    if not patience or ledger.run.validation is None:
+        return False
+    vals = validation_scores(ledger.run, ledger.validated)
+    if not vals:
+        return False
+    best = min(vals, key=lambda r: (r.score, r.generation))
+    return (ledger.run.optimizer.generation - 1) - best.generation >= patience
+
+
+def chosen(
+    run: PreparedRun, candidates: dict[int, JournalRecord], validations: dict[int, JournalRecord]
+) -> tuple[Result, JournalRecord | None] | None:
+    """The final factors: with validation, the shortlisted candidate with the lowest validation score (ties: the earlier
+    generation) and its validation record; without, the optimizer's best by search score."""
+    if run.validation is not None:
+        vals = validation_scores(run, validations)
+        if vals:
+            v = min(vals, key=lambda r: (r.score, r.generation, r.id or 0))
+            rec = candidates.get(int(v.id or 0))
+            if rec is not None:
+                point = Point(np.asarray(rec.lam, dtype=float), float(rec.m), dict(rec.params))
+                c = Candidate(int(v.id or 0), point, rec.generation, rec.origin)
+                return Result(c, rec.score, 1.0, False, False), v
+    best = run.optimizer.best()
+    return None if best is None else (best, None)
+
+
+def chosen_factors(
+    run: PreparedRun, candidates: dict[int, JournalRecord], validations: dict[int, JournalRecord], history: list[dict[str, Any]]
+) -> tuple[RopeFactors, Result] | None:
+    """best.json: the factors of :func:`chosen` (with its validation score in the provenance), and its result."""
+    choice = chosen(run, candidates, validations)
+    if choice is None:
+        return None
+    best, v = choice
+    factors = best_factors(run, best, generation_of(best, history))
+    if v is not None:
+        factors.provenance["validation_nll"] = float(v.score)
+        factors.provenance["chosen_by"] = "validation"
+    return factors, best
+
+
 def generations_of(opt: Optimizer) -> int | None:
     """Generations the budget allows, generation 0 included; None for a cost budget (as many as the cost allows)."""
     return None if opt.budget.max_cost is not None else opt.budget.generations + 1
@@ -398,6 +504,8 @@ def _summary(
 ) -> GenerationSummary:
     best = opt.best()
     bname, bscore = best_baseline(ledger.scores)
+    vals = validation_scores(ledger.run, ledger.validated) if ledger.run.validation is not None else []
+    v = min(vals, key=lambda r: (r.score, r.generation)) if vals else None
     return GenerationSummary(
         generation=generation,
         generations=generations_of(opt),
@@ -416,6 +524,9 @@ def _summary(
         token_forwards=int(ledger.token_forwards),
         best_m=float(best.candidate.m) if best else None,
         failed=failed,
+        validation_score=None if v is None else float(v.score),
+        validation_id=None if v is None else v.id,
+        stopping=stopped_early(ledger),
     )
 
 
@@ -434,12 +545,18 @@ __all__ = [
     "GenerationSummary",
     "Ledger",
     "LoopReporter",
+    "Validation",
     "baseline_factors",
     "best_factors",
+    "chosen",
+    "chosen_factors",
     "generation_of",
     "generations_of",
     "journal_record",
     "retry_failures",
     "run_generation",
     "search",
+    "stopped_early",
+    "validate",
+    "validation_scores",
 ]

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 HAYSTACK_DIR = Path(__file__).resolve().parent / "data" / "haystacks"
-SPLITS = ("train", "heldout", "all")
+SPLITS = ("train", "heldout", "all", "synthetic")
 DEFAULT_DEPTH_RANGE = (0.0, 0.1)  # LongRoPE2: the needle near the start, the question at the end
 
 # ---------------------------------------------------------------- haystacks
@@ -67,10 +67,15 @@ def load_haystack_text(split: str = "heldout") -> str:
 
     ``"train"``: the first 90 % of the KJV Bible (cut at a paragraph boundary) — the only text the
     testbed model is trained on. ``"heldout"``: the last 10 % of the KJV and all of *The Devil's
-    Dictionary* — never seen in training, the default for needle sets. ``"all"``: everything.
+    Dictionary* — never seen in training, the default for needle sets. ``"all"``: everything (the prose).
+    ``"synthetic"``: plain sentences generated from a small fixed grammar (:func:`synthetic_text`) — no book at
+    all: the haystack of the search's validation needles, so that choosing factors on them is choosing on
+    another text than the search fitted.
     """
     if split not in SPLITS:
         raise InputError(f"unknown haystack split {split!r}: use one of {', '.join(SPLITS)} or give text files")
+    if split == "synthetic":
+        return synthetic_text()
     kjv = _read_gz("kjv-bible.txt.gz").strip("\n")
     if split == "train":
         return kjv[: _kjv_cut(kjv)]
@@ -78,6 +83,31 @@ def load_haystack_text(split: str = "heldout") -> str:
     if split == "heldout":
         return kjv[_kjv_cut(kjv) :].strip("\n") + "\n\n" + devil
     return kjv + "\n\n" + devil
+
+
+_SYN_SUBJECTS = ["The farmer", "A traveller", "The old clerk", "My neighbour", "The baker", "A young sailor", "The teacher", "The miller"]
+_SYN_VERBS = ["carried", "painted", "found", "sold", "mended", "counted", "watched", "borrowed", "cleaned", "moved"]
+_SYN_PLACES = ["near the river", "in the market", "at the station", "behind the mill", "on the hill", "by the harbour", "in the garden"]
+_SYN_TIMES = ["in the morning", "before noon", "after supper", "on Sunday", "at dusk", "during the storm", "last winter"]
+
+
+def synthetic_text(paragraphs: int = 6000, seed: int = 20261205) -> str:
+    """Plain sentences from a fixed grammar (subject, verb, an adjective and a noun, a place, a time), four to seven
+    to a paragraph: deterministic, on every machine, and unlike the shipped prose."""
+    rng = np.random.default_rng(seed)
+
+    def pick(xs: list[str]) -> str:
+        return xs[int(rng.integers(len(xs)))]
+
+    paras = []
+    for _ in range(paragraphs):
+        sentences = []
+        for _ in range(int(rng.integers(4, 8))):
+            sentences.append(
+                f"{pick(_SYN_SUBJECTS)} {pick(_SYN_VERBS)} the {pick(_ADJECTIVES)} {pick(_NOUNS)} {pick(_SYN_PLACES)} {pick(_SYN_TIMES)}."
+            )
+        paras.append(" ".join(sentences))
+    return "\n\n".join(paras)
 
 
 def read_haystack_file(path: str | Path) -> str:
@@ -164,6 +194,7 @@ class Template:
     n_needles: int = 1
     keyed: bool = True
     description: str = ""
+    validation_only: bool = False  # a framing kept for the validation needles: never a search template (auto skips it)
 
 
 TEMPLATES: dict[str, Template] = {
@@ -177,6 +208,25 @@ TEMPLATES: dict[str, Template] = {
             value_digits=5,
             keyed=False,
             description="a 5-digit pass key, asked for at the end",
+        ),
+        Template(
+            "passkey-recall",
+            preamble="Below is a long text with a pass key hidden somewhere in it. Remember the pass key.",
+            needle="The pass key is {value}. Remember it. {value} is the pass key.",
+            question="Recall the pass key from the text. The pass key is ",
+            value_digits=6,
+            keyed=False,
+            description="the pass key in another wording of the task and question, 6 digits",
+        ),
+        Template(
+            "passkey-find",
+            preamble="Read the text and find the pass key.",
+            needle="The pass key is {value}. Remember it. {value} is the pass key.",
+            question="Which pass key was given in the text above? The pass key is ",
+            value_digits=4,
+            keyed=False,
+            description="validation only: a third wording of the pass key task, 4 digits",
+            validation_only=True,
         ),
         Template(
             "magic-number",

@@ -22,7 +22,8 @@ from . import faults
 from .errors import InputError, NeedleError, RunError
 from .executors import Executor, ScoreTask
 from .lengths import format_length
-from .needles import NeedleSet, resolve_depths
+from .mix import parse_serve_lengths, parse_serve_weights
+from .needles import TEMPLATES, NeedleSet, resolve_depths
 from .optimizers import Optimizer, make_optimizer, resolve_budget
 from .placement import check_device
 from .rope import Rescale, RopeGeometry
@@ -42,7 +43,15 @@ DEFAULTS: dict[str, Any] = {
     "depths": "spread",
     "attn_implementation": "auto",  # models.DEFAULT_ATTN_IMPLEMENTATION
     "worker_startup_timeout": 600.0,  # placement.DEFAULT_STARTUP_TIMEOUT
+    "serve_lengths": "auto",
+    "serve_weights": "auto",
+    "validation_samples": 16,
+    "patience": 3,
 }
+#: The validation needles: another haystack (generated sentences, no book) and, for the pass key, another framing.
+VALIDATION_HAYSTACK = "synthetic"
+VALIDATION_SEED_OFFSET = 3000
+VALIDATION_FRAMING = {"passkey": "passkey-find", "passkey-recall": "passkey-find"}
 #: A needle template is a usable signal when plain RoPE answers at least this share of its documents inside the
 #: model's own window: a perplexity the model cannot lower in-window cannot guide a search beyond it.
 SIGNAL_THRESHOLD = 0.75
@@ -79,6 +88,10 @@ class EvolveOptions:
     device: str = "auto"  # the workers': auto (GPUs where the cluster has them, never a silent CPU fall-back), cuda, cpu
     attn_implementation: str | None = None  # the workers' attention (None: auto, or the run's own on resume)
     worker_startup_timeout: float | None = None  # seconds a worker may take to be placed and load (None: 600, or the run's)
+    serve_lengths: str | None = None  # auto (window, doublings, target), target, or a comma list ending at the target
+    serve_weights: str | None = None  # auto, or one weight per served length
+    validation_samples: int | None = None  # documents per validation set at the target (0: no validation)
+    patience: int | None = None  # generations without a better validation score before stopping (0: never stop early)
 
 
 @dataclass
@@ -94,6 +107,7 @@ class Plan:
     force: bool
     templates: list[str] | None  # None: auto
     depths: str
+    validation_samples: int = 0
 
 
 def model_short_name(model: str | None) -> str:
@@ -156,12 +170,18 @@ def plan(opts: EvolveOptions) -> Plan:
     depths = str(opts.depths or DEFAULTS["depths"])
     resolve_depths(depths, 1, np.random.default_rng(0))  # refuse unreadable depths now
     resolve_budget(budget)
+    validation_samples = int(opts.validation_samples if opts.validation_samples is not None else DEFAULTS["validation_samples"])
+    patience = int(opts.patience if opts.patience is not None else DEFAULTS["patience"])
+    if validation_samples < 0 or patience < 0:
+        raise InputError("--validation-samples and --patience must be 0 (off) or more")
     geometry, tokenizer = load_model_info(model)
     target = int(opts.target)
     if target <= geometry.original_length:
         raise InputError(
             f"target {format_length(target)} is not above the model's window of {geometry.original_length} tokens: choose a longer --target"
         )
+    serve_lengths = parse_serve_lengths(opts.serve_lengths, geometry.original_length, target)
+    serve_weights = parse_serve_weights(opts.serve_weights, serve_lengths)
     space = SearchSpace.load(space_name, geometry, target)
     optimizer = make_optimizer(optimizer_spec, space, budget, seed)
     out = Path(opts.out) if opts.out else default_out(model, target, space_name, optimizer_spec, seed)
@@ -188,8 +208,11 @@ def plan(opts: EvolveOptions) -> Plan:
         depths=depths,
         attn_implementation=opts.attn_implementation,
         worker_startup_timeout=opts.worker_startup_timeout,
+        serve_lengths=serve_lengths,
+        serve_weights=[float(w) for w in serve_weights],
+        patience=patience or None,
     )
-    return Plan(config, geometry, space, optimizer, tokenizer, out, opts.force, templates, depths)
+    return Plan(config, geometry, space, optimizer, tokenizer, out, opts.force, templates, depths, validation_samples)
 
 
 # ---------------------------------------------------------------- the in-window signal check
@@ -237,10 +260,15 @@ def signal_needles(p: SignalInputs, template: str) -> NeedleSet:
             length *= 2
 
 
+def validation_only(template: str) -> bool:
+    """Whether ``template`` is a needle template kept for the validation needles (a RULER-style task never is)."""
+    t = TEMPLATES.get(template)
+    return bool(t is not None and t.validation_only)
+
+
 def measure_signal(p: SignalInputs, pool: Executor) -> dict[str, Any]:
     """Which needle templates the model solves inside its window with plain RoPE (λ = 1, m = 1): accuracy, NLL,
     length and documents per template, the threshold, and the templates solved. :func:`signal_templates` decides."""
-    from .needles import TEMPLATES
 
     candidates = list(TEMPLATES)  # all of them (a few in-window documents each), to say which ones work
     candidates += [t for t in p.templates or [] if t not in TEMPLATES]  # and a RULER-style task named as the template
@@ -259,8 +287,38 @@ def measure_signal(p: SignalInputs, pool: Executor) -> dict[str, Any]:
             "samples": len(sets[t].samples),
             "error": o.error,
         }
-    solved = [t for t in candidates if (measured[t]["accuracy"] or 0.0) >= SIGNAL_THRESHOLD]
-    return {"threshold": SIGNAL_THRESHOLD, "templates": {t: measured[t] for t in candidates}, "solved": solved}
+    passed = [t for t in candidates if (measured[t]["accuracy"] or 0.0) >= SIGNAL_THRESHOLD]
+    solved = [t for t in passed if not validation_only(t)]
+    validation_solved = [t for t in passed if validation_only(t)]
+    return {
+        "threshold": SIGNAL_THRESHOLD,
+        "templates": {t: measured[t] for t in candidates},
+        "solved": solved,
+        "validation_solved": validation_solved,
+    }
+
+
+def validation_spec(p: Plan, template: str, signal: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The validation needles of a new run (None when ``--validation-samples 0``): the search's templates in another
+    framing where there is one the model solves in its window (the pass key's: ``passkey-find``), on generated
+    sentences (:data:`VALIDATION_HAYSTACK`), depths spread over the document, another seed."""
+    if p.validation_samples <= 0:
+        return None
+    solved = None if signal is None else set(signal.get("validation_solved", []))
+    names: list[str] = []
+    for t in signal_template_names(template):
+        v = VALIDATION_FRAMING.get(t, t)
+        if solved is not None and v != t and v not in solved:
+            v = t  # the other framing is not solved in the window: the search's own, on the other haystack
+        if v not in names:
+            names.append(v)
+    return {
+        "samples": p.validation_samples,
+        "seed": p.config.seed + VALIDATION_SEED_OFFSET,
+        "template": "+".join(names),
+        "haystack": VALIDATION_HAYSTACK,
+        "depths": "spread",
+    }
 
 
 def signal_templates(p: SignalInputs, signal: dict[str, Any]) -> str:
@@ -276,6 +334,8 @@ def signal_templates(p: SignalInputs, signal: dict[str, Any]) -> str:
 
     if p.templates is not None:
         for t in p.templates:
+            if validation_only(t):
+                raise InputError(f"the {t!r} needle template is kept for the validation needles: search with another --template")
             if t not in solved:
                 others = ", ".join(s for s in solved if s in measured and not is_task_template(s)) or "none"
                 raise InputError(
@@ -298,6 +358,8 @@ __all__ = [
     "DEFAULTS",
     "HELDOUT_SEED_OFFSET",
     "SIGNAL_THRESHOLD",
+    "VALIDATION_FRAMING",
+    "VALIDATION_HAYSTACK",
     "EvolveOptions",
     "Plan",
     "SignalInputs",
@@ -311,4 +373,6 @@ __all__ = [
     "plan",
     "signal_needles",
     "signal_templates",
+    "validation_only",
+    "validation_spec",
 ]

@@ -170,9 +170,15 @@ class RichReporter(EvolveReporter):
         self._print(f"  run      {run.store.path}")
         self._print(f"  space    {run.space.describe()}")
         self._print(
-            f"  needles  {run.needles.template}, {len(run.needles.samples)} documents of {run.needles.length} tokens, "
-            f"depths {c.depths or 'start'}"
+            f"  needles  {run.needles.template}, {len(run.needles.samples)} documents, long factors at every served length: "
+            f"{run.needles.describe()}; depths {c.depths or 'start'}"
         )
+        if run.validation is not None and c.validation:
+            stop = f"; stops after {c.patience} generations without a better one" if c.patience else ""
+            self._print(
+                f"  validate {c.validation['template']} on {c.validation['haystack']} text, {len(run.validation.samples)} documents "
+                f"(never seen by the optimizer; chooses the final factors{stop})"
+            )
         b = run.optimizer.budget
         if b.max_cost is not None:  # a cost budget: the number of generations is whatever the cost allows
             shape = (
@@ -215,7 +221,10 @@ class RichReporter(EvolveReporter):
             gen = f"gen {s.generation:>3} ({s.spent:.0f}/{s.max_cost or 0:g} evals' worth)"
         else:
             gen = f"gen {s.generation:>3}/{s.generations - 1}"
-        self._print(f"{gen}  best [bold]{best}[/] (#{s.best_id} {s.best_origin}{d})  best baseline {base}  {rate}{failed}")
+        val = "" if s.validation_score is None else f"  validation {s.validation_score:.4f} (#{s.validation_id})"
+        self._print(f"{gen}  best [bold]{best}[/] (#{s.best_id} {s.best_origin}{d}){val}  best baseline {base}  {rate}{failed}")
+        if s.stopping:
+            self._print("  stop     no better validation score for the patience given: the search stops here")
 
     def retry_started(self, to_evaluate: int, reused: int) -> None:
         note = f" ({reused} retried already, from journal)" if reused else ""
@@ -243,10 +252,13 @@ class RichReporter(EvolveReporter):
         if result.heldout:
             from rich.markup import escape
 
-            t = Table(title="held-out needles (another seed, same length)", title_style="bold")
+            t = Table(title="held-out needles (another seed; the served lengths, long factors at each)", title_style="bold")
             t.add_column("method")
             t.add_column("held-out NLL", justify="right")
             t.add_column("accuracy", justify="right")
+            per_length = any(r.per_length and len(r.per_length) > 1 for r in result.heldout)
+            if per_length:
+                t.add_column("accuracy per length", justify="right")
             t.add_column("search NLL", justify="right")
             notes = failed or any(r.error for r in result.heldout)
             if notes:
@@ -256,15 +268,31 @@ class RichReporter(EvolveReporter):
                 nll = "failed" if r.error and not math.isfinite(r.nll) else f"{r.nll:.4f}"
                 acc = "—" if r.accuracy is None else f"{r.accuracy:.1%}"
                 sn = "—" if r.search_nll is None or not math.isfinite(r.search_nll) else f"{r.search_nll:.4f}"
-                t.add_row(name, nll, acc, sn, *([escape(r.error or "")] if notes else []))
+                lengths = [
+                    " ".join(
+                        f"{format_length(p['length'])} {p['accuracy']:.2f}" for p in (r.per_length or []) if p.get("accuracy") is not None
+                    )
+                ]
+                t.add_row(name, nll, acc, *(lengths if per_length else []), sn, *([escape(r.error or "")] if notes else []))
             if failed:  # what failed in the search itself: not scored on the held-out set
                 t.add_section()
                 for f in failed:
                     name = f"candidate {f['id']}" if f.get("kind", "candidate") == "candidate" else f"baseline {f['name']}"
                     again = "a resume evaluates it again" if f.get("retried_on_resume") else "for good"
                     why = f"failed {f['attempts']}× ({again}): {f['error']}"
-                    t.add_row(f"[yellow]{name}[/]", "—", "—", "[yellow]failed[/]", escape(why))
+                    t.add_row(f"[yellow]{name}[/]", "—", "—", *(["—"] if per_length else []), "[yellow]failed[/]", escape(why))
             self._print(t)
+        ch = result.final.get("choice") or {}
+        if ch:
+
+            def shown(d: Any) -> str:
+                return "—" if not d or d.get("accuracy") is None else f"{d['accuracy']:.2f}"
+
+            self._print(
+                f"  chosen   #{ch['candidate']} by {ch['chosen_by']}: accuracy on the search needles {shown(ch.get('search'))}, "
+                f"validation {shown(ch.get('validation'))}, held-out {shown(ch.get('heldout'))}"
+                + "".join(f"; {k.replace('_', ' ')} {v:+.2f}" for k, v in (ch.get("gaps") or {}).items())
+            )
         ra = result.final.get("rank_agreement") or {}
         if ra.get("spearman") is not None:
             self._print(

@@ -52,6 +52,7 @@ JOURNAL = "journal.jsonl"
 CHECKPOINTS = "checkpoints"
 NEEDLES = "needles"
 HELDOUT_NEEDLES = "needles-heldout"
+VALIDATION_NEEDLES = "needles-validation"
 BASELINES = "baselines.json"
 BEST = "best.json"
 FINAL = "final.json"
@@ -91,6 +92,14 @@ class RunConfig:
     model_fingerprint: dict[str, Any] | None = None
     attn_implementation: str | None = None  # the workers' (None: auto; runs written before it: auto)
     worker_startup_timeout: float | None = None  # seconds (None: the default, 600)
+    # Served lengths (issue 21): the search scores a mix of needle sets at these lengths with these weights, long
+    # factors at every one. None: the target alone (runs written before served lengths existed score as they did).
+    serve_lengths: list[int] | None = None
+    serve_weights: list[float] | None = None
+    # The validation mix (another haystack and framing; the optimizer never sees it): samples, seed, template,
+    # haystack, depths. None: no validation (runs written before it existed; or --validation-samples 0).
+    validation: dict[str, Any] | None = None
+    patience: int | None = None  # stop after this many generations without a better validation score (None: never)
     longsearch_version: str = __version__
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
@@ -118,7 +127,8 @@ class RunConfig:
 
 @dataclass
 class JournalRecord:
-    """One evaluated candidate (``kind="candidate"``, with its optimizer id) or baseline (``kind="baseline"``)."""
+    """One evaluated candidate (``kind="candidate"``, with its optimizer id), baseline (``kind="baseline"``), or a
+    candidate scored on the validation mix (``kind="validation"``, its id; ``generation``: the one it was the best of)."""
 
     kind: str
     id: int | None = None
@@ -140,7 +150,7 @@ class JournalRecord:
     censored: bool = False  # the race stopped it: score is a lower bound
     failed: bool = False  # no score (a worker lost, an exception, a non-finite loss): a state, retried on resume
     docs: int | None = None  # needle documents run
-    token_forwards: int | None = None  # documents run × tokens per document
+    token_forwards: int | None = None  # tokens run (documents run × their lengths)
 
     #: Fields that differ between two runs of the same search (compare journals without them).
     TIMING_FIELDS = ("worker", "seconds", "attempts")
@@ -199,12 +209,16 @@ class JournalContents:
     def baselines(self) -> dict[str, JournalRecord]:
         return {r.name: r for r in self.records if r.kind == "baseline" and r.name}
 
+    def validations(self) -> dict[int, JournalRecord]:
+        """The last validation record of each candidate scored on the validation mix."""
+        return {r.id: r for r in self.records if r.kind == "validation" and r.id is not None}
+
     def failures(self) -> dict[tuple[str, Any], int]:
         """How many times each candidate (``("candidate", id)``) or baseline (``("baseline", name)``) failed."""
         out: dict[tuple[str, Any], int] = {}
         for r in self.records:
             if r.failed:
-                k = (r.kind, r.id if r.kind == "candidate" else r.name)
+                k = (r.kind, r.name if r.kind == "baseline" else r.id)
                 out[k] = out.get(k, 0) + 1
         return out
 
@@ -238,6 +252,10 @@ class RunStore:
     @property
     def heldout_needles_dir(self) -> Path:
         return self.path / HELDOUT_NEEDLES
+
+    @property
+    def validation_needles_dir(self) -> Path:
+        return self.path / VALIDATION_NEEDLES
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -427,7 +445,7 @@ class RunStore:
                 continue
             try:
                 d = json.loads(raw)
-                if not isinstance(d, dict) or d.get("kind") not in ("candidate", "baseline"):
+                if not isinstance(d, dict) or d.get("kind") not in ("candidate", "baseline", "validation"):
                     raise ValueError("not a journal record")
                 records.append(JournalRecord.from_dict(d))
             except (ValueError, TypeError, UnicodeDecodeError) as e:

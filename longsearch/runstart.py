@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError, LongsearchError, NeedleError, RunError
-from .needles import NeedleSet, load_needle_set
+from .mix import NeedleMix, build_mix, load_needle_mix
 from .optimizers import Optimizer, make_optimizer
 from .plan import EvolveOptions, Plan, check_options, load_model_info
 from .rope import RopeGeometry
@@ -39,11 +39,12 @@ class PreparedRun:
     geometry: RopeGeometry
     space: SearchSpace
     optimizer: Optimizer
-    needles: NeedleSet
+    needles: NeedleMix  # the search's: one set per served length (a run written before: the target's set alone)
     tokenizer: Any
     journal: JournalContents
     checkpoint: dict[str, Any] | None
     resumed: bool
+    validation: NeedleMix | None = None  # the validation mix (None: a run without validation)
     dropped_bytes: int = 0  # a truncated last journal line (dropped at the first write)
     writing: bool = False  # the run has been written by this process (a new run: from its creation)
 
@@ -67,9 +68,23 @@ def fingerprint_dir(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def search_needles(tokenizer: Any, config: RunConfig, seed: int, template: str, depths: str | None) -> NeedleSet:
-    """A needle set of the run's length, sample count, template(s) (or RULER-style task) and depths, with ``seed``."""
-    return build_signal_set(tokenizer, config.target_length, config.samples, template=template, seed=seed, depths=depths)
+def search_needles(tokenizer: Any, config: RunConfig, seed: int, template: str, depths: str | None) -> NeedleMix:
+    """The needle mix of the run's served lengths (a run written before them: the target alone, as a set of one),
+    sample count, template(s) and depths, with ``seed``."""
+    if not config.serve_lengths or list(config.serve_lengths) == [config.target_length]:
+        return NeedleMix.single(
+            build_signal_set(tokenizer, config.target_length, config.samples, template=template, seed=seed, depths=depths)
+        )
+    return build_mix(tokenizer, config.serve_lengths, config.serve_weights, config.samples, template, seed, depths)
+
+
+def validation_needles(tokenizer: Any, config: RunConfig) -> NeedleMix | None:
+    """The validation mix the config describes (same served lengths and weights as the search), or None."""
+    v = config.validation
+    if not v:
+        return None
+    lengths = config.serve_lengths or [config.target_length]
+    return build_mix(tokenizer, lengths, config.serve_weights, int(v["samples"]), v["template"], int(v["seed"]), v["depths"], v["haystack"])
 
 
 def disk_full(e: OSError, then: str) -> RunError:
@@ -79,25 +94,32 @@ def disk_full(e: OSError, then: str) -> RunError:
 
 
 def create_run(p: Plan, template: str, signal: dict[str, Any] | None) -> PreparedRun:
-    """Write a new run directory: config, space, the search needles (template(s) ``template``)."""
+    """Write a new run directory: config, space, the search needles (template(s) ``template``) and the validation
+    needles."""
     from .models import model_fingerprint
+    from .plan import validation_spec
 
     config = p.config
     config.template = template
     config.signal = signal
     config.model_fingerprint = model_fingerprint(config.model)
+    config.validation = validation_spec(p, template, signal)
     needles = search_needles(p.tokenizer, config, config.seed, template, p.depths)
+    validation = validation_needles(p.tokenizer, config)
     try:
         with RunStore.creating(p.out, config, force=p.force) as store:  # renamed into place whole, or not at all
             store.write_json(SPACE, p.space.to_dict())
             needles.save(store.needles_dir)
             config.needles_fingerprint = fingerprint_dir(store.needles_dir)
+            if validation is not None and config.validation is not None:
+                validation.save(store.validation_needles_dir)
+                config.validation["fingerprint"] = fingerprint_dir(store.validation_needles_dir)
             store.write_config(config)
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
         raise disk_full(e, f"then start the run again (nothing of {p.out} was kept)") from None
-    run = PreparedRun(store, config, p.geometry, p.space, p.optimizer, needles, p.tokenizer, JournalContents([]), None, False)
+    run = PreparedRun(store, config, p.geometry, p.space, p.optimizer, needles, p.tokenizer, JournalContents([]), None, False, validation)
     run.writing = True
     return run
 
@@ -159,6 +181,15 @@ def open_resume(opts: EvolveOptions) -> PreparedRun:
         "signal_check": opts.signal_check,
     }
     check_resume_options(config, given, path, as_given)
+    fixed = {
+        "--serve-lengths": opts.serve_lengths,
+        "--serve-weights": opts.serve_weights,
+        "--validation-samples": opts.validation_samples,
+        "--patience": opts.patience,
+    }
+    for flag, value in fixed.items():
+        if value is not None:
+            raise RunError(f"{flag} is fixed when a run starts: resume {path} without it, or start a new run with another --out")
     if opts.out is not None and Path(opts.out).resolve() != path.resolve():
         raise InputError(f"--out {opts.out} contradicts --resume {path}: a resumed run continues in its own directory")
     store.lock()  # every option checked; from here on only reads until the first write (PreparedRun.begin_writing)
@@ -181,9 +212,19 @@ def _reopen(store: RunStore, config: RunConfig, opts: EvolveOptions) -> Prepared
     if fp is None or (config.needles_fingerprint and fp != config.needles_fingerprint):
         raise RunError(f"{store.needles_dir} is missing or was changed since the run started: the run cannot be resumed; start a new run")
     try:
-        needles = load_needle_set(store.needles_dir, tokenizer=tokenizer, length=config.target_length)
+        needles = load_needle_mix(store.needles_dir, tokenizer=tokenizer, length=config.target_length)
     except NeedleError as e:
         raise RunError(f"{store.needles_dir}: {e}") from None
+    validation = None
+    if config.validation:
+        vdir = store.validation_needles_dir
+        vfp = fingerprint_dir(vdir) if vdir.is_dir() else None
+        if vfp is None or vfp != config.validation.get("fingerprint"):
+            raise RunError(f"{vdir} is missing or was changed since the run started: the run cannot be resumed; start a new run")
+        try:
+            validation = load_needle_mix(vdir, tokenizer=tokenizer, length=config.target_length)
+        except NeedleError as e:
+            raise RunError(f"{vdir}: {e}") from None
     optimizer = make_optimizer(config.optimizer, space, config.budget, config.seed)
     journal = store.read_journal()
     checkpoint = store.load_last_checkpoint()
@@ -202,7 +243,18 @@ def _reopen(store: RunStore, config: RunConfig, opts: EvolveOptions) -> Prepared
         config.attn_implementation = opts.attn_implementation
     if opts.worker_startup_timeout is not None:
         config.worker_startup_timeout = opts.worker_startup_timeout
-    return PreparedRun(store, config, geometry, space, optimizer, needles, tokenizer, journal, checkpoint, True, journal.truncated_bytes)
+    return PreparedRun(
+        store, config, geometry, space, optimizer, needles, tokenizer, journal, checkpoint, True, validation, journal.truncated_bytes
+    )
 
 
-__all__ = ["PreparedRun", "check_same_model", "create_run", "disk_full", "fingerprint_dir", "open_resume", "search_needles"]
+__all__ = [
+    "PreparedRun",
+    "check_same_model",
+    "create_run",
+    "disk_full",
+    "fingerprint_dir",
+    "open_resume",
+    "search_needles",
+    "validation_needles",
+]

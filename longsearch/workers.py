@@ -38,6 +38,7 @@ from . import faults
 from .dispatch import Job, next_job, piece_spans
 from .errors import InputError, RunError
 from .executors import ScoreOutcome, Scorer, ScoreTask, forward_logs
+from .mix import NeedleMix
 from .placement import (
     DEFAULT_STARTUP_TIMEOUT,
     Resources,
@@ -326,6 +327,8 @@ class WorkerPool:
 
     def _job(self, task: ScoreTask, order: int) -> Job:
         ns = self._needle_sets.get(task.needles)
+        if isinstance(ns, NeedleMix):  # several lengths race shortest first, whole; one length is its set
+            ns = ns.parts[0] if len(ns.parts) == 1 else None
         if not self.split or ns is None or len(self._slots) < 2:
             return Job(task, order)
         n = len(ns.samples)

@@ -95,8 +95,12 @@ def finished_run(model_dir, tmp_path_factory) -> Path:
 
 def test_a_finished_run_has_every_file(finished_run):
     run = finished_run
-    for name in ("config.json", "space.json", "journal.jsonl", "best.json", "baselines.json", "final.json", "needles/manifest.json"):
+    for name in ("config.json", "space.json", "journal.jsonl", "best.json", "baselines.json", "final.json", "needles/mix.json"):
         assert (run / name).is_file(), name
+    cfg = json.loads((run / "config.json").read_text())
+    for n in cfg["serve_lengths"]:  # one needle set per served length, for the search and for validation
+        assert (run / f"needles/L{n}/manifest.json").is_file()
+        assert (run / f"needles-validation/L{n}/manifest.json").is_file()
     for name in ("progress.png", "factors.png"):
         assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in sorted((run / "checkpoints").iterdir())] == [f"gen-{g:04d}.json" for g in range(4)]
@@ -109,16 +113,32 @@ def test_a_finished_run_has_every_file(finished_run):
     assert all(math.isfinite(r.score) and r.worker for r in records)
     # every record says how much it ran: all 6 documents, or fewer when the race stopped it (then its score is
     # the lower bound sum/6, at least the bar that generation raced against)
-    for r in records:
-        assert r.docs == len(r.per_sample) and r.token_forwards == r.docs * 1024
-        assert (r.docs < 6) == r.censored
+    from longsearch.mix import load_needle_mix
+
+    search_mix, validation_mix = load_needle_mix(run / "needles"), load_needle_mix(run / "needles-validation")
+    assert search_mix.lengths[-1] == 1024 and search_mix.lengths == validation_mix.lengths
+    for r in records:  # documents run are a prefix of the mix (shortest first): they give back the token-forwards
+        mix = validation_mix if r.kind == "validation" else search_mix
+        assert r.docs == len(r.per_sample) and r.token_forwards == mix.token_forwards(r.docs)
+        assert (r.docs < len(mix.samples)) == r.censored
+        # the score is the weighted mean of the sets' means (a lower bound when the race stopped it: the documents
+        # not run count 0), recomputed here from the per-document values
+        assert r.score == pytest.approx(_weighted(mix, r.per_sample), rel=1e-12)
         if r.censored:
-            assert r.kind == "candidate" and r.generation > 0 and r.score == pytest.approx(sum(r.per_sample) / 6)
-    assert all(not r.censored for r in bases) and all(r.docs == 6 for r in bases)
-    # best.json is the best fully-scored candidate of the journal, as RopeFactors the exporters read
+            assert r.kind == "candidate" and r.generation > 0
+    assert all(not r.censored for r in bases) and all(r.docs == len(search_mix.samples) for r in bases)
+    # the validation mix scored each generation's best fully scored candidate (never told to the optimizer), and
+    # best.json holds the one with the lowest validation score
+    vals = [r for r in records if r.kind == "validation"]
+    assert sorted(r.generation for r in vals) == list(range(4))
+    for v in vals:
+        told = [r for r in cands if r.generation == v.generation and not r.censored]
+        assert v.id == min(told, key=lambda r: (r.score, r.id)).id
+    choice = min(vals, key=lambda r: (r.score, r.generation, r.id))
     best = load_factors(run)
-    top = min((r for r in cands if not r.censored), key=lambda r: (r.score, r.id))
+    top = next(r for r in cands if r.id == choice.id)
     assert best.long_factor.tolist() == top.lam and best.provenance["score"] == top.score
+    assert best.provenance["validation_nll"] == choice.score and best.provenance["chosen_by"] == "validation"
     assert best.provenance["method"] == "longsearch:ga" and best.target_length == 1024
     assert best.attention_factor == top.m  # the default space searches m
     final = json.loads((run / "final.json").read_text())
@@ -129,6 +149,15 @@ def test_a_finished_run_has_every_file(finished_run):
     assert ra["n"] >= 8 and len(ra["names"]) == ra["n"] and -1 <= ra["spearman"] <= 1 and final["failed"] == []
     baselines = json.loads((run / "baselines.json").read_text())
     assert {k: v["score"] for k, v in baselines.items()} == {r.name: r.score for r in bases}
+
+
+def _weighted(mix, per_sample):
+    total, i = 0.0, 0
+    for part, w in zip(mix.parts, mix.weights, strict=True):
+        xs = per_sample[i : i + len(part.samples)]
+        total += w * sum(xs) / len(part.samples)
+        i += len(part.samples)
+    return total
 
 
 def test_resuming_a_finished_run_changes_nothing(finished_run, tmp_path, capsys):
@@ -321,6 +350,7 @@ def test_worker_killed_mid_run_the_search_finishes_with_every_candidate(model_di
         with WorkerPool(model_dir, 1024, workers=2) as pool:
             reporter.pool = pool
             pool.set_needles("search", run.needles)
+            pool.set_needles("validation", run.validation)
             baselines, history = search(run, pool, reporter)
             assert pool.stats().replacements == 1
         run.store.close()
@@ -474,7 +504,7 @@ def test_a_refused_resume_changes_nothing_not_even_a_half_written_journal_line(f
     assert code == 2 and "LONGSEARCH_FAULT" in err and _tree_digest(run) == before
     monkeypatch.delenv("LONGSEARCH_FAULT")
     # refused after the run is locked and read (its needles changed): nothing written either, no lock file left
-    samples = run / "needles" / "samples.jsonl"
+    samples = sorted((run / "needles").glob("*/samples.jsonl"))[-1]  # the target's set of the search mix
     original = samples.read_bytes()
     samples.write_bytes(original.replace(b"a", b"b", 1))
     before = _tree_digest(run)
@@ -647,12 +677,14 @@ def test_a_failure_is_retried_on_resume_until_it_fails_for_good_then_reported(mo
 
 def _key(ref) -> str:
     """A task reference as these tests name it: ``c{id}`` for a candidate, ``b:{name}`` for a baseline, ``h:{name}``
-    for a held-out row."""
+    for a held-out row, ``v{id}`` for a candidate on the validation mix."""
     from longsearch.heldout import HeldoutEntry
-    from longsearch.loop import Baseline
+    from longsearch.loop import Baseline, Validation
 
     if isinstance(ref, HeldoutEntry):
         return f"h:{ref.name}"
+    if isinstance(ref, Validation):
+        return f"v{ref.candidate.id}"
     return f"b:{ref.name}" if isinstance(ref, Baseline) else f"c{ref.id}"
 
 
