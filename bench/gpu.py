@@ -113,11 +113,13 @@ def search_and_compare(plan: Plan, model: str, work: Path, smoke: bool, log: lis
     run(evaluate, log)
     result = json.loads((eval_dir / "eval.json").read_text())
     rows = []
+    method_of = {m["label"]: m.get("method") or m["label"] for m in result["methods"]}
     for cell in result["summary"]:
         nll, acc = cell["needle_nll"], cell["needle_accuracy"]
         rows.append(
             [
-                cell["method"],
+                method_of.get(cell["method"], cell["method"]),
+                cell.get("serving") or "every",
                 format_length(int(cell["length"])),
                 "–" if nll is None else f"{nll:.3f}",
                 "–" if acc is None else f"{acc:.2f}",
@@ -222,7 +224,7 @@ def main() -> None:
         f"Budget `{plan.budget}`, {plan.samples} passkey documents per evaluation, {plan.dtype}; held-out passkey needles at "
         f"{plan.eval_lengths}, {plan.samples} documents × 3 depths per cell. Wall time {t1 - t0:.0f} s.",
         "",
-        *table(["method", "length", "needle NLL", "accuracy"], comparison),
+        *table(["method", "serving", "length", "needle NLL", "accuracy"], comparison),
         "",
         f"## Peak memory of scoring an 8B-shaped random model ({args.layers} layers, {plan.dtype})",
         "",

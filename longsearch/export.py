@@ -32,6 +32,7 @@ import numpy as np
 from .atomic import atomic_dir, atomic_path, atomic_write_text, destination_exists
 from .errors import ExportError, FactorsError
 from .factors import RopeFactors, load_factors, write_csv_factors
+from .lengths import format_length
 from .rope import RopeGeometry
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,47 @@ def short_factor_note(factors: RopeFactors) -> str:
     if np.all(factors.short_factor == 1.0):
         return "short factors: ones (the original RoPE up to the original window); the source did not search them"
     return "short factors: taken from the source (searched, not all ones)"
+
+
+def measured_in_window(source: str | Path, factors: RopeFactors) -> str | None:
+    """The run's held-out accuracy of these long factors per served length (``"256 1.00, 512 0.88, 1k 0.81"``), read
+    from the run's final.json when the source is a run directory or its best.json and final.json describes the same
+    candidate; None where the run did not measure it (a run scored at the target alone, a factors file elsewhere)."""
+    path = Path(source)
+    run_dir = path if path.is_dir() else path.parent if path.name == "best.json" else None
+    if run_dir is None or not (run_dir / "final.json").is_file():
+        return None
+    try:
+        final = json.loads((run_dir / "final.json").read_text())
+        chosen = (final.get("choice") or final.get("best") or {}).get("candidate")
+        if chosen is None or factors.provenance.get("candidate") not in (None, chosen):
+            return None
+        row = next(r for r in final["rows"] if r["name"] == "longsearch")
+        cells = [(int(p["length"]), p.get("accuracy")) for p in row.get("per_length") or []]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, StopIteration):
+        return None
+    if len(cells) < 2 or any(a is None for _, a in cells):
+        return None
+    return ", ".join(f"{format_length(n)} {float(a):.2f}" for n, a in cells)
+
+
+def serving_note(fmt: str, factors: RopeFactors, source: str | Path) -> str | None:
+    """How the engine of ``fmt`` picks the short or the long factors, and what the long factors keep at shorter lengths
+    where the run measured it (issue 21: vLLM and llama.cpp apply them to every prompt)."""
+    window = format_length(factors.original_length)
+    how = {
+        "hf": f"transformers switches per forward: a sequence up to {window} tokens gets the short factors, a longer one the long factors",
+        "vllm": f"vLLM chooses once, from --max-model-len: above {window} the long factors serve every prompt, short ones included",
+        "gguf": f"llama.cpp chooses once, from its context size (-c): above {window} the long factors serve every prompt, short ones included",
+    }.get(fmt)
+    if how is None:
+        return None
+    measured = measured_in_window(source, factors)
+    if measured is not None:
+        return f"{how}; the run's held-out needles with the long factors at each length: {measured} (final.json)"
+    if fmt == "hf":
+        return how
+    return f"{how}; this source holds no per-length measurement: check shorter prompts with `longsearch eval --serving long-everywhere`"
 
 
 def default_out(source: str | Path, fmt: str, gguf_file: str | Path | None = None) -> Path:
@@ -491,8 +533,6 @@ def export_vllm(
         "these keys (transformers reads attention_factor and warns that it does not use them)"
     )
     result.notes.append('vLLM releases built on transformers 4.x read "rope_scaling": rename the key in the overrides for those')
-    if not np.all(factors.short_factor == 1.0):
-        result.notes.append("vLLM uses the long factors at every position when max_model_len exceeds the original window")
     return result
 
 
@@ -783,15 +823,20 @@ def export(
     for dest in (out, short_csv_path(out)) if fmt == "longrope-csv" else (out,):
         _refuse_overlap(dest, src, "the factors source", allow_inside=src.is_dir())
     if fmt == "json":
-        return export_json(factors, out, force)
-    if fmt == "longrope-csv":
-        return export_csv(factors, out, force)
-    if fmt == "hf":
-        return export_hf(factors, out, model=model, model_dir=model_dir, force=force, link=link)
-    if fmt == "vllm":
-        return export_vllm(factors, out, model=model, model_dir=model_dir, force=force, link=link)
-    assert gguf_file is not None  # checked above
-    return export_gguf(factors, gguf_file, out, force)
+        result = export_json(factors, out, force)
+    elif fmt == "longrope-csv":
+        result = export_csv(factors, out, force)
+    elif fmt == "hf":
+        result = export_hf(factors, out, model=model, model_dir=model_dir, force=force, link=link)
+    elif fmt == "vllm":
+        result = export_vllm(factors, out, model=model, model_dir=model_dir, force=force, link=link)
+    else:
+        assert gguf_file is not None  # checked above
+        result = export_gguf(factors, gguf_file, out, force)
+    note = serving_note(fmt, factors, source)
+    if note is not None:
+        result.notes.append(note)
+    return result
 
 
 __all__ = [
@@ -809,8 +854,10 @@ __all__ = [
     "gguf_geometry",
     "gguf_rope_info",
     "llama_cpp_factor_readers",
+    "measured_in_window",
     "read_gguf_factors",
     "resolve_factors",
+    "serving_note",
     "short_factor_note",
     "vllm_overrides",
     "write_gguf_as_transformers",

@@ -165,7 +165,12 @@ def _kept_rows(run: PreparedRun, best_id: int, failed: list[dict[str, Any]]) -> 
             return None
         return [
             HeldoutRow(
-                r["name"], math.inf if r.get("nll") is None else float(r["nll"]), r.get("accuracy"), r.get("search_nll"), r.get("error")
+                r["name"],
+                math.inf if r.get("nll") is None else float(r["nll"]),
+                r.get("accuracy"),
+                r.get("search_nll"),
+                r.get("error"),
+                r.get("per_length"),
             )
             for r in final["rows"]
         ]

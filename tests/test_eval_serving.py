@@ -85,7 +85,10 @@ def test_long_everywhere_applies_the_long_factors_inside_the_window(lm, served):
 def test_template_auto_picks_what_the_testbed_solves_in_its_window(served):
     result = served[0]
     s = result.settings
-    assert s["template"] == "passkey" and s["template_requested"] == "auto"
+    # every template the testbed solves in its window, as evolve --template auto keeps them (passkey and its
+    # search variety passkey-recall; never the validation-only passkey-find)
+    assert s["template"].split("+") == s["template_check"]["solved"] and s["template_requested"] == "auto"
+    assert "passkey" in s["template"].split("+") and "passkey-find" not in s["template"]
     assert s["template_check"]["templates"]["passkey"]["accuracy"] >= s["template_check"]["threshold"]
     assert s["template_check"]["templates"]["passkey"]["length"] == 256
     assert s["segment_tokens"] == 64  # a quarter of the window
@@ -149,7 +152,7 @@ def test_cli_nbce_with_the_defaults(run_cli, capsys, tmp_path):
     common = ["--samples", "1", "--depths", "1", "--no-cost", "--device", "cpu"]
     assert run_cli("eval", "--baselines", "nbce", "--lengths", "512", *common, "--out", str(out)) == 0
     data = json.loads((out / "eval.json").read_text())
-    assert data["settings"]["segment_tokens"] == 64 and data["settings"]["template"] == "passkey"
+    assert data["settings"]["segment_tokens"] == 64 and data["settings"]["template"] == "passkey+passkey-recall"
     assert [m["kind"] for m in data["methods"]] == ["none", "attention"]
     assert all(math.isfinite(s["nll"]) for s in data["segments"])
     # no --lengths: the window and its doublings up to --target

@@ -901,3 +901,28 @@ def test_a_cost_budget_is_shown_in_evals_worth_not_in_generations():
         s = GenerationSummary(2, None, 5.5, 3, "mutation", None, "yarn", 5.6, 8, 0, 1.0, spent=40.0, max_cost=64.0)
         reporter.generation_finished(s)
     assert "gen   2 (40/64 evals' worth)" in out.getvalue()
+
+
+def test_export_says_how_each_engine_serves_the_factors_with_the_runs_per_length_accuracy(finished_run, model_dir, tmp_path):
+    """vLLM and llama.cpp apply the long factors to every prompt once the context exceeds the window: the export of a
+    run says so, with the held-out accuracy of the long factors at each served length from final.json."""
+    from longsearch.export import export
+    from longsearch.lengths import format_length
+
+    final = json.loads((finished_run / "final.json").read_text())
+    row = next(r for r in final["rows"] if r["name"] == "longsearch")
+    assert [p["length"] for p in row["per_length"]] == json.loads((finished_run / "config.json").read_text())["serve_lengths"]
+    measured = ", ".join(f"{format_length(p['length'])} {p['accuracy']:.2f}" for p in row["per_length"])
+    vllm = export(finished_run, "vllm", tmp_path / "v", model_dir=str(model_dir))
+    hf = export(finished_run / "best.json", "hf", tmp_path / "h")
+    vnote = next(n for n in vllm.notes if n.startswith("vLLM chooses once"))
+    hnote = next(n for n in hf.notes if n.startswith("transformers switches per forward"))
+    assert measured in vnote and measured in hnote and "--max-model-len: above 256" in vnote
+    # factors that are not this run's best (another candidate): no measurement is claimed for them
+    other = load_factors(finished_run)
+    other.provenance["candidate"] = -1
+    other.save(tmp_path / "best.json")
+    shutil.copy(finished_run / "final.json", tmp_path / "final.json")
+    alone = export(tmp_path / "best.json", "vllm", tmp_path / "v2", model_dir=str(model_dir))
+    assert not any(measured in n for n in alone.notes)
+    assert any("--serving long-everywhere" in n for n in alone.notes)

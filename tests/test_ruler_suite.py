@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from longsearch.errors import InputError
+from longsearch.mix import load_needle_mix
 from longsearch.models import load_model
 from longsearch.needles import load_needle_set
 from longsearch.rope import Rescale
@@ -202,12 +203,16 @@ def test_a_task_template_is_checked_in_the_window(pool, tmp_path):
     # the testbed solves niah-single-1 inside its 256-token window: a search on it is written
     out = tmp_path / "run"
     run = prepare(EvolveOptions(target=512, template="niah-single-1", samples=2, out=out), pool)
-    assert run.config.template == "niah-single-1" and is_task_set(run.needles) and run.needles.length == 512
+    # the served lengths (the window and the target), one task set each; the validation mix is task sets too
+    mix = run.needles
+    assert run.config.template == "niah-single-1" and mix.lengths == [256, 512] and all(is_task_set(p) for p in mix.parts)
+    assert run.validation is not None and all(is_task_set(p) for p in run.validation.parts)
     measured = run.config.signal["templates"]["niah-single-1"]
     assert measured["accuracy"] >= 0.75 and measured["length"] == 256
-    expected = build_task_set(run.tokenizer, "niah-single-1", 512, 2, seed=run.config.seed, depths="spread")
-    assert [s.input_ids.tolist() for s in run.needles.samples] == [s.input_ids.tolist() for s in expected.samples]
-    assert is_task_set(load_needle_set(out / "needles", tokenizer=run.tokenizer, length=512))
+    expected = build_task_set(run.tokenizer, "niah-single-1", 512, 2, seed=run.config.seed + 7919, depths="spread")
+    assert [s.input_ids.tolist() for s in mix.parts[-1].samples] == [s.input_ids.tolist() for s in expected.samples]
+    loaded = load_needle_mix(out / "needles", tokenizer=run.tokenizer, length=512)
+    assert loaded.lengths == [256, 512] and all(is_task_set(p) for p in loaded.parts)
     run.store.close()
     # not fwe (0.00 in its window): refused in one line with the measured score, nothing written
     refused = tmp_path / "refused"
@@ -226,7 +231,7 @@ def test_template_auto_still_chooses_among_the_needle_templates(pool, tmp_path):
     p = plan(EvolveOptions(target=512, samples=2, out=tmp_path / "auto"))
     signal = measure_signal(p, pool)
     assert list(signal["templates"]) == list(TEMPLATES)
-    assert signal_templates(p, signal) == "passkey"
+    assert signal_templates(p, signal) == "passkey+passkey-recall"  # never a task, never passkey-find
     assert not (tmp_path / "auto").exists()
 
 
