@@ -1,7 +1,8 @@
 """Search quality per cost: which space and optimizer find factors that retrieve, for how many token-forwards?
 
 For each scale (``--scales``, target = scale × the window) and each search (``--configs``, written
-``SPACE/OPTIMIZER[@BUDGET][/full]``: ``/full`` turns racing off), ``longsearch evolve`` runs on the testbed
+``SPACE/OPTIMIZER[@BUDGET][/full][/target]``: ``/full`` turns racing off; ``/target`` searches as runs did before
+served lengths — the pass key alone, scored at the target only, no validation —, the others with evolve's defaults), ``longsearch evolve`` runs on the testbed
 (or ``--model``) with ``--samples`` needle documents per evaluation and the budget ``--budget`` (default
 ``200evals``: 200 full evaluations' worth of token-forwards; early-stopped evaluations count for what they
 ran). Its best factors, and the best it had after ¼ and ½ of its token-forwards, are then scored by this
@@ -20,6 +21,8 @@ token-forwards (documents actually run × tokens per document), which do not dep
     python bench/search_quality.py                                    # the default configs, 4× 8× 16×
     python bench/search_quality.py --scales 4 --configs hybrid/ga,hybrid/random --budget 100evals
     python bench/search_quality.py --scales 4 --configs hybrid/ga@paper/full   # the paper budget, full scoring
+    python bench/search_quality.py --scales 8,16 --configs hybrid/ga@100evals/target,hybrid/ga@100evals \\
+        --runs outputs/bench-served --out bench/results/served_search.md     # before / after served lengths
 
 Each search is an ordinary run directory under ``--runs`` (an interrupted benchmark continues where it
 stopped); held-out scores are cached beside it. Prints a table and writes bench/results/search_quality.md,
@@ -133,25 +136,38 @@ def hand_made(geometry, target: int) -> dict:
 # ---------------------------------------------------------------- one search
 
 
-def parse_config(text: str, default_budget: str) -> tuple[str, str, str, bool]:
+FLAGS = ("full", "target")
+
+
+def parse_config(text: str, default_budget: str) -> tuple[str, str, str, bool, bool]:
+    """``SPACE/OPTIMIZER[@BUDGET][/full][/target]`` -> (space, optimizer, budget, full, target-only)."""
     parts = text.strip().split("/")
-    if len(parts) < 2:
-        raise SystemExit(f"config {text!r}: write SPACE/OPTIMIZER[@BUDGET][/full]")
+    if len(parts) < 2 or any(f not in FLAGS for f in parts[2:]):
+        raise SystemExit(f"config {text!r}: write SPACE/OPTIMIZER[@BUDGET][/full][/target]")
     space, opt = parts[0], parts[1]
-    full = len(parts) > 2 and parts[2] == "full"
+    full, target_only = "full" in parts[2:], "target" in parts[2:]
     budget = default_budget
     if "@" in opt:
         opt, budget = opt.split("@", 1)
-    return space, opt, budget, full
+    return space, opt, budget, full, target_only
 
 
-def run_search(model, target, space, opt, budget, full, samples, seed, workers, runs: Path):
+def config_label(space: str, opt: str, budget: str, full: bool, target_only: bool, samples: int) -> str:
+    return f"{space}/{opt}@{budget}{'/full' if full else ''}{'/target' if target_only else ''}/n{samples}"
+
+
+def run_search(model, target, space, opt, budget, full, target_only, samples, seed, workers, runs: Path):
+    """One search. ``target_only``: as searches ran before served lengths — the pass key alone, uniform depths, scored
+    at the target only, no validation (best.json the lowest search NLL). Otherwise evolve's defaults: every template
+    the model solves in its window, spread depths, the served lengths with the long factors at each, a validation
+    mix that chooses best.json and stops the search early."""
     from longsearch.evolve import EvolveOptions, run_evolve
 
-    name = f"{space}-{opt.replace(':', '-')}-{budget}{'-full' if full else ''}-n{samples}-s{seed}"
+    name = f"{space}-{opt.replace(':', '-')}-{budget}{'-full' if full else ''}{'-target' if target_only else ''}-n{samples}-s{seed}"
     out = runs / f"{format_length(target)}" / name
     if (out / "final-bench.json").is_file():
         return out, json.loads((out / "final-bench.json").read_text())["minutes"]
+    how: dict = {"template": "passkey", "depths": "uniform", "serve_lengths": "target", "validation_samples": 0} if target_only else {}
     opts = EvolveOptions(
         model=model,
         target=target,
@@ -164,8 +180,7 @@ def run_search(model, target, space, opt, budget, full, samples, seed, workers, 
         out=out,
         heldout=False,
         racing=not full,
-        template="passkey",
-        depths="uniform",
+        **how,
     )
     if (out / "config.json").exists():
         opts = EvolveOptions(resume=out, workers=workers, heldout=False)
@@ -204,7 +219,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model directory or hub id (default: the testbed)")
     ap.add_argument("--scales", default="4,8,16")
-    ap.add_argument("--configs", default=DEFAULT_CONFIGS, help="SPACE/OPTIMIZER[@BUDGET][/full], comma-separated")
+    ap.add_argument("--configs", default=DEFAULT_CONFIGS, help="SPACE/OPTIMIZER[@BUDGET][/full][/target], comma-separated")
     ap.add_argument("--budget", default="200evals")
     ap.add_argument("--samples", type=int, default=8, help="needle documents per evaluation")
     ap.add_argument("--heldout-samples", type=int, default=40)
@@ -218,6 +233,7 @@ def main() -> None:
     import torch
     from rich.console import Console
 
+    from longsearch.factors import load_factors
     from longsearch.models import load_model
     from longsearch.rope import Rescale, rescale
     from longsearch.scoring import score
@@ -255,23 +271,26 @@ def main() -> None:
 
     try:
         # inside the window: what the model can do at all on these sets (the ceiling of any extension)
-        sets = heldout_sets(lm.tokenizer, g.original_length, args.heldout_samples, runs / "heldout")
+        window_sets = heldout_sets(lm.tokenizer, g.original_length, args.heldout_samples, runs / "heldout")
         inside = results.setdefault("1", {"baselines": {}, "searches": {}})
-        held(sets, rescale("none", g, g.original_length), inside["baselines"], "none")
+        held(window_sets, rescale("none", g, g.original_length), inside["baselines"], "none")
         for scale in scales:
             target = g.original_length * scale
             sets = heldout_sets(lm.tokenizer, target, args.heldout_samples, runs / "heldout")
             res = results.setdefault(str(scale), {"baselines": {}, "searches": {}})
             for name in ("none", "pi", "ntk", "yarn"):
                 held(sets, rescale(name, g, target), res["baselines"], name)
+                held(window_sets, rescale(name, g, target), res.setdefault("window_baselines", {}), name)
             for name, r in hand_made(g, target).items():
                 held(sets, r, res["baselines"], name)
             json_out.write_text(json.dumps(results, indent=1))
-            for space, opt, budget, full in configs:
+            for space, opt, budget, full, target_only in configs:
                 for seed in seeds:
-                    label = f"{space}/{opt}@{budget}{'/full' if full else ''}/n{args.samples}"
+                    label = config_label(space, opt, budget, full, target_only, args.samples)
                     console.print(f"{format_length(target)} ({scale}×): {label}, seed {seed} …")
-                    run, minutes = run_search(args.model, target, space, opt, budget, full, args.samples, seed, args.workers, runs)
+                    run, minutes = run_search(
+                        args.model, target, space, opt, budget, full, target_only, args.samples, seed, args.workers, runs
+                    )
                     traj, tf, n_evals = trajectory(run)
                     entry = res["searches"].setdefault(f"{label}#s{seed}", {})
                     entry.update(
@@ -291,7 +310,7 @@ def main() -> None:
                     )
                     cache = entry.setdefault("heldout", {})
                     points = []
-                    for frac in (0.25, 0.5, 1.0):
+                    for frac in (0.25, 0.5):  # the best by search score after a quarter and half of the spend
                         upto = [t for t in traj if t["token_forwards"] <= frac * tf + 1e-9] or traj[:1]
                         rec = upto[-1]["best"]
                         h = held(sets, Rescale(np.asarray(rec.lam), rec.m), cache, f"c{rec.id}")
@@ -304,9 +323,33 @@ def main() -> None:
                                 **{k: v for k, v in h.items()},
                             }
                         )
+                    # at the end: the factors the run chose (best.json: by validation where the run has it)
+                    chosen = load_factors(run)
+                    cid = int(chosen.provenance["candidate"])
+                    rec = next(t["best"] for t in traj if t["best"].id == cid) if any(t["best"].id == cid for t in traj) else None
+                    final_r = Rescale(chosen.long_factor, chosen.attention_factor)
+                    h = held(sets, final_r, cache, f"c{cid}")
+                    points.append(
+                        {
+                            "fraction": 1.0,
+                            "token_forwards": tf,
+                            "id": cid,
+                            "search_nll": float(chosen.provenance["score"]),
+                            **{k: v for k, v in h.items()},
+                        }
+                    )
                     entry["curve"] = points
-                    best = traj[-1]["best"]
-                    entry["best"] = {"id": best.id, "search_nll": best.score, "m": best.m, "params": best.params, "lam": best.lam}
+                    # the same long factors inside the window, as vLLM and llama.cpp serve them above it
+                    entry["window"] = held(window_sets, final_r, entry.setdefault("window_cache", {}), f"c{cid}")
+                    entry["chosen_by"] = chosen.provenance.get("chosen_by", "search score")
+                    entry["best"] = {
+                        "id": cid,
+                        "search_nll": float(chosen.provenance["score"]),
+                        "validation_nll": chosen.provenance.get("validation_nll"),
+                        "m": chosen.attention_factor,
+                        "params": (rec.params if rec is not None else chosen.provenance.get("params")),
+                        "lam": chosen.long_factor.tolist(),
+                    }
                     json_out.write_text(json.dumps(results, indent=1))
     finally:
         ray.shutdown()
@@ -315,12 +358,26 @@ def main() -> None:
 
 
 def report(results: dict, args, g, console) -> None:
-    headers = ["scale", "method", "project acc · NLL", "foreign acc · NLL", "search NLL", "evals", "token-forwards", "evals' worth", "min"]
+    headers = [
+        "scale",
+        "method",
+        "project acc · NLL",
+        "foreign acc · NLL",
+        "in window, long factors: project · foreign acc",
+        "search NLL",
+        "evals",
+        "token-forwards",
+        "evals' worth",
+        "min",
+    ]
     rows = []
     for scale, res in sorted(results.items(), key=lambda kv: int(kv[0])):
         target = g.original_length * int(scale)
         for name, h in res["baselines"].items():
-            rows.append([f"{scale}× ({format_length(target)})", name, _cell(h["project"]), _cell(h["foreign"]), "-", "-", "-", "-", "-"])
+            w = res.get("window_baselines", {}).get(name)
+            rows.append(
+                [f"{scale}× ({format_length(target)})", name, _cell(h["project"]), _cell(h["foreign"]), _window(w), "-", "-", "-", "-", "-"]
+            )
         for label, e in res["searches"].items():
             if "curve" not in e:
                 continue
@@ -331,6 +388,7 @@ def report(results: dict, args, g, console) -> None:
                     label,
                     _cell(last["project"]),
                     _cell(last["foreign"]),
+                    _window(e.get("window")),
                     f"{e['best']['search_nll']:.3f}",
                     str(e["evaluations"]),
                     f"{e['token_forwards'] / 1e6:.1f} M",
@@ -351,7 +409,12 @@ def report(results: dict, args, g, console) -> None:
             "its search rows are listed below it."
         ],
         [
-            "acc · NLL: exact-answer accuracy and answer-token NLL of the best factors on the held-out sets (project: pass key, "
+            "Configurations ending /target search as before served lengths (pass key only, uniform depths, scored at the "
+            "target alone, best.json = lowest search NLL); the others run evolve's defaults (every template solved in the "
+            "window, spread depths, served lengths with the long factors at each, a validation mix choosing best.json, "
+            "patience 3). In-window column: the chosen long factors applied at the window length (256) on 40-document "
+            "sets of both kinds, as vLLM and llama.cpp serve them above the window (plain RoPE: the `none` row of 1×). "
+            "acc · NLL: exact-answer accuracy and answer-token NLL of the chosen factors on the held-out sets (project: pass key, "
             "another seed, uniform depths; foreign: another pass-key framing, Python stdlib docstrings, depths 10/30/50 %; "
             "plain RoPE solves it at 0.85 inside the window). "
             "evals: evaluations journaled; token-forwards: documents run × tokens (candidates only); evals' worth = "
@@ -383,6 +446,12 @@ def _commands(results: dict) -> list[str]:
 
 def _cell(h: dict) -> str:
     return f"{h['accuracy']:.2f} · {h['nll']:.2f}"
+
+
+def _window(h: dict | None) -> str:
+    """Accuracy of the long factors on the in-window sets (vLLM / llama.cpp serving above the window); '-' where the
+    run predates the measurement."""
+    return "-" if not h else f"{h['project']['accuracy']:.2f} · {h['foreign']['accuracy']:.2f}"
 
 
 def plot(results: dict, path: Path) -> None:

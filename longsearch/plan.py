@@ -108,6 +108,7 @@ class Plan:
     templates: list[str] | None  # None: auto
     depths: str
     validation_samples: int = 0
+    serve_lengths_auto: bool = False  # the served lengths are the default ones (a length too short for the template is dropped)
 
 
 def model_short_name(model: str | None) -> str:
@@ -212,7 +213,8 @@ def plan(opts: EvolveOptions) -> Plan:
         serve_weights=[float(w) for w in serve_weights],
         patience=patience or None,
     )
-    return Plan(config, geometry, space, optimizer, tokenizer, out, opts.force, templates, depths, validation_samples)
+    auto = opts.serve_lengths is None or str(opts.serve_lengths).strip().lower() in ("", "auto")
+    return Plan(config, geometry, space, optimizer, tokenizer, out, opts.force, templates, depths, validation_samples, auto)
 
 
 # ---------------------------------------------------------------- the in-window signal check

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError, LongsearchError, NeedleError, RunError
-from .mix import NeedleMix, build_mix, load_needle_mix
+from .mix import NeedleMix, build_mix, default_weights, load_needle_mix
 from .optimizers import Optimizer, make_optimizer
 from .plan import EvolveOptions, Plan, check_options, load_model_info
 from .rope import RopeGeometry
@@ -87,6 +87,31 @@ def validation_needles(tokenizer: Any, config: RunConfig) -> NeedleMix | None:
     return build_mix(tokenizer, lengths, config.serve_weights, int(v["samples"]), v["template"], int(v["seed"]), v["depths"], v["haystack"])
 
 
+def fit_served_lengths(tokenizer: Any, config: RunConfig, template: str, depths: str | None) -> None:
+    """Default served lengths: drop those below the target too short to hold one document of the template(s) (or
+    of the validation's) with this tokenizer — a long template with a tokenizer of many tokens per word at a small
+    window — and spread the default weights over the rest (said in a warning)."""
+    templates = [template] + ([config.validation["template"]] if config.validation else [])
+    lengths = config.serve_lengths or [config.target_length]
+
+    def holds(n: int) -> bool:
+        try:
+            for t in templates:
+                build_signal_set(tokenizer, n, 1, template=t, seed=config.seed, depths=depths)
+        except NeedleError as e:
+            if "cannot hold" not in str(e):
+                raise
+            return False
+        return True
+
+    kept = [n for n in lengths if n == config.target_length or holds(n)]
+    if kept != list(lengths):
+        dropped = ", ".join(str(n) for n in lengths if n not in kept)
+        log.warning("served lengths %s cannot hold the %s needle documents: scoring at %s", dropped, template, ", ".join(map(str, kept)))
+        config.serve_lengths = kept
+        config.serve_weights = default_weights(kept)
+
+
 def disk_full(e: OSError, then: str) -> RunError:
     """The one-line message for a full disk: which file, and what to do ``then``."""
     where = Path(e.filename).name if e.filename else "a file of the run"
@@ -104,6 +129,8 @@ def create_run(p: Plan, template: str, signal: dict[str, Any] | None) -> Prepare
     config.signal = signal
     config.model_fingerprint = model_fingerprint(config.model)
     config.validation = validation_spec(p, template, signal)
+    if p.serve_lengths_auto:
+        fit_served_lengths(p.tokenizer, config, template, p.depths)
     needles = search_needles(p.tokenizer, config, config.seed, template, p.depths)
     validation = validation_needles(p.tokenizer, config)
     try:
@@ -254,6 +281,7 @@ __all__ = [
     "create_run",
     "disk_full",
     "fingerprint_dir",
+    "fit_served_lengths",
     "open_resume",
     "search_needles",
     "validation_needles",

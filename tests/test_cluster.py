@@ -127,8 +127,8 @@ def _journal(run: Path) -> dict:
     out = {}
     for line in (run / "journal.jsonl").read_text().splitlines():
         r = json.loads(line)
-        # a candidate is named by its optimizer id, a baseline by its method (baselines all have id None)
-        key = r["id"] if r["kind"] == "candidate" else r["name"]
+        # a candidate is named by its optimizer id, a validation by its generation, a baseline by its method
+        key = r["id"] if r["kind"] == "candidate" else r["generation"] if r["kind"] == "validation" else r["name"]
         assert (r["kind"], key) not in out, f"journal line for {r['kind']} {key} appears twice"
         out[(r["kind"], key)] = (r["score"], r["lam"], r.get("m"), r.get("failed", False))
     return out

@@ -914,7 +914,7 @@ def test_export_says_how_each_engine_serves_the_factors_with_the_runs_per_length
     assert [p["length"] for p in row["per_length"]] == json.loads((finished_run / "config.json").read_text())["serve_lengths"]
     measured = ", ".join(f"{format_length(p['length'])} {p['accuracy']:.2f}" for p in row["per_length"])
     vllm = export(finished_run, "vllm", tmp_path / "v", model_dir=str(model_dir))
-    hf = export(finished_run / "best.json", "hf", tmp_path / "h")
+    hf = export(finished_run / "best.json", "hf", tmp_path / "h", model_dir=str(model_dir))
     vnote = next(n for n in vllm.notes if n.startswith("vLLM chooses once"))
     hnote = next(n for n in hf.notes if n.startswith("transformers switches per forward"))
     assert measured in vnote and measured in hnote and "--max-model-len: above 256" in vnote
