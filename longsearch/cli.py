@@ -235,7 +235,12 @@ def evolve(
         "RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH.",
     ),
     optimizer: str | None = typer.Option(None, "--optimizer", help="ga (default), random, nevergrad:NAME or optuna:NAME."),
-    samples: int | None = typer.Option(None, "--samples", "-n", help="Needle documents per evaluation (default 8)."),
+    samples: int | None = typer.Option(
+        None,
+        "--samples",
+        "-n",
+        help="Needle documents per evaluation at the target (default 16; half as many, at least 2, at each shorter served length).",
+    ),
     seed: int | None = typer.Option(None, "--seed", help="Seed of the search and its needle set (default 0)."),
     out: str | None = typer.Option(None, "--out", "-o", help="Run directory (default outputs/<model>-<target>-<space>-s<seed>)."),
     resume: str | None = typer.Option(None, "--resume", help="Continue the run in this directory."),

@@ -45,6 +45,7 @@ from .loop import (
     retry_failures,
     search,
 )
+from .optimizers import Result
 from .plan import EvolveOptions, Plan, check_options, default_out, load_model_info, measure_signal, plan, signal_templates
 from .rope import critical_index
 from .runs import BEST, FINAL, JournalRecord
@@ -123,15 +124,22 @@ def prepare(opts: EvolveOptions, pool: Executor | None = None, reporter: EvolveR
     return create_run(p, template, signal)
 
 
-def write_plots(run: PreparedRun, history: list[dict[str, Any]], baseline_scores: dict[str, float]) -> dict[str, Path]:
+def write_plots(
+    run: PreparedRun, history: list[dict[str, Any]], baseline_scores: dict[str, float], chosen: Result | None = None
+) -> dict[str, Path]:
+    """progress.png (the best search NLL per generation; with validation, each generation's best on the validation
+    needles and the one chosen) and factors.png (``chosen``'s λ — best.json's —, else the optimizer's best)."""
     from .plots import factors_plot, progress_plot
 
     paths: dict[str, Path] = {}
-    best = run.optimizer.best()
+    best = chosen if chosen is not None else run.optimizer.best()
     gens = [int(h["generation"]) for h in history]
     bests = [math.inf if h.get("best_score") is None else float(h["best_score"]) for h in history]
+    validation = None
+    if run.validation is not None:
+        validation = [math.inf if h.get("validation_score") is None else float(h["validation_score"]) for h in history]
     p = run.store.file("progress.png")
-    progress_plot(p, gens, bests, {k: v for k, v in baseline_scores.items()}, title=_title(run))
+    progress_plot(p, gens, bests, {k: v for k, v in baseline_scores.items()}, title=_title(run), validation_scores=validation)
     paths["progress"] = p
     if best is not None:
         base = {n: f.long_factor for n, f in baseline_factors(run.geometry, run.config.target_length).items() if n != "none"}
@@ -143,6 +151,7 @@ def write_plots(run: PreparedRun, history: list[dict[str, Any]], baseline_scores
             d_tcd=critical_index(run.geometry),
             d_rcd=best.candidate.params.get("d_rcd"),
             title=_title(run),
+            label=f"longsearch (#{best.candidate.id}, {'chosen by validation' if chosen is not None and run.validation is not None else 'best'})",
         )
         paths["factors"] = p
     return paths
@@ -221,7 +230,7 @@ def _run(run: PreparedRun, pool: Executor, opts: EvolveOptions, reporter: Evolve
             paths["best"] = run.store.file(BEST)
         if rows:
             paths["final"] = run.store.file(FINAL)
-        paths.update(write_plots(run, history, baseline_scores))
+        paths.update(write_plots(run, history, baseline_scores, best))
         result = EvolveResult(
             run_dir=run.store.path,
             best=factors,

@@ -59,14 +59,23 @@ def progress_plot(
     best_scores: Sequence[float],
     baselines: Mapping[str, float],
     title: str = "",
+    validation_scores: Sequence[float] | None = None,
 ) -> Path:
-    """Best needle NLL after each generation (steps) and each baseline's NLL as a horizontal line."""
+    """Best needle NLL after each generation (steps) and each baseline's NLL as a horizontal line; with
+    ``validation_scores``, each generation's best candidate's validation NLL (points) and the lowest of them, the
+    factors chosen, circled."""
     fig = _figure()
     ax = fig.add_subplot()
     gens = list(generations)
     ys = [float(y) if math.isfinite(y) else np.nan for y in best_scores]
     if gens:
-        ax.step(gens, ys, where="post", color="tab:blue", lw=2, marker="o", ms=3, label="longsearch (best)")
+        ax.step(gens, ys, where="post", color="tab:blue", lw=2, marker="o", ms=3, label="longsearch (best search NLL)")
+    if validation_scores is not None and gens:
+        vs = [float(v) if math.isfinite(v) else np.nan for v in validation_scores]
+        ax.plot(gens, vs, color="tab:purple", lw=1, ls=":", marker="s", ms=4, label="each generation's best, on validation needles")
+        if not all(np.isnan(vs)):
+            k = int(np.nanargmin(vs))
+            ax.plot([gens[k]], [vs[k]], marker="o", ms=12, mfc="none", mec="tab:purple", mew=1.5, ls="", label=f"chosen ({vs[k]:.3f})")
     for name, score in sorted(baselines.items()):
         if score is None or not math.isfinite(score):
             continue
@@ -93,8 +102,10 @@ def factors_plot(
     d_tcd: int | None = None,
     d_rcd: int | None = None,
     title: str = "",
+    label: str = "longsearch (best)",
 ) -> Path:
-    """λ_i per frequency index i (log scale) for the best vector and the baselines; d_tcd / d_rcd as vertical lines."""
+    """λ_i per frequency index i (log scale) for the best (or chosen) vector and the baselines; d_tcd / d_rcd as
+    vertical lines."""
     fig = _figure()
     ax = fig.add_subplot()
     best = np.asarray(best, dtype=np.float64)
@@ -102,7 +113,7 @@ def factors_plot(
     for name, lam in baselines.items():
         color, style = _BASELINE_STYLE.get(name, ("black", "--"))
         ax.plot(i, np.asarray(lam, dtype=np.float64), color=color, ls=style, lw=1.3, label=name)
-    ax.plot(i, best, color="tab:blue", lw=2.2, marker="o", ms=2.5, label="longsearch (best)")
+    ax.plot(i, best, color="tab:blue", lw=2.2, marker="o", ms=2.5, label=label)
     if d_tcd is not None:
         ax.axvline(d_tcd, color="black", lw=1, ls="--", alpha=0.7, label=f"d_tcd = {d_tcd}")
     if d_rcd is not None:
