@@ -236,6 +236,7 @@ def main() -> None:
     from longsearch.factors import load_factors
     from longsearch.models import load_model
     from longsearch.rope import Rescale, rescale
+    from longsearch.runs import RunStore
     from longsearch.scoring import score
 
     console = Console()
@@ -341,7 +342,25 @@ def main() -> None:
                     entry["curve"] = points
                     # the same long factors inside the window, as vLLM and llama.cpp serve them above it
                     entry["window"] = held(window_sets, final_r, entry.setdefault("window_cache", {}), f"c{cid}")
+                    # and at every doubling of the window below the target (the served lengths vLLM and llama.cpp
+                    # give the long factors to): accuracy per length, the window first, the target last
+                    per = entry.setdefault("per_length", {})
+                    n = g.original_length
+                    while n <= target:
+                        if n == g.original_length:
+                            per[str(n)] = entry["window"]
+                        elif n == target:
+                            per[str(n)] = {k: v for k, v in h.items()}
+                        else:
+                            mid = heldout_sets(lm.tokenizer, n, args.heldout_samples, runs / "heldout")
+                            per[str(n)] = held(mid, final_r, entry.setdefault("length_cache", {}), f"c{cid}@{n}")
+                        n *= 2
                     entry["chosen_by"] = chosen.provenance.get("chosen_by", "search score")
+                    journal = RunStore(run).read_journal()
+                    crec = journal.candidates().get(cid)
+                    vrec = [v for v in journal.validations().values() if v.id == cid]
+                    entry["search_accuracy"] = None if crec is None else crec.accuracy
+                    entry["validation_accuracy"] = vrec[0].accuracy if vrec else None
                     entry["best"] = {
                         "id": cid,
                         "search_nll": float(chosen.provenance["score"]),
@@ -364,6 +383,8 @@ def report(results: dict, args, g, console) -> None:
         "project acc · NLL",
         "foreign acc · NLL",
         "in window, long factors: project · foreign acc",
+        "foreign acc 1×, 2×, 4× … target",
+        "search · validation acc (gap to foreign)",
         "search NLL",
         "evals",
         "token-forwards",
@@ -376,7 +397,19 @@ def report(results: dict, args, g, console) -> None:
         for name, h in res["baselines"].items():
             w = res.get("window_baselines", {}).get(name)
             rows.append(
-                [f"{scale}× ({format_length(target)})", name, _cell(h["project"]), _cell(h["foreign"]), _window(w), "-", "-", "-", "-", "-"]
+                [
+                    f"{scale}× ({format_length(target)})",
+                    name,
+                    _cell(h["project"]),
+                    _cell(h["foreign"]),
+                    _window(w),
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                ]
             )
         for label, e in res["searches"].items():
             if "curve" not in e:
@@ -389,6 +422,8 @@ def report(results: dict, args, g, console) -> None:
                     _cell(last["project"]),
                     _cell(last["foreign"]),
                     _window(e.get("window")),
+                    _per_length(e.get("per_length")),
+                    _gap(e, last),
                     f"{e['best']['search_nll']:.3f}",
                     str(e["evaluations"]),
                     f"{e['token_forwards'] / 1e6:.1f} M",
@@ -446,6 +481,23 @@ def _commands(results: dict) -> list[str]:
 
 def _cell(h: dict) -> str:
     return f"{h['accuracy']:.2f} · {h['nll']:.2f}"
+
+
+def _gap(e: dict, last: dict) -> str:
+    """The chosen factors' accuracy on the search's own documents and on the validation needles, and search minus
+    foreign (the overfitting gap)."""
+    sa, va = e.get("search_accuracy"), e.get("validation_accuracy")
+    if sa is None:
+        return "-"
+    v = "–" if va is None else f"{va:.2f}"
+    return f"{sa:.2f} · {v} ({sa - last['foreign']['accuracy']:+.2f})"
+
+
+def _per_length(per: dict | None) -> str:
+    """Foreign-set accuracy of the long factors at the window, its doublings and the target."""
+    if not per:
+        return "-"
+    return " / ".join(f"{per[k]['foreign']['accuracy']:.2f}" for k in sorted(per, key=int))
 
 
 def _window(h: dict | None) -> str:
