@@ -264,7 +264,7 @@ class RichReporter(EvolveReporter):
             if notes:
                 t.add_column("failure")
             for r in result.heldout:
-                name = "[bold]longsearch (best)[/]" if r.name == "longsearch" else r.name
+                name = "[bold]longsearch (chosen)[/]" if r.name == "longsearch" else r.name
                 nll = "failed" if r.error and not math.isfinite(r.nll) else f"{r.nll:.4f}"
                 acc = "—" if r.accuracy is None else f"{r.accuracy:.1%}"
                 sn = "—" if r.search_nll is None or not math.isfinite(r.search_nll) else f"{r.search_nll:.4f}"

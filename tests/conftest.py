@@ -72,11 +72,7 @@ def _starts_processes(item) -> bool:
 def pytest_collection_modifyitems(config, items):
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
-        if (
-            module in SLOW_MODULES
-            or SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ()))
-            or _starts_processes(item)
-        ):
+        if module in SLOW_MODULES or SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())) or _starts_processes(item):
             item.add_marker(pytest.mark.slow)
 
 
