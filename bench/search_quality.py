@@ -1,8 +1,9 @@
 """Search quality per cost: which space and optimizer find factors that retrieve, for how many token-forwards?
 
 For each scale (``--scales``, target = scale × the window) and each search (``--configs``, written
-``SPACE/OPTIMIZER[@BUDGET][/full][/target]``: ``/full`` turns racing off; ``/target`` searches as runs did before
-served lengths — the pass key alone, scored at the target only, no validation —, the others with evolve's defaults), ``longsearch evolve`` runs on the testbed
+``SPACE/OPTIMIZER[@BUDGET][/full][/target][/even]``: ``/full`` turns racing off; ``/target`` searches as runs did
+before served lengths — the pass key alone, scored at the target only, no validation —; ``/even`` weights the served
+lengths equally; the others with evolve's defaults), ``longsearch evolve`` runs on the testbed
 (or ``--model``) with ``--samples`` needle documents per evaluation and the budget ``--budget`` (default
 ``200evals``: 200 full evaluations' worth of token-forwards; early-stopped evaluations count for what they
 ran). Its best factors, and the best it had after ¼ and ½ of its token-forwards, are then scored by this
@@ -136,38 +137,47 @@ def hand_made(geometry, target: int) -> dict:
 # ---------------------------------------------------------------- one search
 
 
-FLAGS = ("full", "target")
+FLAGS = ("full", "target", "even")
 
 
-def parse_config(text: str, default_budget: str) -> tuple[str, str, str, bool, bool]:
-    """``SPACE/OPTIMIZER[@BUDGET][/full][/target]`` -> (space, optimizer, budget, full, target-only)."""
+def parse_config(text: str, default_budget: str) -> tuple[str, str, str, bool, bool, bool]:
+    """``SPACE/OPTIMIZER[@BUDGET][/full][/target][/even]`` -> (space, optimizer, budget, full, target-only, even)."""
     parts = text.strip().split("/")
     if len(parts) < 2 or any(f not in FLAGS for f in parts[2:]):
-        raise SystemExit(f"config {text!r}: write SPACE/OPTIMIZER[@BUDGET][/full][/target]")
+        raise SystemExit(f"config {text!r}: write SPACE/OPTIMIZER[@BUDGET][/full][/target][/even]")
     space, opt = parts[0], parts[1]
-    full, target_only = "full" in parts[2:], "target" in parts[2:]
+    full, target_only, even = "full" in parts[2:], "target" in parts[2:], "even" in parts[2:]
     budget = default_budget
     if "@" in opt:
         opt, budget = opt.split("@", 1)
-    return space, opt, budget, full, target_only
+    return space, opt, budget, full, target_only, even
 
 
-def config_label(space: str, opt: str, budget: str, full: bool, target_only: bool, samples: int) -> str:
-    return f"{space}/{opt}@{budget}{'/full' if full else ''}{'/target' if target_only else ''}/n{samples}"
+def config_label(space: str, opt: str, budget: str, full: bool, target_only: bool, samples: int, even: bool = False) -> str:
+    return f"{space}/{opt}@{budget}{'/full' if full else ''}{'/target' if target_only else ''}{'/even' if even else ''}/n{samples}"
 
 
-def run_search(model, target, space, opt, budget, full, target_only, samples, seed, workers, runs: Path):
+def run_search(
+    model, target, space, opt, budget, full, target_only, samples, seed, workers, runs: Path, even: bool = False, window: int = 0
+):
     """One search. ``target_only``: as searches ran before served lengths — the pass key alone, uniform depths, scored
     at the target only, no validation (best.json the lowest search NLL). Otherwise evolve's defaults: every template
     the model solves in its window, spread depths, the served lengths with the long factors at each, a validation
-    mix that chooses best.json and stops the search early."""
+    mix that chooses best.json and stops the search early. ``even``: the served lengths weighted equally instead of
+    evolve's default (half on the target)."""
     from longsearch.evolve import EvolveOptions, run_evolve
 
-    name = f"{space}-{opt.replace(':', '-')}-{budget}{'-full' if full else ''}{'-target' if target_only else ''}-n{samples}-s{seed}"
+    flags = f"{'-full' if full else ''}{'-target' if target_only else ''}{'-even' if even else ''}"
+    name = f"{space}-{opt.replace(':', '-')}-{budget}{flags}-n{samples}-s{seed}"
     out = runs / f"{format_length(target)}" / name
     if (out / "final-bench.json").is_file():
         return out, json.loads((out / "final-bench.json").read_text())["minutes"]
     how: dict = {"template": "passkey", "depths": "uniform", "serve_lengths": "target", "validation_samples": 0} if target_only else {}
+    if even:  # one weight per served length: the window and its doublings up to the target
+        n, count = window, 0
+        while n <= target:
+            n, count = n * 2, count + 1
+        how["serve_weights"] = ",".join(["1"] * count)
     opts = EvolveOptions(
         model=model,
         target=target,
@@ -285,12 +295,24 @@ def main() -> None:
             for name, r in hand_made(g, target).items():
                 held(sets, r, res["baselines"], name)
             json_out.write_text(json.dumps(results, indent=1))
-            for space, opt, budget, full, target_only in configs:
+            for space, opt, budget, full, target_only, even in configs:
                 for seed in seeds:
-                    label = config_label(space, opt, budget, full, target_only, args.samples)
+                    label = config_label(space, opt, budget, full, target_only, args.samples, even)
                     console.print(f"{format_length(target)} ({scale}×): {label}, seed {seed} …")
                     run, minutes = run_search(
-                        args.model, target, space, opt, budget, full, target_only, args.samples, seed, args.workers, runs
+                        args.model,
+                        target,
+                        space,
+                        opt,
+                        budget,
+                        full,
+                        target_only,
+                        args.samples,
+                        seed,
+                        args.workers,
+                        runs,
+                        even=even,
+                        window=g.original_length,
                     )
                     traj, tf, n_evals = trajectory(run)
                     entry = res["searches"].setdefault(f"{label}#s{seed}", {})
@@ -447,13 +469,15 @@ def report(results: dict, args, g, console) -> None:
             "Configurations ending /target search as before served lengths (pass key only, uniform depths, scored at the "
             "target alone, best.json = lowest search NLL); the others run evolve's defaults (every template solved in the "
             "window, spread depths, served lengths with the long factors at each, a validation mix choosing best.json, "
-            "patience 3). In-window column: the chosen long factors applied at the window length (256) on 40-document "
+            "patience 3); /even weights the served lengths equally (evolve's default: half on the target, half spread "
+            "evenly below). In-window column: the chosen long factors applied at the window length (256) on 40-document "
             "sets of both kinds, as vLLM and llama.cpp serve them above the window (plain RoPE: the `none` row of 1×). "
             "acc · NLL: exact-answer accuracy and answer-token NLL of the chosen factors on the held-out sets (project: pass key, "
             "another seed, uniform depths; foreign: another pass-key framing, Python stdlib docstrings, depths 10/30/50 %; "
-            "plain RoPE solves it at 0.85 inside the window). "
+            "plain RoPE: the `none` row of 1×). "
             "evals: evaluations journaled; token-forwards: documents run × tokens (candidates only); evals' worth = "
             "token-forwards / (documents per evaluation × length).",
+            *_over_seeds(results, g.original_length),
             "",
             "Search rows measured by:",
             "",
@@ -463,6 +487,35 @@ def report(results: dict, args, g, console) -> None:
         left=("method",),
     )
     plot(results, Path(args.out).with_suffix(".png"))
+
+
+def _over_seeds(results: dict, window: int) -> list[str]:
+    """Mean and spread (half the range) over seeds, per scale and configuration run with more than one seed: foreign
+    accuracy at the target and in the window with the long factors, and the search − foreign gap."""
+    lines: list[str] = []
+    for scale, res in sorted(results.items(), key=lambda kv: int(kv[0])):
+        groups: dict[str, list[dict]] = {}
+        for label, e in res["searches"].items():
+            if "curve" in e:
+                groups.setdefault(label.rsplit("#s", 1)[0], []).append(e)
+        for config, es in groups.items():
+            if len(es) < 2:
+                continue
+
+            def ms(xs: list[float]) -> str:
+                return f"{np.mean(xs):.2f} ± {(max(xs) - min(xs)) / 2:.2f}"
+
+            target = [e["curve"][-1]["foreign"]["accuracy"] for e in es]
+            inwin = [e["window"]["foreign"]["accuracy"] for e in es if e.get("window")]
+            gaps = [e["search_accuracy"] - e["curve"][-1]["foreign"]["accuracy"] for e in es if e.get("search_accuracy") is not None]
+            seeds = ", ".join(str(e["seed"]) for e in es)
+            parts = [f"foreign at the target {ms(target)}"]
+            if len(inwin) == len(es):
+                parts.append(f"in the window ({window}) with the long factors {ms(inwin)}")
+            if len(gaps) == len(es):
+                parts.append(f"search − foreign gap {ms(gaps)}")
+            lines.append(f"- {scale}× {config}, seeds {seeds} (mean ± half the range): " + "; ".join(parts))
+    return ["", "Over seeds:", "", *lines] if lines else []
 
 
 def json_out_name(args) -> str:

@@ -1,10 +1,10 @@
 """Fixtures shared by several test modules, and the test tiers.
 
-Two tiers: ``python -m pytest -q`` runs everything (CI); ``python -m pytest -q -m "not slow"`` is the fast tier for
+Two tiers: ``python -m pytest -q`` runs everything (CI); ``python -m pytest -q -m "not slow" -n 2`` is the fast tier for
 the edit–test loop. A test is ``slow`` when it is marked so, when its module is one of :data:`SLOW_MODULES` (Ray
 clusters, kill-and-resume, the real Gemma model, the GPU bench's smoke run), when it uses a fixture of
 :data:`SLOW_FIXTURES` (a whole search run in a subprocess, the Gemma tokenizer), or when its own code starts
-processes (``subprocess``, ``Popen``, a helper that runs the CLI in a child process) — so a new test of that kind
+processes (``subprocess``, ``Popen``, ``ray.init``, a helper that runs the CLI in a child process) — so a new test of that kind
 lands in the slow tier without anyone remembering to mark it.
 """
 
@@ -29,7 +29,7 @@ SLOW_MODULES = frozenset(
     }
 )
 SLOW_FIXTURES = frozenset({"finished_run", "reference", "gemma_tok", "gguf", "cluster", "ray_session"})
-_STARTS_PROCESSES = re.compile(r"\bsubprocess\.|\bPopen\(|_popen\(|_run_cli_subprocess\(|torchrun")
+_STARTS_PROCESSES = re.compile(r"\bsubprocess\.|\bray\.init\(|\bPopen\(|_popen\(|_run_cli_subprocess\(|torchrun")
 
 
 def pytest_configure(config):
