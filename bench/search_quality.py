@@ -52,6 +52,7 @@ sys.path.insert(0, str(HERE.parent))
 from _report import emit_table
 
 from longsearch.lengths import format_length
+from longsearch.mix import default_lengths
 
 DEFAULT_CONFIGS = (
     "hybrid/ga,hybrid/random,longrope2/ga,longrope/ga,yarn/nevergrad:CMA,hybrid/nevergrad:CMA,"
@@ -173,11 +174,8 @@ def run_search(
     if (out / "final-bench.json").is_file():
         return out, json.loads((out / "final-bench.json").read_text())["minutes"]
     how: dict = {"template": "passkey", "depths": "uniform", "serve_lengths": "target", "validation_samples": 0} if target_only else {}
-    if even:  # one weight per served length: the window and its doublings up to the target
-        n, count = window, 0
-        while n <= target:
-            n, count = n * 2, count + 1
-        how["serve_weights"] = ",".join(["1"] * count)
+    if even:  # one weight per served length (evolve's default lengths: the window, its doublings, the target)
+        how["serve_weights"] = ",".join("1" for _ in default_lengths(window, target))
     opts = EvolveOptions(
         model=model,
         target=target,
@@ -367,16 +365,14 @@ def main() -> None:
                     # and at every doubling of the window below the target (the served lengths vLLM and llama.cpp
                     # give the long factors to): accuracy per length, the window first, the target last
                     per = entry.setdefault("per_length", {})
-                    n = g.original_length
-                    while n <= target:
+                    for n in default_lengths(g.original_length, target):
                         if n == g.original_length:
                             per[str(n)] = entry["window"]
                         elif n == target:
-                            per[str(n)] = {k: v for k, v in h.items()}
+                            per[str(n)] = dict(h)
                         else:
                             mid = heldout_sets(lm.tokenizer, n, args.heldout_samples, runs / "heldout")
                             per[str(n)] = held(mid, final_r, entry.setdefault("length_cache", {}), f"c{cid}@{n}")
-                        n *= 2
                     entry["chosen_by"] = chosen.provenance.get("chosen_by", "search score")
                     journal = RunStore(run).read_journal()
                     crec = journal.candidates().get(cid)
